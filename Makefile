@@ -1,0 +1,53 @@
+# Mia: every target bootstraps its own virtual environment on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data
+SUBSCRIBERS ?= 20000
+DAYS ?= 120
+DEMO_START ?= 2026-01-01
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: help venv demo test bench bench-scale lint format clean
+
+help:
+	@echo "make demo   - simulate a telco world and run the nightly pipeline on it"
+	@echo "make test   - run the test suite"
+	@echo "make bench  - run the benchmarks (features vs DuckDB and pandas)"
+	@echo "make lint   - ruff check and format check"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=..."; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m flows.demo --data-dir $(DATA) --subscribers $(SUBSCRIBERS) --days $(DAYS) --start $(DEMO_START)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.features
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m benchmarks.scale
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

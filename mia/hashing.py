@@ -1,0 +1,42 @@
+"""Stable, salted hashing of subscriber ids: groups, coverage and shards that never move.
+
+The hash is SplitMix64 over the id mixed with a salt digest, computed in numpy, so it does not
+depend on the version of any dataframe library and is the same on every machine and every night.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+def _salt_value(salt: str) -> np.uint64:
+    return np.uint64(int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little"))
+
+
+def stable_hash(ids: np.ndarray | pl.Series, salt: str) -> np.ndarray:
+    """64-bit SplitMix64 hash of integer ids mixed with `salt` (uint64 array)."""
+    values = np.asarray(ids.to_numpy() if isinstance(ids, pl.Series) else ids).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = values + _salt_value(salt) * _GOLDEN + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX_1
+        z = (z ^ (z >> np.uint64(27))) * _MIX_2
+        return z ^ (z >> np.uint64(31))
+
+
+def unit_interval(ids: np.ndarray | pl.Series, salt: str) -> np.ndarray:
+    """A stable pseudo-uniform number in [0, 1) per id."""
+    return (stable_hash(ids, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def shard_of(ids: np.ndarray | pl.Series, n_shards: int, salt: str = "mia-shards-v1") -> np.ndarray:
+    """Shard number in [0, n_shards) per id, stable across runs and subscriber counts."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards == {n_shards}, must be >= 1.")
+    return (stable_hash(ids, salt) % np.uint64(n_shards)).astype(np.int64)

@@ -1,0 +1,226 @@
+"""The data root: partition paths, reads, and atomic writes.
+
+Every write goes to a hidden temporary sibling and is renamed into place only when complete, so a
+failed or interrupted run leaves the previous outputs untouched and readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mia.errors import RunError
+
+logger = logging.getLogger(__name__)
+
+PARQUET_COMPRESSION = "zstd"
+LOCK_FILE = ".mia.lock"
+
+
+class LockedError(RunError):
+    """Another run holds the data root."""
+
+
+class Lake:
+    """Paths of one data root, laid out as in DESIGN.md."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def incoming(self, date: dt.date) -> Path:
+        """Drop zone of one day's delivered files."""
+        return self.root / "incoming" / f"date={date.isoformat()}"
+
+    def raw(self, table: str, date: dt.date) -> Path:
+        """Validated input partition of one table and day."""
+        return self.root / "raw" / table / f"date={date.isoformat()}"
+
+    def daily(self, table: str, date: dt.date) -> Path:
+        """Per-subscriber daily aggregate partition."""
+        return self.root / "daily" / table / f"date={date.isoformat()}"
+
+    def snapshot(self, date: dt.date) -> Path:
+        """Feature snapshot as of the end of `date`."""
+        return self.root / "features" / f"snapshot={date.isoformat()}"
+
+    def offers(self, date: dt.date) -> Path:
+        """Published ranked offers of one night."""
+        return self.root / "offers" / f"date={date.isoformat()}"
+
+    def audiences(self, date: dt.date) -> Path:
+        """Published audience CSVs of one night."""
+        return self.root / "audiences" / f"date={date.isoformat()}"
+
+    def reports(self, date: dt.date) -> Path:
+        """Run report of one night."""
+        return self.root / "reports" / f"date={date.isoformat()}"
+
+    def dates(self, *parts: str) -> list[dt.date]:
+        """Sorted dates of the `date=`/`snapshot=` partitions below root/parts."""
+        base = self.root.joinpath(*parts)
+        if not base.is_dir():
+            return []
+        found = []
+        for child in base.iterdir():
+            if child.is_dir() and "=" in child.name and not child.name.startswith("."):
+                with contextlib.suppress(ValueError):
+                    found.append(dt.date.fromisoformat(child.name.split("=", 1)[1]))
+        return sorted(found)
+
+
+def parse_date(value: str | dt.date) -> dt.date:
+    """A date from an ISO string (YYYY-MM-DD) or a date."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as error:
+        raise ValueError(f"date == {value!r}, must be YYYY-MM-DD.") from error
+
+
+def end_of_day(date: dt.date) -> dt.datetime:
+    """The first instant after `date` (exclusive upper bound of its timestamps)."""
+    return dt.datetime.combine(date + dt.timedelta(days=1), dt.time())
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary sibling to write; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    try:
+        yield temporary
+        replace_path(temporary, path)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary.exists():
+            temporary.unlink()
+
+
+def replace_path(source: Path, target: Path) -> None:
+    """Move `source` onto `target`; a directory target is swapped, never half-replaced."""
+    if target.is_dir():
+        retired = _temporary_sibling(target)
+        os.replace(target, retired)
+        os.replace(source, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
+def write_parquet(frame: pl.DataFrame, path: Path | str) -> Path:
+    """Write a frame to a Parquet file atomically (zstd, statistics on)."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        frame.write_parquet(temporary, compression=PARQUET_COMPRESSION, statistics=True)
+    return path
+
+
+def write_partition(frame: pl.DataFrame, directory: Path | str, name: str = "part-0") -> Path:
+    """Replace a whole partition directory with one Parquet file, atomically."""
+    directory = Path(directory)
+    with atomic_path(directory) as temporary:
+        temporary.mkdir(parents=True)
+        frame.write_parquet(
+            temporary / f"{name}.parquet", compression=PARQUET_COMPRESSION, statistics=True
+        )
+    return directory
+
+
+def write_json(payload: Any, path: Path | str) -> Path:
+    """Write JSON atomically, keys sorted, so that equal payloads give equal bytes."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def partition_files(directory: Path | str) -> list[Path]:
+    """Parquet files of a partition directory, in a stable order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.glob("*.parquet") if not path.name.startswith("."))
+
+
+def scan_partitions(
+    base: Path | str,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    schema: dict[str, pl.DataType] | None = None,
+) -> pl.LazyFrame | None:
+    """Lazily scan `base/date=D/*.parquet` for D in [start, end], adding a `date` column."""
+    lake = Lake(Path(base))
+    frames = []
+    for date in lake.dates():
+        if (start is not None and date < start) or (end is not None and date > end):
+            continue
+        for file in partition_files(Path(base) / f"date={date.isoformat()}"):
+            frames.append(pl.scan_parquet(file).with_columns(pl.lit(date).alias("date")))
+    if not frames:
+        return None
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+@contextlib.contextmanager
+def run_lock(root: Path | str, owner: str = "mia") -> Iterator[Path]:
+    """Hold the data root for one run; a second run fails at once with a clear message."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / LOCK_FILE
+    try:
+        handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = _read_lock(lock)
+        if holder and not _process_alive(holder.get("pid", -1)):
+            logger.warning("removing stale lock %s left by pid %s", lock, holder.get("pid"))
+            lock.unlink(missing_ok=True)
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        else:
+            raise LockedError(
+                f"data root {root} is in use by another run ({holder or 'unknown holder'}); "
+                f"wait for it to finish, or remove {lock} if no run is active."
+            ) from None
+    with os.fdopen(handle, "w") as stream:
+        json.dump({"pid": os.getpid(), "owner": owner}, stream)
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

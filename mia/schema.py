@@ -1,0 +1,277 @@
+"""Names that cross modules: tables, columns, allowed values and offer categories.
+
+Every table of the input contract is described once here; `mia.contracts` enforces it,
+`mia.simulate` produces it, and the feature, model and offer layers read column names from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+# Column names shared across layers.
+SUBSCRIBER_ID = "subscriber_id"
+OFFER_ID = "offer_id"
+PRODUCT_ID = "product_id"
+CATEGORY = "category"
+TS = "ts"
+DATE = "date"
+SNAPSHOT_DATE = "snapshot_date"
+EVENT = "event"
+KIND = "kind"
+P_ACCEPT = "p_accept"
+VALUE = "value"
+EXPECTED_VALUE = "expected_value"
+LABEL = "label"
+GROUP = "group"
+
+USAGE_KINDS = ("voice_out", "voice_in", "sms_out", "data", "roaming_voice", "roaming_data")
+OFFER_EVENTS = ("impression", "click", "accept", "dismiss")
+PAYMENT_METHODS = ("card", "cash", "bank_transfer", "autopay", "promised_payment")
+TRANSFER_KINDS = ("gift_out", "gift_in", "market_sell", "market_buy")
+APP_SCREENS = (
+    "home",
+    "balance",
+    "tariffs",
+    "addons",
+    "roaming",
+    "market",
+    "loyalty",
+    "entertainment",
+    "services",
+    "support",
+)
+DEVICE_OS = ("android", "ios", "other")
+
+# Offer categories of the catalog. Order is stable: it is the category id used by models.
+CATEGORIES = (
+    "tariff",
+    "data_addon",
+    "minutes_addon",
+    "roaming",
+    "gb_sharing",
+    "gb_market",
+    "loyalty_partner",
+    "cashback",
+    "gift",
+    "discount",
+    "mini_game",
+    "video",
+    "music",
+    "books",
+    "promised_payment",
+    "autopay",
+    "e_signature",
+    "extra_sim",
+    "home_internet",
+    "insurance",
+    "esim",
+    "family_plan",
+    "cloud_storage",
+    "antispam",
+)
+
+# Separator of list-valued catalog cells such as `regions` ("moscow|spb"); empty means "any".
+LIST_SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of an input table: name, polars type, nullability and allowed values."""
+
+    name: str
+    dtype: pl.DataType
+    nullable: bool = False
+    allowed: tuple[str, ...] | None = None
+    non_negative: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One input table of the contract."""
+
+    name: str
+    required: bool
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] = ()
+    event_time: str | None = None  # column that must not lie after the ingest date
+    description: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        """Names of the contract columns, in contract order."""
+        return [column.name for column in self.columns]
+
+    @property
+    def polars_schema(self) -> dict[str, pl.DataType]:
+        """Column name -> polars dtype, in contract order."""
+        return {column.name: column.dtype for column in self.columns}
+
+
+_ID = pl.Int64
+_TS = pl.Datetime("us")
+
+TABLES: dict[str, Table] = {
+    table.name: table
+    for table in (
+        Table(
+            "subscribers",
+            required=True,
+            key=(SUBSCRIBER_ID,),
+            description="One row per subscriber who uses the app, as of the delivery date.",
+            columns=(
+                Column(SUBSCRIBER_ID, _ID, description="Stable subscriber identifier."),
+                Column("region", pl.String, description="Home region code."),
+                Column("device_os", pl.String, allowed=DEVICE_OS, description="Device OS."),
+                Column("device_vendor", pl.String, description="Device manufacturer."),
+                Column("tariff_id", pl.String, description="Current tariff plan."),
+                Column("activation_date", pl.Date, description="Date the line was activated."),
+            ),
+        ),
+        Table(
+            "usage",
+            required=True,
+            event_time=TS,
+            description="Network usage events (CDR-like), one row per event.",
+            columns=(
+                Column(SUBSCRIBER_ID, _ID),
+                Column(TS, _TS, description="Event time (UTC, naive)."),
+                Column(KIND, pl.String, allowed=USAGE_KINDS, description="Kind of usage."),
+                Column(
+                    "quantity",
+                    pl.Float64,
+                    non_negative=True,
+                    description="Minutes (voice), messages (sms) or megabytes (data).",
+                ),
+                Column("charge", pl.Float64, non_negative=True, description="Amount charged."),
+            ),
+        ),
+        Table(
+            "catalog",
+            required=True,
+            key=(OFFER_ID,),
+            description="Offers that can be shown, with their eligibility rules as data.",
+            columns=(
+                Column(OFFER_ID, pl.String, description="Stable offer identifier."),
+                Column(CATEGORY, pl.String, allowed=CATEGORIES, description="Offer category."),
+                Column("title", pl.String, description="Title shown to the subscriber."),
+                Column(VALUE, pl.Float64, non_negative=True, description="Value of one accept."),
+                Column("start_date", pl.Date, description="First day the offer is active."),
+                Column("end_date", pl.Date, nullable=True, description="Last active day."),
+                Column(PRODUCT_ID, pl.String, description="Product granted by accepting."),
+                Column(
+                    "regions",
+                    pl.String,
+                    nullable=True,
+                    description="Allowed regions separated by '|'; empty means any.",
+                ),
+                Column(
+                    "device_os",
+                    pl.String,
+                    nullable=True,
+                    description="Allowed device OS separated by '|'; empty means any.",
+                ),
+                Column(
+                    "min_tenure_days",
+                    pl.Int64,
+                    non_negative=True,
+                    description="Minimum days since activation.",
+                ),
+                Column(
+                    "requires_product",
+                    pl.String,
+                    nullable=True,
+                    description="Product the subscriber must hold.",
+                ),
+                Column(
+                    "excludes_product",
+                    pl.String,
+                    nullable=True,
+                    description="Product the subscriber must not hold.",
+                ),
+                Column(
+                    "cooldown_days",
+                    pl.Int64,
+                    non_negative=True,
+                    description="Days after a dismiss or accept before showing again.",
+                ),
+                Column(
+                    "capacity",
+                    pl.Int64,
+                    nullable=True,
+                    non_negative=True,
+                    description="Maximum audience size per night; empty means unlimited.",
+                ),
+            ),
+        ),
+        Table(
+            "offer_events",
+            required=True,
+            event_time=TS,
+            description="Offer impressions and responses in the app.",
+            columns=(
+                Column(SUBSCRIBER_ID, _ID),
+                Column(OFFER_ID, pl.String),
+                Column(TS, _TS),
+                Column(EVENT, pl.String, allowed=OFFER_EVENTS),
+            ),
+        ),
+        Table(
+            "payments",
+            required=False,
+            event_time=TS,
+            description="Balance top-ups and payments.",
+            columns=(
+                Column(SUBSCRIBER_ID, _ID),
+                Column(TS, _TS),
+                Column("amount", pl.Float64, non_negative=True),
+                Column("method", pl.String, allowed=PAYMENT_METHODS),
+            ),
+        ),
+        Table(
+            "app_events",
+            required=False,
+            event_time=TS,
+            description="Screens opened in the app.",
+            columns=(
+                Column(SUBSCRIBER_ID, _ID),
+                Column(TS, _TS),
+                Column("screen", pl.String, allowed=APP_SCREENS),
+            ),
+        ),
+        Table(
+            "transfers",
+            required=False,
+            event_time=TS,
+            description="Gigabyte gifts and gigabyte-market trades.",
+            columns=(
+                Column(SUBSCRIBER_ID, _ID),
+                Column(TS, _TS),
+                Column(KIND, pl.String, allowed=TRANSFER_KINDS),
+                Column("gb", pl.Float64, non_negative=True),
+                Column("amount", pl.Float64, non_negative=True),
+            ),
+        ),
+        Table(
+            "holdings",
+            required=False,
+            key=(SUBSCRIBER_ID, PRODUCT_ID, "start_date"),
+            description="Products and services each subscriber holds (full state each day).",
+            columns=(
+                Column(SUBSCRIBER_ID, _ID),
+                Column(PRODUCT_ID, pl.String),
+                Column("start_date", pl.Date),
+                Column("end_date", pl.Date, nullable=True),
+            ),
+        ),
+    )
+}
+
+REQUIRED_TABLES = tuple(name for name, table in TABLES.items() if table.required)
+OPTIONAL_TABLES = tuple(name for name, table in TABLES.items() if not table.required)
+# Tables delivered as the full current state each day (the rest are that day's events).
+STATE_TABLES = ("subscribers", "catalog", "holdings")
+EVENT_TABLES = tuple(name for name in TABLES if name not in STATE_TABLES)

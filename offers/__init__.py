@@ -1,0 +1,1 @@
+"""offers layer of Mia."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: one small simulated world per test session, ingested once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+# The tiny world every integration test shares: small enough for seconds, rich enough that
+# every category gets impressions and accepts.
+TINY_SUBSCRIBERS = 1500
+TINY_DAYS = 70
+TINY_START = dt.date(2026, 1, 1)
+TINY_SEED = 11
+TINY_LAST_DAY = TINY_START + dt.timedelta(days=TINY_DAYS - 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Simulation settings of the shared tiny world."""
+    from mia.simulate import SimulationConfig
+
+    return SimulationConfig(
+        subscribers=TINY_SUBSCRIBERS, days=TINY_DAYS, start=TINY_START, seed=TINY_SEED
+    )
+
+
+@pytest.fixture(scope="session")
+def simulated_root(tmp_path_factory, tiny_config) -> Path:
+    """A data root whose incoming/ holds the tiny world (read-only: copy before writing)."""
+    from mia.simulate import write_world
+
+    root = tmp_path_factory.mktemp("simulated") / "data"
+    write_world(root, tiny_config)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ingested_root(tmp_path_factory, simulated_root) -> Path:
+    """The tiny world with every day ingested into raw/ (read-only: copy before writing)."""
+    from mia.ingest import ingest_day
+    from mia.lake import Lake
+
+    root = tmp_path_factory.mktemp("ingested") / "data"
+    shutil.copytree(simulated_root, root)
+    lake = Lake(root)
+    for date in lake.dates("incoming"):
+        ingest_day(lake, date)
+    return root
+
+
+@pytest.fixture
+def fresh_root(tmp_path, ingested_root) -> Path:
+    """A private, writable copy of the ingested tiny world."""
+    root = tmp_path / "data"
+    shutil.copytree(ingested_root, root)
+    return root
