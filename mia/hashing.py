@@ -40,3 +40,13 @@ def shard_of(ids: np.ndarray | pl.Series, n_shards: int, salt: str = "mia-shards
     if n_shards < 1:
         raise ValueError(f"n_shards == {n_shards}, must be >= 1.")
     return (stable_hash(ids, salt) % np.uint64(n_shards)).astype(np.int64)
+
+
+def control_mask(ids: np.ndarray | pl.Series, salt: str, control_share: float) -> np.ndarray:
+    """True for subscribers in the persistent control group (a stable `control_share` of ids)."""
+    return unit_interval(ids, salt + ":control") < control_share
+
+
+def coverage_mask(ids: np.ndarray | pl.Series, salt: str, coverage: float) -> np.ndarray:
+    """True for subscribers covered by tonight's offers (a stable `coverage` share of ids)."""
+    return unit_interval(ids, salt + ":coverage") < coverage
