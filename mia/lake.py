@@ -126,6 +126,17 @@ def replace_path(source: Path, target: Path) -> None:
         os.replace(source, target)
 
 
+def remove_path(path: Path | str) -> None:
+    """Remove a file or directory; a directory is renamed aside first, never seen half-removed."""
+    path = Path(path)
+    if path.is_dir():
+        retired = _temporary_sibling(path)
+        os.replace(path, retired)
+        shutil.rmtree(retired, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
 def write_parquet(frame: pl.DataFrame, path: Path | str) -> Path:
     """Write a frame to a Parquet file atomically (zstd, statistics on)."""
     path = Path(path)

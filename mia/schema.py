@@ -25,6 +25,14 @@ VALUE = "value"
 EXPECTED_VALUE = "expected_value"
 LABEL = "label"
 GROUP = "group"
+CONFIDENCE = "confidence"  # implicit-feedback weight of a subscriber x offer interaction
+CF_SCORE = "cf_score"  # collaborative-filtering score of a subscriber x offer pair
+COVERED = "covered"
+RANK = "rank"
+REASONS = "reasons"
+MODEL_VERSION = "model_version"
+RUN_ID = "run_id"
+GENERATED_AT = "generated_at"
 
 USAGE_KINDS = ("voice_out", "voice_in", "sms_out", "data", "roaming_voice", "roaming_data")
 OFFER_EVENTS = ("impression", "click", "accept", "dismiss")
@@ -275,3 +283,18 @@ OPTIONAL_TABLES = tuple(name for name, table in TABLES.items() if not table.requ
 # Tables delivered as the full current state each day (the rest are that day's events).
 STATE_TABLES = ("subscribers", "catalog", "holdings")
 EVENT_TABLES = tuple(name for name in TABLES if name not in STATE_TABLES)
+
+# Cells holding LIST_SEPARATOR-separated lists, per table, with the values an item may take
+# (None: any non-empty value).
+LIST_COLUMNS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "catalog": {"regions": None, "device_os": DEVICE_OS},
+}
+# (start, end) date columns per table: an end, when present, must not precede its start.
+DATE_RANGES: dict[str, tuple[tuple[str, str], ...]] = {
+    "catalog": (("start_date", "end_date"),),
+    "holdings": (("start_date", "end_date"),),
+}
+# Date columns that must not lie after the delivery date.
+NOT_AFTER_DELIVERY: dict[str, tuple[str, ...]] = {
+    "subscribers": ("activation_date",),
+}

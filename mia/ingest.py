@@ -1,0 +1,192 @@
+"""Ingest one day's delivery into raw/: find the files, validate every table, write all or nothing.
+
+Reads `incoming/date=D/<table>.csv|.parquet` (or `<table>/*.parquet`), checks the whole delivery
+with `mia.contracts`, and only when every table passes writes `raw/<table>/date=D/part-0.parquet`
+for each delivered table plus a manifest `raw/_ingest/date=D/manifest.json` (rows, source files,
+dropped columns, warnings). Re-ingesting a day replaces it exactly, removing partitions of tables
+the new delivery no longer has. Callers that run alongside others hold `mia.lake.run_lock`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mia.contracts import (
+    FILE_SUFFIXES,
+    READ_ERRORS,
+    CheckResult,
+    ContractError,
+    Violation,
+    check_tables,
+    read_raw,
+    unreadable,
+)
+from mia.errors import InputError
+from mia.lake import (
+    Lake,
+    partition_files,
+    remove_path,
+    scan_partitions,
+    write_json,
+    write_partition,
+)
+from mia.schema import DATE, EVENT_TABLES, STATE_TABLES, TABLES
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_DIR = "_ingest"
+MANIFEST_FILE = "manifest.json"
+
+
+def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[str, int]:
+    """Validate the delivery of `date` and store it in raw/; returns rows written per table."""
+    source = Path(source) if source is not None else lake.incoming(date)
+    files, ignored, violations = find_delivery(source)
+    frames: dict[str, pl.DataFrame] = {}
+    for table, path in files.items():
+        try:
+            frames[table] = read_raw(path)
+        except READ_ERRORS as error:
+            violations.append(unreadable(table, path, error))
+    if not source.is_dir():
+        logger.warning("no delivery folder %s", source)
+    skipped = [name for name in TABLES if name not in files and not TABLES[name].required]
+    for name in skipped:
+        logger.info("%s: optional table not delivered for %s, skipped", name, date)
+    # A required table that is unreadable or ambiguous is not reported missing as well.
+    reported = {violation.table for violation in violations}
+    results, checked = check_tables(frames, date)
+    violations += [
+        found
+        for found in checked
+        if not (found.rule == "required_table" and found.table in reported)
+    ]
+    if violations:
+        logger.error("%s: delivery %s refused, %d rule(s) broken", date, source, len(violations))
+        raise ContractError(_with_location(violations, source))
+
+    # The manifest marks a complete day: withdrawn first, written again only at the end.
+    manifest_path = _manifest_path(lake, date)
+    remove_path(manifest_path)
+    for table, result in results.items():
+        write_partition(result.frame, lake.raw(table, date))
+    for table in TABLES:
+        stale = lake.raw(table, date)
+        if table not in results and stale.exists():
+            logger.info("removing %s: its table is not in the new delivery", stale)
+            remove_path(stale)
+    write_json(_manifest(date, files, results, ignored, skipped), manifest_path)
+    counts = {table: result.frame.height for table, result in results.items()}
+    logger.info("%s: ingested %s", date, counts)
+    return counts
+
+
+def find_delivery(source: Path) -> tuple[dict[str, Path], list[str], list[Violation]]:
+    """Files of each table in a drop-zone folder, ignored file names, and ambiguity violations."""
+    found: dict[str, list[Path]] = {}
+    ignored: list[str] = []
+    if not source.is_dir():
+        return found, ignored, []
+    for entry in sorted(source.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_dir() and entry.name in TABLES:
+            found.setdefault(entry.name, []).append(entry)
+        elif entry.is_file() and entry.suffix in FILE_SUFFIXES and entry.stem in TABLES:
+            found.setdefault(entry.stem, []).append(entry)
+        else:
+            logger.warning("%s: ignoring %s (not a file of a contract table)", source, entry.name)
+            ignored.append(entry.name)
+    violations = [
+        Violation(
+            table,
+            "",
+            "single_source",
+            len(paths),
+            detail=f"delivered more than once: {[path.name for path in paths]}; keep one",
+        )
+        for table, paths in found.items()
+        if len(paths) > 1
+    ]
+    single = {table: paths[0] for table, paths in found.items() if len(paths) == 1}
+    return single, ignored, violations
+
+
+def raw_events(
+    lake: Lake, table: str, start: dt.date | None, end: dt.date | None
+) -> pl.LazyFrame | None:
+    """Raw partitions of an event table with dates in [start, end], plus a `date` column.
+
+    None when the table was never delivered; an empty frame when no partition is in range.
+    """
+    if table not in EVENT_TABLES:
+        raise InputError(f"table == {table!r}, must be an event table: {list(EVENT_TABLES)}.")
+    base = lake.root / "raw" / table
+    if not lake.dates("raw", table):
+        return None
+    scan = scan_partitions(base, start, end)
+    if scan is None:
+        return pl.LazyFrame(schema={**TABLES[table].polars_schema, DATE: pl.Date})
+    return scan
+
+
+def raw_state(lake: Lake, table: str, date: dt.date) -> pl.DataFrame | None:
+    """A state table as delivered on `date`, or its latest delivery before; None if none."""
+    if table not in STATE_TABLES:
+        raise InputError(f"table == {table!r}, must be a state table: {list(STATE_TABLES)}.")
+    delivered = [day for day in lake.dates("raw", table) if day <= date]
+    if not delivered:
+        return None
+    files = partition_files(lake.raw(table, delivered[-1]))
+    if not files:
+        return pl.DataFrame(schema=TABLES[table].polars_schema)
+    return pl.concat([pl.read_parquet(file) for file in files], how="vertical")
+
+
+def ingested_dates(lake: Lake) -> list[dt.date]:
+    """Days whose delivery was ingested completely (their manifest exists)."""
+    return [day for day in lake.dates("raw", MANIFEST_DIR) if _manifest_path(lake, day).exists()]
+
+
+def _manifest_path(lake: Lake, date: dt.date) -> Path:
+    return lake.root / "raw" / MANIFEST_DIR / f"date={date.isoformat()}" / MANIFEST_FILE
+
+
+def _with_location(violations: list[Violation], source: Path) -> list[Violation]:
+    """Name the drop-zone folder in table-level violations so the reader knows where to look."""
+    located = []
+    for violation in violations:
+        if violation.rule == "required_table":
+            detail = f"no {violation.table}.csv, {violation.table}.parquet or "
+            detail += f"{violation.table}/*.parquet in {source}"
+            violation = Violation(violation.table, "", violation.rule, 1, detail=detail)
+        located.append(violation)
+    return located
+
+
+def _manifest(
+    date: dt.date,
+    files: dict[str, Path],
+    results: dict[str, CheckResult],
+    ignored: list[str],
+    skipped: list[str],
+) -> dict[str, Any]:
+    return {
+        DATE: date.isoformat(),
+        "tables": {
+            table: {
+                "rows": result.frame.height,
+                "file": files[table].name,
+                "dropped_columns": result.dropped_columns,
+                "warnings": [warning.message() for warning in result.warnings],
+            }
+            for table, result in results.items()
+        },
+        "skipped_tables": skipped,
+        "ignored_files": ignored,
+    }

@@ -1,0 +1,461 @@
+"""The input contract: every rule breaks on a tiny hand-made frame with a message naming it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mia.contracts import (
+    ContractError,
+    Violation,
+    check_table,
+    read_table_file,
+    validate_table,
+    validate_tables,
+)
+from mia.errors import InputError
+from mia.schema import TABLES
+
+DAY = dt.date(2026, 3, 10)
+
+
+def valid_day(day: dt.date = DAY) -> dict[str, pl.DataFrame]:
+    """A minimal valid delivery of all 8 tables, in the exact contract schema."""
+    at = dt.datetime.combine(day, dt.time(9, 30))
+    frames = {
+        "subscribers": {
+            "subscriber_id": [1, 2, 3],
+            "region": ["moscow", "spb", "kazan"],
+            "device_os": ["android", "ios", "other"],
+            "device_vendor": ["samsung", "apple", "nokia"],
+            "tariff_id": ["t1", "t2", "t1"],
+            "activation_date": [dt.date(2020, 1, 5), dt.date(2024, 6, 1), day],
+        },
+        "usage": {
+            "subscriber_id": [1, 1, 2],
+            "ts": [at, at + dt.timedelta(hours=1), dt.datetime.combine(day, dt.time(23, 59, 59))],
+            "kind": ["data", "voice_out", "roaming_data"],
+            "quantity": [120.5, 3.0, 0.0],
+            "charge": [0.0, 1.5, 12.25],
+        },
+        "catalog": {
+            "offer_id": ["data_5gb", "roam_eu", "music_plus"],
+            "category": ["data_addon", "roaming", "music"],
+            "title": ["5 GB", "Roaming EU", "Music+"],
+            "value": [150.0, 300.0, 99.0],
+            "start_date": [dt.date(2026, 1, 1), dt.date(2026, 2, 1), dt.date(2026, 4, 1)],
+            "end_date": [None, dt.date(2026, 2, 1), dt.date(2026, 12, 31)],
+            "product_id": ["p_data5", "p_roam", "p_music"],
+            "regions": [None, "moscow|spb", "kazan"],
+            "device_os": [None, "android|ios", "ios"],
+            "min_tenure_days": [0, 30, 0],
+            "requires_product": [None, None, "p_data5"],
+            "excludes_product": ["p_data5", None, "p_music"],
+            "cooldown_days": [7, 14, 0],
+            "capacity": [None, 1000, 0],
+        },
+        "offer_events": {
+            "subscriber_id": [1, 1, 3],
+            "offer_id": ["data_5gb", "data_5gb", "music_plus"],
+            "ts": [at, at + dt.timedelta(minutes=2), at],
+            "event": ["impression", "accept", "impression"],
+        },
+        "payments": {
+            "subscriber_id": [2],
+            "ts": [at],
+            "amount": [500.0],
+            "method": ["promised_payment"],
+        },
+        "app_events": {
+            "subscriber_id": [1, 3],
+            "ts": [at, at],
+            "screen": ["home", "market"],
+        },
+        "transfers": {
+            "subscriber_id": [3],
+            "ts": [at],
+            "kind": ["gift_out"],
+            "gb": [2.0],
+            "amount": [0.0],
+        },
+        "holdings": {
+            "subscriber_id": [1, 1, 2],
+            "product_id": ["p_data5", "p_data5", "p_roam"],
+            "start_date": [dt.date(2026, 1, 1), dt.date(2026, 2, 1), dt.date(2025, 5, 1)],
+            "end_date": [dt.date(2026, 1, 31), None, None],
+        },
+    }
+    return {
+        name: pl.DataFrame(data, schema=TABLES[name].polars_schema) for name, data in frames.items()
+    }
+
+
+def with_value(frame: pl.DataFrame, column: str, row: int, value: object) -> pl.DataFrame:
+    """A copy of `frame` with one cell replaced (the column keeps its dtype)."""
+    values = frame.get_column(column).to_list()
+    values[row] = value
+    return frame.with_columns(pl.Series(column, values, dtype=frame.schema[column]))
+
+
+def broken(table: str, frame: pl.DataFrame) -> ContractError:
+    """The ContractError raised when `table` of a valid day is replaced by `frame`."""
+    frames = valid_day()
+    frames[table] = frame
+    with pytest.raises(ContractError) as caught:
+        validate_tables(frames, DAY)
+    return caught.value
+
+
+def only(error: ContractError) -> Violation:
+    assert len(error.violations) == 1, str(error)
+    return error.violations[0]
+
+
+def assert_names(error: ContractError, table: str, column: str, rule: str, count: int) -> None:
+    """Exactly one violation, and its message names table, column, rule and count."""
+    violation = only(error)
+    assert (violation.table, violation.column, violation.rule, violation.count) == (
+        table,
+        column,
+        rule,
+        count,
+    )
+    text = str(error)
+    assert f"{table}.{column}" in text
+    assert f"'{rule}'" in text
+    assert f"{count} row(s)" in text
+
+
+def test_valid_day_passes_and_keeps_values():
+    frames = valid_day()
+    cleaned = validate_tables(frames, DAY)
+    assert list(cleaned) == list(TABLES)
+    for name, frame in cleaned.items():
+        assert frame.equals(frames[name]), name
+        assert frame.schema == TABLES[name].polars_schema
+
+
+def test_empty_event_tables_are_fine():
+    frames = valid_day()
+    for name in ("usage", "offer_events", "payments", "app_events", "transfers"):
+        frames[name] = frames[name].clear()
+    cleaned = validate_tables(frames, DAY)
+    assert cleaned["usage"].height == 0
+    assert cleaned["usage"].schema == TABLES["usage"].polars_schema
+
+
+def test_missing_required_column():
+    error = broken("usage", valid_day()["usage"].drop("charge"))
+    assert_names(error, "usage", "charge", "required_column", 3)
+    assert "columns found" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value"),
+    [
+        ("subscribers", "region", None),
+        ("usage", "ts", None),
+        ("catalog", "title", None),
+        ("offer_events", "event", None),
+        ("holdings", "product_id", None),
+    ],
+)
+def test_null_in_non_nullable_column(table, column, value):
+    frame = with_value(valid_day()[table], column, 0, value)
+    assert_names(broken(table, frame), table, column, "not_null", 1)
+
+
+def test_empty_string_counts_as_null():
+    frame = with_value(valid_day()["catalog"], "title", 1, "")
+    assert_names(broken("catalog", frame), "catalog", "title", "not_null", 1)
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value"),
+    [
+        ("usage", "kind", "fax"),
+        ("offer_events", "event", "purchase"),
+        ("payments", "method", "bitcoin"),
+        ("app_events", "screen", "settings"),
+        ("transfers", "kind", "gift"),
+        ("subscribers", "device_os", "symbian"),
+        ("catalog", "category", "jewellery"),
+    ],
+)
+def test_allowed_values(table, column, value):
+    frame = with_value(valid_day()[table], column, 0, value)
+    error = broken(table, frame)
+    assert_names(error, table, column, "allowed", 1)
+    assert repr(value) in str(error)
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value"),
+    [
+        ("usage", "quantity", -1.0),
+        ("usage", "charge", -0.01),
+        ("catalog", "value", -5.0),
+        ("catalog", "min_tenure_days", -1),
+        ("catalog", "cooldown_days", -7),
+        ("catalog", "capacity", -1),
+        ("payments", "amount", -100.0),
+        ("transfers", "gb", -2.0),
+    ],
+)
+def test_non_negative(table, column, value):
+    frame = with_value(valid_day()[table], column, 0, value)
+    assert_names(broken(table, frame), table, column, "non_negative", 1)
+
+
+def test_non_finite_numbers():
+    frame = with_value(valid_day()["usage"], "quantity", 1, float("nan"))
+    frame = with_value(frame, "quantity", 2, float("inf"))
+    assert_names(broken("usage", frame), "usage", "quantity", "finite", 2)
+
+
+def test_unique_keys_count_every_row_sharing_a_key():
+    catalog = valid_day()["catalog"]
+    frame = pl.concat([catalog, catalog.head(1)])
+    assert_names(broken("catalog", frame), "catalog", "offer_id", "unique", 2)
+    subscribers = with_value(valid_day()["subscribers"], "subscriber_id", 2, 1)
+    assert_names(broken("subscribers", subscribers), "subscribers", "subscriber_id", "unique", 2)
+    holdings = pl.concat([valid_day()["holdings"], valid_day()["holdings"].tail(1)])
+    error = broken("holdings", holdings)
+    assert_names(error, "holdings", "subscriber_id,product_id,start_date", "unique", 2)
+
+
+def test_event_after_the_end_of_the_ingest_date():
+    late = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time())
+    frame = with_value(valid_day()["usage"], "ts", 0, late)
+    error = broken("usage", frame)
+    assert_names(error, "usage", "ts", "not_after_date", 1)
+    assert "2026-03-11 00:00:00" in str(error)
+
+
+def test_events_before_the_ingest_date_are_accepted():
+    frame = with_value(valid_day()["app_events"], "ts", 0, dt.datetime(2026, 3, 1, 8))
+    assert validate_table(frame, "app_events", DAY).height == 2
+
+
+def test_activation_after_the_delivery_date():
+    frame = with_value(valid_day()["subscribers"], "activation_date", 0, DAY + dt.timedelta(1))
+    assert_names(
+        broken("subscribers", frame), "subscribers", "activation_date", "not_after_date", 1
+    )
+
+
+@pytest.mark.parametrize("table", ["catalog", "holdings"])
+def test_end_date_before_start_date(table):
+    frame = with_value(valid_day()[table], "end_date", 1, dt.date(2000, 1, 1))
+    assert_names(broken(table, frame), table, "end_date", "date_order", 1)
+
+
+@pytest.mark.parametrize("value", ["moscow||spb", "|moscow", "moscow|", "moscow| spb"])
+def test_malformed_region_lists(value):
+    frame = with_value(valid_day()["catalog"], "regions", 0, value)
+    assert_names(broken("catalog", frame), "catalog", "regions", "list_format", 1)
+
+
+def test_device_os_list_items_must_be_known():
+    frame = with_value(valid_day()["catalog"], "device_os", 0, "android|windows")
+    error = broken("catalog", frame)
+    assert_names(error, "catalog", "device_os", "allowed", 1)
+    assert "'android|windows'" in str(error)
+
+
+def test_requires_and_excludes_the_same_product():
+    frame = with_value(valid_day()["catalog"], "requires_product", 0, "p_data5")
+    assert_names(broken("catalog", frame), "catalog", "excludes_product", "distinct", 1)
+
+
+def test_offer_events_must_name_offers_of_the_same_days_catalog():
+    frame = with_value(valid_day()["offer_events"], "offer_id", 2, "ghost_offer")
+    error = broken("offer_events", frame)
+    assert_names(error, "offer_events", "offer_id", "known_offer", 1)
+    assert "'ghost_offer'" in str(error)
+
+
+def test_unknown_subscriber_is_a_warning_and_rows_are_kept(caplog):
+    frames = valid_day()
+    frames["usage"] = with_value(frames["usage"], "subscriber_id", 0, 999)
+    with caplog.at_level("WARNING"):
+        cleaned = validate_tables(frames, DAY)
+    assert cleaned["usage"].get_column("subscriber_id").to_list() == [999, 1, 2]
+    assert "usage.subscriber_id: rule 'known_subscriber' broken by 1 row(s)" in caplog.text
+    result = check_table(frames["usage"], "usage", DAY, {"subscribers": frames["subscribers"]})
+    assert [warning.rule for warning in result.warnings] == ["known_subscriber"]
+    assert result.violations == []
+
+
+def test_extra_columns_are_dropped_with_a_warning(caplog):
+    frame = valid_day()["payments"].with_columns(pl.lit("x").alias("comment"))
+    with caplog.at_level("WARNING"):
+        result = check_table(frame, "payments", DAY)
+        cleaned = validate_table(frame, "payments", DAY)
+    assert result.dropped_columns == ["comment"]
+    assert cleaned.columns == TABLES["payments"].column_names
+    assert "comment" in caplog.text
+
+
+def test_columns_are_put_in_contract_order():
+    frame = valid_day()["app_events"].select(["screen", "ts", "subscriber_id"])
+    assert validate_table(frame, "app_events", DAY).columns == ["subscriber_id", "ts", "screen"]
+
+
+def test_all_violations_are_collected_across_tables():
+    frames = valid_day()
+    frames["usage"] = with_value(frames["usage"], "kind", 0, "fax")
+    frames["usage"] = with_value(frames["usage"], "charge", 1, -1.0)
+    frames["catalog"] = with_value(frames["catalog"], "value", 2, -1.0)
+    del frames["offer_events"]
+    with pytest.raises(ContractError) as caught:
+        validate_tables(frames, DAY)
+    found = {(v.table, v.column, v.rule) for v in caught.value.violations}
+    assert found == {
+        ("usage", "kind", "allowed"),
+        ("usage", "charge", "non_negative"),
+        ("catalog", "value", "non_negative"),
+        ("offer_events", "", "required_table"),
+    }
+    assert len(str(caught.value).splitlines()) == 4
+    assert isinstance(caught.value, InputError)
+
+
+def test_optional_tables_may_be_absent():
+    frames = {name: frame for name, frame in valid_day().items() if TABLES[name].required}
+    assert set(validate_tables(frames, DAY)) == set(frames)
+
+
+def test_unknown_table_name():
+    with pytest.raises(ContractError, match="known_table"):
+        validate_table(valid_day()["usage"], "calls", DAY)
+
+
+def test_examples_are_capped_at_five_rows_with_row_numbers():
+    usage = pl.concat([valid_day()["usage"]] * 4).with_columns(pl.lit("fax").alias("kind"))
+    violation = only(broken("usage", usage))
+    assert violation.count == 12
+    assert [row["_row"] for row in violation.examples] == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------- type coercion
+
+
+def write_csv_text(path: Path, header: str, *lines: str) -> Path:
+    path.write_text("\n".join([header, *lines]) + "\n")
+    return path
+
+
+USAGE_HEADER = "subscriber_id,ts,kind,quantity,charge"
+
+
+def test_csv_is_read_strictly_and_bad_cells_are_shown_raw(tmp_path):
+    path = write_csv_text(
+        tmp_path / "usage.csv",
+        USAGE_HEADER,
+        "1,2026-03-10 09:30:00,data,12.5,0",
+        "abc,2026-03-10 09:31:00,data,1,0",
+        "2,2026-03-10T25:00:00,data,1,0",
+        "3,2026-03-10 09:32:00,data,lots,0",
+    )
+    with pytest.raises(ContractError) as caught:
+        read_table_file(path, "usage")
+    found = {(v.column, v.rule, v.count) for v in caught.value.violations}
+    assert ("subscriber_id", "type", 1) in found
+    assert ("ts", "type", 1) in found
+    assert ("quantity", "type", 1) in found
+    text = str(caught.value)
+    assert "usage.subscriber_id: rule 'type' broken by 1 row(s)" in text
+    assert "'abc'" in text and "'lots'" in text and "'2026-03-10T25:00:00'" in text
+
+
+def test_ragged_csv_is_unreadable(tmp_path):
+    path = write_csv_text(tmp_path / "usage.csv", USAGE_HEADER, "4,2026-03-10 09:33:00,data,1,1,5")
+    with pytest.raises(ContractError) as caught:
+        read_table_file(path, "usage")
+    violation = only(caught.value)
+    assert (violation.table, violation.rule) == ("usage", "readable")
+    assert "usage.csv" in violation.detail
+
+
+def test_csv_type_errors_are_not_reported_again_as_nulls(tmp_path):
+    path = write_csv_text(tmp_path / "usage.csv", USAGE_HEADER, "x,2026-03-10 09:30:00,data,1,0")
+    frame = pl.read_csv(path, infer_schema=False)
+    frames = valid_day()
+    frames["usage"] = frame
+    with pytest.raises(ContractError) as caught:
+        validate_tables(frames, DAY)
+    assert [(v.column, v.rule) for v in caught.value.violations] == [("subscriber_id", "type")]
+
+
+def test_csv_accepts_iso_timestamps_and_integral_floats(tmp_path):
+    path = write_csv_text(
+        tmp_path / "usage.csv",
+        USAGE_HEADER,
+        "1,2026-03-10T09:30:00,data,1,0",
+        "2.0,2026-03-10 09:30:00.250,sms_out,1,0",
+        "3,2026-03-10T12:00:00+03:00,voice_in,1,0",
+        "4,2026-03-10T09:00:00Z,voice_out,1,0",
+        "5,2026-03-10,data,1,0",
+    )
+    frame = read_table_file(path, "usage")
+    assert frame.schema == TABLES["usage"].polars_schema
+    assert frame.get_column("subscriber_id").to_list() == [1, 2, 3, 4, 5]
+    assert frame.get_column("ts").to_list() == [
+        dt.datetime(2026, 3, 10, 9, 30),
+        dt.datetime(2026, 3, 10, 9, 30, 0, 250000),
+        dt.datetime(2026, 3, 10, 9, 0),
+        dt.datetime(2026, 3, 10, 9, 0),
+        dt.datetime(2026, 3, 10, 0, 0),
+    ]
+
+
+def test_non_integral_float_in_an_integer_column(tmp_path):
+    path = write_csv_text(tmp_path / "usage.csv", USAGE_HEADER, "1.5,2026-03-10 09:30:00,data,1,0")
+    with pytest.raises(ContractError, match=r"usage.subscriber_id: rule 'type'.*'1.5'"):
+        read_table_file(path, "usage")
+
+
+def test_bad_date_cell(tmp_path):
+    header = ",".join(TABLES["holdings"].column_names)
+    path = write_csv_text(tmp_path / "holdings.csv", header, "1,p1,2026-02-30,", "1,p2,2026-01-01,")
+    with pytest.raises(ContractError) as caught:
+        read_table_file(path, "holdings")
+    violation = only(caught.value)
+    assert (violation.column, violation.rule, violation.count) == ("start_date", "type", 1)
+    assert violation.examples[0]["start_date"] == "2026-02-30"
+
+
+def test_parquet_types_are_coerced(tmp_path):
+    frame = valid_day()["usage"].with_columns(
+        pl.col("subscriber_id").cast(pl.Int32),
+        pl.col("quantity").cast(pl.Float32),
+        pl.col("ts").dt.replace_time_zone("UTC").dt.convert_time_zone("Europe/Moscow"),
+        pl.col("kind").cast(pl.Categorical),
+    )
+    frame.write_parquet(tmp_path / "usage.parquet")
+    read = read_table_file(tmp_path / "usage.parquet", "usage")
+    assert read.equals(valid_day()["usage"])
+
+
+def test_parquet_with_a_wrong_type_is_refused(tmp_path):
+    frame = valid_day()["usage"].with_columns(pl.lit(True).alias("charge"))
+    frame.write_parquet(tmp_path / "usage.parquet")
+    with pytest.raises(ContractError) as caught:
+        read_table_file(tmp_path / "usage.parquet", "usage")
+    violation = only(caught.value)
+    assert (violation.column, violation.rule, violation.count) == ("charge", "type", 3)
+    assert "Boolean" in violation.detail
+
+
+def test_duplicated_csv_header_is_refused(tmp_path):
+    path = write_csv_text(
+        tmp_path / "app_events.csv", "subscriber_id,ts,screen,screen", "1,2026-03-10,home,market"
+    )
+    frames = valid_day()
+    frames["app_events"] = pl.read_csv(path, infer_schema=False)
+    with pytest.raises(ContractError, match="app_events.screen: rule 'unique_column'"):
+        validate_tables(frames, DAY)

@@ -1,0 +1,322 @@
+"""Ingest: all-or-nothing writes into raw/, round trips, idempotence, and reading raw back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from test_contracts import DAY, valid_day, with_value
+
+from mia.contracts import ContractError
+from mia.errors import InputError
+from mia.ingest import MANIFEST_DIR, ingest_day, ingested_dates, raw_events, raw_state
+from mia.lake import Lake, partition_files
+from mia.schema import TABLES
+
+
+def deliver(folder: Path, frames: dict[str, pl.DataFrame], file_format: str = "parquet") -> Path:
+    """Write a day's frames into a drop-zone folder as `<table>.<format>`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in frames.items():
+        if file_format == "csv":
+            frame.write_csv(folder / f"{name}.csv")
+        else:
+            frame.write_parquet(folder / f"{name}.parquet")
+    return folder
+
+
+def raw_snapshot(lake: Lake) -> dict[str, bytes]:
+    """Every file under raw/ by relative path, with its bytes."""
+    base = lake.root / "raw"
+    if not base.exists():
+        return {}
+    return {
+        str(path.relative_to(base)): path.read_bytes() for path in base.rglob("*") if path.is_file()
+    }
+
+
+def read_raw_partition(lake: Lake, table: str, day: dt.date = DAY) -> pl.DataFrame:
+    return pl.read_parquet(partition_files(lake.raw(table, day)))
+
+
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    return Lake(tmp_path / "data")
+
+
+@pytest.mark.parametrize("file_format", ["parquet", "csv"])
+def test_good_delivery_round_trips(lake, file_format):
+    frames = valid_day()
+    deliver(lake.incoming(DAY), frames, file_format)
+    counts = ingest_day(lake, DAY)
+    assert counts == {name: frame.height for name, frame in frames.items()}
+    for name, frame in frames.items():
+        stored = read_raw_partition(lake, name)
+        assert stored.schema == TABLES[name].polars_schema
+        assert stored.equals(frame), name
+    assert ingested_dates(lake) == [DAY]
+
+
+def test_reingest_is_idempotent_and_byte_identical(lake):
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    first = raw_snapshot(lake)
+    ingest_day(lake, DAY)
+    assert raw_snapshot(lake) == first
+    # CSV and Parquet deliveries of the same day give the same bytes in raw/.
+    csv_folder = deliver(lake.root / "elsewhere", valid_day(), "csv")
+    ingest_day(lake, DAY, source=csv_folder)
+    second = raw_snapshot(lake)
+    assert {path: data for path, data in second.items() if path.endswith(".parquet")} == {
+        path: data for path, data in first.items() if path.endswith(".parquet")
+    }
+
+
+def test_reingest_replaces_the_day_exactly(lake):
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    smaller = valid_day()
+    smaller["usage"] = smaller["usage"].head(1)
+    del smaller["payments"]
+    source = deliver(lake.root / "redelivery", smaller)
+    counts = ingest_day(lake, DAY, source=source)
+    assert "payments" not in counts
+    assert read_raw_partition(lake, "usage").height == 1
+    assert not lake.raw("payments", DAY).exists()
+    assert lake.dates("raw", "payments") == []
+
+
+def test_missing_optional_table_is_skipped(lake, caplog):
+    frames = {name: frame for name, frame in valid_day().items() if TABLES[name].required}
+    deliver(lake.incoming(DAY), frames)
+    with caplog.at_level("INFO"):
+        counts = ingest_day(lake, DAY)
+    assert set(counts) == {"subscribers", "usage", "catalog", "offer_events"}
+    assert not (lake.root / "raw" / "holdings").exists()
+    assert "holdings: optional table not delivered" in caplog.text
+    manifest = json.loads(
+        (lake.root / "raw" / MANIFEST_DIR / f"date={DAY}" / "manifest.json").read_text()
+    )
+    assert manifest["skipped_tables"] == ["payments", "app_events", "transfers", "holdings"]
+
+
+def test_missing_required_table_is_refused(lake):
+    frames = valid_day()
+    del frames["catalog"]
+    deliver(lake.incoming(DAY), frames)
+    with pytest.raises(ContractError) as caught:
+        ingest_day(lake, DAY)
+    assert [(v.table, v.rule) for v in caught.value.violations] == [("catalog", "required_table")]
+    assert "catalog: rule 'required_table'" in str(caught.value)
+    assert str(lake.incoming(DAY)) in str(caught.value)
+    assert raw_snapshot(lake) == {}
+
+
+def test_missing_delivery_folder_is_refused(lake):
+    with pytest.raises(ContractError) as caught:
+        ingest_day(lake, DAY)
+    assert {v.table for v in caught.value.violations} == {
+        "subscribers",
+        "usage",
+        "catalog",
+        "offer_events",
+    }
+    assert isinstance(caught.value, InputError)
+
+
+def test_unknown_files_are_ignored_and_extra_columns_dropped(lake, caplog):
+    frames = valid_day()
+    frames["usage"] = frames["usage"].with_columns(pl.lit("cell-7").alias("cell_id"))
+    folder = deliver(lake.incoming(DAY), frames)
+    (folder / "notes.txt").write_text("delivered by ops\n")
+    (folder / "calls.csv").write_text("a,b\n1,2\n")
+    (folder / ".DS_Store").write_text("")
+    with caplog.at_level("WARNING"):
+        counts = ingest_day(lake, DAY)
+    assert counts["usage"] == 3
+    assert read_raw_partition(lake, "usage").columns == TABLES["usage"].column_names
+    assert "ignoring calls.csv" in caplog.text and "cell_id" in caplog.text
+    manifest = json.loads(
+        (lake.root / "raw" / MANIFEST_DIR / f"date={DAY}" / "manifest.json").read_text()
+    )
+    assert manifest["ignored_files"] == ["calls.csv", "notes.txt"]
+    assert manifest["tables"]["usage"]["dropped_columns"] == ["cell_id"]
+    assert manifest["tables"]["usage"]["file"] == "usage.parquet"
+
+
+def test_table_as_a_folder_of_parquet_parts(lake):
+    frames = valid_day()
+    usage = frames.pop("usage")
+    folder = deliver(lake.incoming(DAY), frames)
+    (folder / "usage").mkdir()
+    usage.head(2).write_parquet(folder / "usage" / "part-0.parquet")
+    usage.tail(1).write_parquet(folder / "usage" / "part-1.parquet")
+    assert ingest_day(lake, DAY)["usage"] == 3
+    assert read_raw_partition(lake, "usage").equals(usage)
+
+
+def test_table_delivered_twice_is_refused(lake):
+    folder = deliver(lake.incoming(DAY), valid_day())
+    valid_day()["usage"].write_csv(folder / "usage.csv")
+    with pytest.raises(ContractError, match="usage: rule 'single_source'"):
+        ingest_day(lake, DAY)
+    assert raw_snapshot(lake) == {}
+
+
+def test_unreadable_file_is_refused(lake):
+    folder = deliver(lake.incoming(DAY), valid_day())
+    (folder / "payments.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ContractError) as caught:
+        ingest_day(lake, DAY)
+    assert [(v.table, v.rule) for v in caught.value.violations] == [("payments", "readable")]
+    assert raw_snapshot(lake) == {}
+
+
+def _cell(table: str, column: str, value: object, row: int = 0) -> Callable[[dict], None]:
+    def mutate(frames: dict[str, pl.DataFrame]) -> None:
+        frames[table] = with_value(frames[table], column, row, value)
+
+    return mutate
+
+
+def _duplicate_first_row(table: str) -> Callable[[dict], None]:
+    def mutate(frames: dict[str, pl.DataFrame]) -> None:
+        frames[table] = pl.concat([frames[table], frames[table].head(1)])
+
+    return mutate
+
+
+def _drop(table: str, column: str) -> Callable[[dict], None]:
+    def mutate(frames: dict[str, pl.DataFrame]) -> None:
+        frames[table] = frames[table].drop(column)
+
+    return mutate
+
+
+def _text(table: str, column: str, value: str) -> Callable[[dict], None]:
+    def mutate(frames: dict[str, pl.DataFrame]) -> None:
+        frame = frames[table].with_columns(pl.col(column).cast(pl.String))
+        frames[table] = with_value(frame, column, 0, value)
+
+    return mutate
+
+
+LATE = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(0, 0, 1))
+BREAKAGES = [
+    (_drop("usage", "kind"), "usage", "kind", "required_column"),
+    (_text("usage", "quantity", "abc"), "usage", "quantity", "type"),
+    (_text("payments", "ts", "yesterday"), "payments", "ts", "type"),
+    (_cell("subscribers", "tariff_id", None), "subscribers", "tariff_id", "not_null"),
+    (_cell("usage", "kind", "fax"), "usage", "kind", "allowed"),
+    (_cell("offer_events", "event", "buy"), "offer_events", "event", "allowed"),
+    (_cell("payments", "method", "gold"), "payments", "method", "allowed"),
+    (_cell("app_events", "screen", "x"), "app_events", "screen", "allowed"),
+    (_cell("subscribers", "device_os", "bada"), "subscribers", "device_os", "allowed"),
+    (_cell("catalog", "category", "cars"), "catalog", "category", "allowed"),
+    (_cell("transfers", "gb", -1.0), "transfers", "gb", "non_negative"),
+    (_cell("usage", "charge", float("inf")), "usage", "charge", "finite"),
+    (_duplicate_first_row("catalog"), "catalog", "offer_id", "unique"),
+    (_cell("app_events", "ts", LATE), "app_events", "ts", "not_after_date"),
+    (_cell("catalog", "end_date", dt.date(2025, 1, 1)), "catalog", "end_date", "date_order"),
+    (_cell("holdings", "end_date", dt.date(2025, 1, 1)), "holdings", "end_date", "date_order"),
+    (_cell("catalog", "regions", "moscow|"), "catalog", "regions", "list_format"),
+    (_cell("catalog", "device_os", "ios|tizen"), "catalog", "device_os", "allowed"),
+    (_cell("catalog", "capacity", -3), "catalog", "capacity", "non_negative"),
+    (_cell("catalog", "requires_product", "p_data5"), "catalog", "excludes_product", "distinct"),
+    (_cell("offer_events", "offer_id", "nope"), "offer_events", "offer_id", "known_offer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "table", "column", "rule"),
+    BREAKAGES,
+    ids=[f"{table}.{column}.{rule}" for _, table, column, rule in BREAKAGES],
+)
+def test_broken_rule_refuses_the_whole_day(lake, mutate, table, column, rule):
+    frames = valid_day()
+    mutate(frames)
+    deliver(lake.incoming(DAY), frames)
+    with pytest.raises(ContractError) as caught:
+        ingest_day(lake, DAY)
+    assert [(v.table, v.column, v.rule) for v in caught.value.violations] == [(table, column, rule)]
+    count = caught.value.violations[0].count
+    assert f"{table}.{column}: rule '{rule}' broken by {count} row(s)" in str(caught.value)
+    assert not (lake.root / "raw").exists()
+
+
+def test_bad_redelivery_leaves_the_previous_ingest_untouched(lake):
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    before = raw_snapshot(lake)
+    frames = valid_day()
+    frames["usage"] = with_value(frames["usage"], "kind", 0, "fax")
+    source = deliver(lake.root / "redelivery", frames)
+    with pytest.raises(ContractError):
+        ingest_day(lake, DAY, source=source)
+    assert raw_snapshot(lake) == before
+
+
+def _ingest_days(lake: Lake, days: list[dt.date], optional: bool = True) -> None:
+    for day in days:
+        frames = valid_day(day)
+        if not optional:
+            frames = {name: frame for name, frame in frames.items() if TABLES[name].required}
+        deliver(lake.incoming(day), frames)
+        ingest_day(lake, day)
+
+
+def test_raw_events_reads_a_date_range(lake):
+    days = [DAY + dt.timedelta(days=offset) for offset in range(3)]
+    _ingest_days(lake, days)
+    scan = raw_events(lake, "usage", days[1], None)
+    assert isinstance(scan, pl.LazyFrame)
+    frame = scan.collect()
+    assert frame.get_column("date").unique().sort().to_list() == days[1:]
+    assert frame.height == 6
+    assert frame.columns == [*TABLES["usage"].column_names, "date"]
+    assert raw_events(lake, "usage", None, None).collect().height == 9
+    empty = raw_events(lake, "usage", dt.date(2030, 1, 1), None).collect()
+    assert empty.height == 0 and empty.columns == frame.columns
+
+
+def test_raw_events_of_a_table_never_delivered(lake):
+    _ingest_days(lake, [DAY], optional=False)
+    assert raw_events(lake, "payments", None, None) is None
+    with pytest.raises(InputError, match="event table"):
+        raw_events(lake, "catalog", None, None)
+
+
+def test_raw_state_is_the_latest_delivery_up_to_the_date(lake):
+    first, second = DAY, DAY + dt.timedelta(days=2)
+    _ingest_days(lake, [first])
+    frames = valid_day(second)
+    frames["subscribers"] = frames["subscribers"].head(2)
+    deliver(lake.incoming(second), frames)
+    ingest_day(lake, second)
+    assert raw_state(lake, "subscribers", first - dt.timedelta(days=1)) is None
+    assert raw_state(lake, "subscribers", first).height == 3
+    assert raw_state(lake, "subscribers", first + dt.timedelta(days=1)).height == 3
+    assert raw_state(lake, "subscribers", second).height == 2
+    state = raw_state(lake, "catalog", second + dt.timedelta(days=30))
+    assert state.schema == TABLES["catalog"].polars_schema
+    with pytest.raises(InputError, match="state table"):
+        raw_state(lake, "usage", first)
+
+
+def test_ingests_a_simulated_world_exactly(tmp_path):
+    simulate = pytest.importorskip("mia.simulate")
+    root = tmp_path / "data"
+    config = simulate.SimulationConfig(subscribers=200, days=3, start=dt.date(2026, 1, 1), seed=3)
+    dates = simulate.write_world(root, config, file_format="csv")
+    lake = Lake(root)
+    for day in dates:
+        counts = ingest_day(lake, day)
+        assert counts["subscribers"] == 200 and counts["catalog"] > 0 and counts["usage"] > 0
+    assert ingested_dates(lake) == dates
+    for day, frames in simulate.generate_days(config):
+        for name, frame in frames.items():
+            assert read_raw_partition(lake, name, day).equals(frame), (day, name)
