@@ -1,1 +1,35 @@
-"""offers layer of Mia."""
+"""offers layer of Mia: eligibility, groups, ranking under a contact policy, audiences and lift."""
+
+from offers.audience import (
+    audience_summary,
+    build_audiences,
+    csv_safe,
+    export_audience,
+    read_summary,
+    safe_file_name,
+    write_audiences,
+)
+from offers.eligibility import RULES, OffersInputError, eligible_pairs, explain
+from offers.groups import CONTROL, TREATMENT, assign_groups
+from offers.lift import measure_lift, organic_baseline
+from offers.rank import rank_offers
+
+__all__ = [
+    "CONTROL",
+    "RULES",
+    "TREATMENT",
+    "OffersInputError",
+    "assign_groups",
+    "audience_summary",
+    "build_audiences",
+    "csv_safe",
+    "eligible_pairs",
+    "explain",
+    "export_audience",
+    "measure_lift",
+    "organic_baseline",
+    "rank_offers",
+    "read_summary",
+    "safe_file_name",
+    "write_audiences",
+]

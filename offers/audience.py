@@ -1,0 +1,287 @@
+"""Audiences: per offer, the eligible subscribers marketing should contact, with the control group
+flagged, written as spreadsheet-safe, byte-stable CSV files.
+
+Rules (see offers/README.md):
+
+- Rows: eligible, scored, covered subscribers with p_accept >= min_probability, from BOTH groups;
+  control rows carry group="control" and are held out by marketing to measure lift.
+- Order: by expected value (p_accept x value x category weight). Where a baseline is given and the
+  offer's control group has at least `uplift_min_control` subscribers, by expected uplift instead:
+  (p_accept - control acceptance rate) x value x weight, and rows with no positive uplift are cut.
+  Within one offer the baseline is a constant, so the order equals the expected-value order; the
+  uplift rule decides who is cut. Ties: subscriber_id ascending.
+- Capacity: a row is kept while fewer than `capacity` treatment rows rank above it, so at most
+  `capacity` treatment subscribers are contacted and the control rows cover the same score range.
+- Numbers are rounded to 6 decimals (as written); CSV cells are never executed by a spreadsheet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import polars as pl
+
+from mia.errors import RunError
+from mia.lake import atomic_path
+from mia.schema import (
+    CATEGORY,
+    COVERED,
+    EXPECTED_VALUE,
+    GENERATED_AT,
+    GROUP,
+    OFFER_ID,
+    P_ACCEPT,
+    RANK,
+    SUBSCRIBER_ID,
+    VALUE,
+)
+from mia.settings import Settings
+from offers.eligibility import Frame, OffersInputError, lazy, require_columns
+from offers.groups import TREATMENT
+from offers.rank import CAPACITY, OFFER_ORDER, category_weight_expr, scored_candidates
+
+logger = logging.getLogger(__name__)
+
+AUDIENCE_COLUMNS = (SUBSCRIBER_ID, OFFER_ID, RANK, P_ACCEPT, EXPECTED_VALUE, GROUP, GENERATED_AT)
+SUMMARY_COLUMNS = (
+    OFFER_ID,
+    CATEGORY,
+    "audience_size",
+    "expected_accepts",
+    EXPECTED_VALUE,
+    "control_size",
+)
+BASELINE_COLUMNS = (OFFER_ID, "control_n", "control_rate")
+SUMMARY_FILE = "summary.csv"
+FILE_COLUMN = "file"
+DECIMALS = 6
+
+_AUDIENCE_SCHEMA = {
+    SUBSCRIBER_ID: pl.Int64,
+    OFFER_ID: pl.String,
+    RANK: pl.Int64,
+    P_ACCEPT: pl.Float64,
+    EXPECTED_VALUE: pl.Float64,
+    GROUP: pl.String,
+    GENERATED_AT: pl.String,
+}
+_SCORE = "_score"
+_UPLIFT_RATE = "_control_rate"
+
+# File names: kept as they are only when plainly safe; otherwise sanitised and suffixed with a
+# hash of the original id. Kept names never end like a hashed one, so the two cannot collide.
+_PLAIN_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]*")
+_HASHED_NAME = re.compile(r".*--[0-9a-f]{12}")
+_UNSAFE_CHARACTERS = re.compile(r"[^a-z0-9_-]+")
+_MAX_NAME = 80
+_RESERVED_NAMES = frozenset(
+    {"summary", "con", "prn", "aux", "nul"}
+    | {f"com{digit}" for digit in range(10)}
+    | {f"lpt{digit}" for digit in range(10)}
+)
+# Leading characters that make a spreadsheet evaluate a cell (OWASP CSV injection list).
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def safe_file_name(offer_id: str) -> str:
+    """A file stem for an offer id: [a-z0-9_.-] only, no leading dot, distinct for distinct ids."""
+    kept = (
+        _PLAIN_NAME.fullmatch(offer_id) is not None
+        and len(offer_id) <= _MAX_NAME
+        and not offer_id.endswith(".")
+        and _HASHED_NAME.fullmatch(offer_id) is None
+        and offer_id.split(".", 1)[0] not in _RESERVED_NAMES
+    )
+    if kept:
+        return offer_id
+    digest = hashlib.sha256(offer_id.encode("utf-8")).hexdigest()[:12]
+    stem = _UNSAFE_CHARACTERS.sub("_", offer_id.lower()).strip("_-")[:_MAX_NAME] or "offer"
+    return f"{stem}--{digest}"
+
+
+def csv_safe(frame: pl.DataFrame) -> pl.DataFrame:
+    """String cells starting with = + - @ tab or carriage return get a leading single quote."""
+    return frame.with_columns(
+        pl.when(pl.col(name).str.contains(_FORMULA_START))
+        .then(pl.lit("'") + pl.col(name))
+        .otherwise(pl.col(name))
+        .alias(name)
+        for name, dtype in frame.schema.items()
+        if dtype == pl.String
+    )
+
+
+def _write_csv(frame: pl.DataFrame, path: Path) -> None:
+    csv_safe(frame).write_csv(
+        path,
+        float_precision=DECIMALS,
+        float_scientific=False,
+        null_value="",
+        line_terminator="\n",
+    )
+
+
+def _baseline_rates(baseline: Frame | None, settings: Settings) -> pl.LazyFrame:
+    """Per offer, the control acceptance rate, only where the control group is large enough."""
+    if baseline is None:
+        return pl.LazyFrame(schema={OFFER_ID: pl.String, _UPLIFT_RATE: pl.Float64})
+    require_columns(baseline, "baseline", BASELINE_COLUMNS)
+    return (
+        lazy(baseline)
+        .filter(
+            (pl.col("control_n") >= settings.uplift_min_control)
+            & pl.col("control_rate").is_not_null()
+        )
+        .select(OFFER_ID, pl.col("control_rate").cast(pl.Float64).alias(_UPLIFT_RATE))
+    )
+
+
+def build_audiences(
+    scores: Frame,
+    eligible: Frame,
+    catalog: Frame,
+    groups: Frame,
+    settings: Settings,
+    generated_at: str,
+    baseline: Frame | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Per scored offer (sorted by offer_id), its ranked audience with the control rows flagged.
+
+    `baseline` (offer_id, control_n, control_rate; e.g. from offers.lift.organic_baseline) turns
+    on uplift ranking for offers whose control group holds >= settings.uplift_min_control.
+    """
+    if not isinstance(generated_at, str) or not generated_at:
+        raise OffersInputError(f"generated_at == {generated_at!r}, must be a non-empty string.")
+    candidates = scored_candidates(scores, eligible, catalog, groups, settings).filter(
+        pl.col(COVERED)
+    )
+    rates = _baseline_rates(baseline, settings).collect()
+    uplift = pl.col(P_ACCEPT) - pl.col(_UPLIFT_RATE)
+    is_treatment = (pl.col(GROUP) == TREATMENT).cast(pl.Int64)
+    treatment_above = is_treatment.cum_sum().over(OFFER_ORDER) - is_treatment
+    rows = (
+        candidates.join(rates, on=OFFER_ID, how="left")
+        .filter(pl.col(_UPLIFT_RATE).is_null() | (uplift > 0))
+        .with_columns(
+            pl.when(pl.col(_UPLIFT_RATE).is_null())
+            .then(pl.col(EXPECTED_VALUE))
+            .otherwise(uplift * pl.col(VALUE) * category_weight_expr(settings))
+            .alias(_SCORE)
+        )
+        .sort([OFFER_ORDER, _SCORE, SUBSCRIBER_ID], descending=[False, True, False])
+        .filter(pl.col(CAPACITY).is_null() | (treatment_above < pl.col(CAPACITY)))
+        .with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(OFFER_ORDER).alias(RANK),
+            pl.col(P_ACCEPT).cast(pl.Float64).round(DECIMALS),
+            pl.col(EXPECTED_VALUE).cast(pl.Float64).round(DECIMALS),
+            pl.lit(generated_at, dtype=pl.String).alias(GENERATED_AT),
+        )
+        .select(AUDIENCE_COLUMNS)
+    )
+    parts = rows.partition_by(OFFER_ID, as_dict=True, maintain_order=True)
+    offer_ids = sorted(lazy(scores).select(OFFER_ID).unique().collect()[OFFER_ID].to_list())
+    audiences = {
+        offer_id: parts.get((offer_id,), pl.DataFrame(schema=_AUDIENCE_SCHEMA))
+        for offer_id in offer_ids
+    }
+    logger.info(
+        "audiences: %d offers, %d rows (%d offers ranked by uplift)",
+        len(audiences),
+        rows.height,
+        rates.height,
+    )
+    return audiences
+
+
+def audience_summary(audiences: Mapping[str, pl.DataFrame], catalog: Frame) -> pl.DataFrame:
+    """Per offer: audience_size and control_size (rows), expected accepts and value (treatment)."""
+    require_columns(catalog, "catalog", (OFFER_ID, CATEGORY))
+    offers = pl.DataFrame({OFFER_ID: sorted(audiences)}, schema={OFFER_ID: pl.String})
+    frames = [
+        frame.select(OFFER_ID, GROUP, P_ACCEPT, EXPECTED_VALUE) for frame in audiences.values()
+    ]
+    rows = pl.concat(frames) if frames else pl.DataFrame(schema=_AUDIENCE_SCHEMA)
+    treatment = pl.col(GROUP) == TREATMENT
+    totals = rows.group_by(OFFER_ID).agg(
+        treatment.sum().cast(pl.Int64).alias("audience_size"),
+        pl.col(P_ACCEPT).filter(treatment).sum().alias("expected_accepts"),
+        pl.col(EXPECTED_VALUE).filter(treatment).sum().alias(EXPECTED_VALUE),
+        (~treatment).sum().cast(pl.Int64).alias("control_size"),
+    )
+    categories = lazy(catalog).select(OFFER_ID, CATEGORY).collect()
+    return (
+        offers.join(categories, on=OFFER_ID, how="left")
+        .join(totals, on=OFFER_ID, how="left")
+        .with_columns(
+            pl.col("audience_size", "control_size").fill_null(0),
+            pl.col("expected_accepts", EXPECTED_VALUE).fill_null(0.0).round(DECIMALS),
+        )
+        .select(SUMMARY_COLUMNS)
+        .sort(OFFER_ID)
+    )
+
+
+def write_audiences(
+    audiences: Mapping[str, pl.DataFrame], summary: pl.DataFrame, directory: Path | str
+) -> Path:
+    """Write <safe offer id>.csv per offer and summary.csv (with a `file` column), atomically."""
+    directory = Path(directory)
+    require_columns(summary, "summary", SUMMARY_COLUMNS)
+    if sorted(summary[OFFER_ID].to_list()) != sorted(audiences):
+        raise OffersInputError(
+            "summary: column offer_id, rule: the same offers as the audiences; "
+            f"summary has {summary.height}, audiences have {len(audiences)}."
+        )
+    names = {offer_id: safe_file_name(offer_id) for offer_id in sorted(audiences)}
+    if len({name.casefold() for name in names.values()}) != len(names):
+        raise RunError(f"audience file names collide: {sorted(names.values())}")
+    with atomic_path(directory) as temporary:
+        temporary.mkdir(parents=True)
+        for offer_id, name in names.items():
+            _write_csv(audiences[offer_id].select(AUDIENCE_COLUMNS), temporary / f"{name}.csv")
+        files = pl.Series(FILE_COLUMN, [f"{names[o]}.csv" for o in summary[OFFER_ID]], pl.String)
+        _write_csv(
+            summary.select(SUMMARY_COLUMNS).with_columns(files).sort(OFFER_ID),
+            temporary / SUMMARY_FILE,
+        )
+    logger.info("wrote %d audience files to %s", len(names), directory)
+    return directory
+
+
+def read_summary(directory: Path | str) -> pl.DataFrame:
+    """The summary.csv of an audience directory (cells as written, numbers typed)."""
+    path = Path(directory) / SUMMARY_FILE
+    if not path.is_file():
+        raise OffersInputError(f"audiences: {path} not found; rule: run the nightly flow first.")
+    return pl.read_csv(
+        path,
+        schema={
+            OFFER_ID: pl.String,
+            CATEGORY: pl.String,
+            "audience_size": pl.Int64,
+            "expected_accepts": pl.Float64,
+            EXPECTED_VALUE: pl.Float64,
+            "control_size": pl.Int64,
+            FILE_COLUMN: pl.String,
+        },
+    )
+
+
+def export_audience(directory: Path | str, offer_id: str, out_path: Path | str) -> Path:
+    """Copy one offer's audience CSV from an audience directory to `out_path`, atomically."""
+    source = Path(directory) / f"{safe_file_name(offer_id)}.csv"
+    if not source.is_file():
+        known = read_summary(directory)[OFFER_ID].to_list() if Path(directory).is_dir() else []
+        raise OffersInputError(
+            f"audiences: offer_id {offer_id!r} has no audience in {directory}; "
+            f"known offers: {known[:10]}{' ...' if len(known) > 10 else ''}."
+        )
+    out_path = Path(out_path)
+    with atomic_path(out_path) as temporary:
+        shutil.copyfile(source, temporary)
+    return out_path

@@ -1,0 +1,68 @@
+"""Stable treatment/control groups and coverage, from a salted hash of subscriber_id.
+
+A subscriber's group and coverage depend only on its id and the salt, never on who else is in the
+table, so they are the same every night and do not move when subscribers join or leave. The
+simulator draws its control group with the same `mia.hashing.control_mask`, so both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+
+from mia.hashing import control_mask, coverage_mask
+from mia.schema import COVERED, GROUP, SUBSCRIBER_ID
+from mia.settings import Settings
+from offers.eligibility import Frame, OffersInputError, lazy, require_columns
+
+TREATMENT = "treatment"
+CONTROL = "control"
+GROUPS = (TREATMENT, CONTROL)
+
+
+def assign_groups(
+    subscriber_ids: pl.Series | np.ndarray | Iterable[int], settings: Settings
+) -> pl.DataFrame:
+    """One row per distinct id: subscriber_id, group ("treatment"|"control"), covered (bool)."""
+    ids = pl.Series(SUBSCRIBER_ID, subscriber_ids, dtype=pl.Int64)
+    if ids.null_count():
+        raise OffersInputError(
+            f"subscriber_ids: {ids.null_count()} null value(s); rule: ids must not be null."
+        )
+    ids = ids.unique().sort()
+    control = control_mask(ids, settings.group_salt, settings.control_share)
+    covered = coverage_mask(ids, settings.group_salt, settings.coverage)
+    return pl.DataFrame(
+        {
+            SUBSCRIBER_ID: ids,
+            GROUP: np.where(control, CONTROL, TREATMENT),
+            COVERED: covered,
+        },
+        schema={SUBSCRIBER_ID: pl.Int64, GROUP: pl.String, COVERED: pl.Boolean},
+    )
+
+
+def targeted() -> pl.Expr:
+    """True for subscribers who may be contacted tonight: treatment and covered."""
+    return (pl.col(GROUP) == TREATMENT) & pl.col(COVERED)
+
+
+def check_groups(groups: Frame) -> pl.DataFrame:
+    """The groups frame after checking its columns, allowed groups and unique ids."""
+    require_columns(groups, "groups", (SUBSCRIBER_ID, GROUP, COVERED))
+    frame = lazy(groups).select(SUBSCRIBER_ID, GROUP, COVERED).collect()
+    bad = frame.filter(~pl.col(GROUP).is_in(GROUPS) | pl.col(COVERED).is_null())
+    if bad.height:
+        raise OffersInputError(
+            f"groups: column group/covered, rule: group in {list(GROUPS)} and covered not null; "
+            f"{bad.height} row(s) break it, e.g. {bad.head(5).to_dicts()}."
+        )
+    duplicated = frame.filter(pl.col(SUBSCRIBER_ID).is_duplicated())
+    if duplicated.height:
+        raise OffersInputError(
+            f"groups: column subscriber_id, rule: unique; {duplicated.height} row(s) break it, "
+            f"e.g. {duplicated.head(5).to_dicts()}."
+        )
+    return frame

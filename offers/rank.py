@@ -1,0 +1,282 @@
+"""Nightly ranking: expected value under a contact policy (K per subscriber, M per category,
+category diversity in the top positions, capacity per offer).
+
+Policy, applied to eligible pairs of treatment subscribers who are covered tonight:
+
+1. expected_value = p_accept x value x category weight; pairs below `min_probability` are dropped.
+2. Per subscriber, offers are ordered by expected value (ties: offer_id ascending). At most
+   `max_per_category` (M) offers of one category are kept.
+3. Diversity: the best offer of each category is a "leader". The first
+   min(D, number of categories available) positions hold the D best leaders, by expected value,
+   where D = min(diversity_positions, top_k); the remaining positions take the best of what is left
+   (leaders and runners-up alike) by expected value. D = 0 turns diversity off.
+4. At most `top_k` (K) offers per subscriber; rank 1..K in that order.
+5. Capacity: an offer with capacity C goes to at most C subscribers, those with the highest expected
+   value for it (ties: subscriber_id ascending). A subscriber who loses a capped offer gets the
+   policy re-applied without it, so the freed position is filled by the next offer; this repeats
+   until no capacity is exceeded. Capacity counts the subscribers in the frame passed in.
+
+Control and uncovered subscribers get no rows. The same inputs give the same frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import polars as pl
+
+from mia.schema import (
+    CATEGORY,
+    EXPECTED_VALUE,
+    GROUP,
+    MODEL_VERSION,
+    OFFER_ID,
+    P_ACCEPT,
+    RANK,
+    REASONS,
+    RUN_ID,
+    SUBSCRIBER_ID,
+    VALUE,
+)
+from mia.settings import Settings
+from offers.eligibility import Frame, OffersInputError, lazy, require_columns
+from offers.groups import check_groups, targeted
+
+logger = logging.getLogger(__name__)
+
+CAPACITY = "capacity"
+OFFERS_COLUMNS = (
+    SUBSCRIBER_ID,
+    RANK,
+    OFFER_ID,
+    CATEGORY,
+    P_ACCEPT,
+    VALUE,
+    EXPECTED_VALUE,
+    REASONS,
+    MODEL_VERSION,
+    RUN_ID,
+)
+MAX_CAPACITY_ROUNDS = 50
+
+_CATEGORY_RANK = "_category_rank"
+_PRIORITY = "_priority"
+OFFER_ORDER = "_offer_order"  # position of offer_id in sorted order: integer tie-break
+_CATEGORY_CODE = "_category_code"
+
+
+def _examples(frame: pl.DataFrame) -> list[dict]:
+    return frame.head(5).to_dicts()
+
+
+def category_weight_expr(settings: Settings) -> pl.Expr:
+    """Weight of each row's category (settings.category_weights, 1 when not configured)."""
+    if not settings.category_weights:
+        return pl.lit(1.0, dtype=pl.Float64)
+    return pl.col(CATEGORY).replace_strict(
+        settings.category_weights, default=1.0, return_dtype=pl.Float64
+    )
+
+
+def _check_scores(scores: Frame) -> pl.LazyFrame:
+    require_columns(scores, "scores", (SUBSCRIBER_ID, OFFER_ID, P_ACCEPT))
+    frame = lazy(scores)
+    names = frame.collect_schema().names()
+    for optional in (REASONS, MODEL_VERSION):
+        if optional not in names:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
+    frame = frame.select(SUBSCRIBER_ID, OFFER_ID, P_ACCEPT, REASONS, MODEL_VERSION)
+    not_probability = (
+        pl.col(P_ACCEPT).is_null()
+        | pl.col(P_ACCEPT).is_nan()
+        | ~pl.col(P_ACCEPT).is_between(0.0, 1.0)
+    )
+    counts = frame.select(
+        not_probability.sum().alias("bad"),
+        pl.len().alias("rows"),
+        pl.struct(SUBSCRIBER_ID, OFFER_ID).n_unique().alias("pairs"),
+    ).collect()
+    if counts["bad"].item():
+        bad = frame.filter(not_probability).head(5).collect()
+        raise OffersInputError(
+            f"scores: column p_accept, rule: a probability in [0, 1], not null; "
+            f"{counts['bad'].item()} row(s) break it, e.g. {_examples(bad)}."
+        )
+    if counts["pairs"].item() != counts["rows"].item():
+        duplicated = (
+            frame.group_by(SUBSCRIBER_ID, OFFER_ID)
+            .agg(pl.len())
+            .filter(pl.col("len") > 1)
+            .sort(SUBSCRIBER_ID, OFFER_ID)
+            .collect()
+        )
+        raise OffersInputError(
+            f"scores: columns subscriber_id, offer_id, rule: one score per pair; "
+            f"{duplicated.height} pair(s) repeat, e.g. {_examples(duplicated)}."
+        )
+    return frame
+
+
+def scored_candidates(
+    scores: Frame, eligible: Frame, catalog: Frame, groups: Frame, settings: Settings
+) -> pl.DataFrame:
+    """Eligible scored pairs with catalog value, capacity, group, coverage and expected value.
+
+    Pairs with p_accept below settings.min_probability are dropped; both groups are kept.
+    """
+    frame = _check_scores(scores)
+    require_columns(eligible, "eligible", (SUBSCRIBER_ID, OFFER_ID))
+    require_columns(catalog, "catalog", (OFFER_ID, CATEGORY, VALUE, CAPACITY))
+    offers = (
+        lazy(catalog)
+        .select(OFFER_ID, CATEGORY, VALUE, CAPACITY)
+        .with_columns(
+            pl.col(OFFER_ID).rank("ordinal").cast(pl.UInt32).alias(OFFER_ORDER),
+            pl.col(CATEGORY).rank("dense").cast(pl.UInt32).alias(_CATEGORY_CODE),
+        )
+        .collect()
+        .lazy()
+    )
+    unknown = frame.join(offers, on=OFFER_ID, how="anti").select(OFFER_ID).unique().collect()
+    if unknown.height:
+        raise OffersInputError(
+            f"scores: column offer_id, rule: every scored offer is in the catalog; "
+            f"{unknown.height} offer(s) are not, e.g. {sorted(unknown[OFFER_ID].to_list())[:5]}."
+        )
+    pairs = lazy(eligible).select(SUBSCRIBER_ID, OFFER_ID).unique()
+    candidates = (
+        frame.join(pairs, on=[SUBSCRIBER_ID, OFFER_ID], how="semi")
+        .filter(pl.col(P_ACCEPT) >= settings.min_probability)
+        .join(offers, on=OFFER_ID, how="inner")
+        .join(check_groups(groups).lazy(), on=SUBSCRIBER_ID, how="left")
+        .with_columns(
+            (pl.col(P_ACCEPT) * pl.col(VALUE) * category_weight_expr(settings)).alias(
+                EXPECTED_VALUE
+            )
+        )
+        .collect(engine="streaming")
+    )
+    ungrouped = candidates.filter(pl.col(GROUP).is_null())
+    if ungrouped.height:
+        raise OffersInputError(
+            f"groups: column subscriber_id, rule: every scored eligible subscriber has a group; "
+            f"{ungrouped[SUBSCRIBER_ID].n_unique()} subscriber(s) have none, e.g. "
+            f"{sorted(ungrouped[SUBSCRIBER_ID].unique().to_list())[:5]}."
+        )
+    return candidates
+
+
+def select_offers(
+    candidates: pl.DataFrame, top_k: int, max_per_category: int, diversity_positions: int
+) -> pl.DataFrame:
+    """Apply K, M and the diversity rule per subscriber of `scored_candidates` output; adds
+    `rank` (1..K); capacity is not looked at here."""
+    diverse = min(diversity_positions, top_k)
+    leader = pl.col(_CATEGORY_RANK) == 1
+    ranked = (
+        candidates.sort(
+            [SUBSCRIBER_ID, EXPECTED_VALUE, OFFER_ORDER], descending=[False, True, False]
+        )
+        .with_columns(
+            pl.int_range(1, pl.len() + 1).over(SUBSCRIBER_ID, _CATEGORY_CODE).alias(_CATEGORY_RANK)
+        )
+        .filter(pl.col(_CATEGORY_RANK) <= max_per_category)
+        .with_columns(
+            pl.when(leader & (leader.cum_sum().over(SUBSCRIBER_ID) <= diverse))
+            .then(0)
+            .otherwise(1)
+            .alias(_PRIORITY)
+        )
+        .sort(
+            [SUBSCRIBER_ID, _PRIORITY, EXPECTED_VALUE, OFFER_ORDER],
+            descending=[False, False, True, False],
+        )
+        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(SUBSCRIBER_ID).alias(RANK))
+        .filter(pl.col(RANK) <= top_k)
+    )
+    return ranked.drop(_CATEGORY_RANK, _PRIORITY)
+
+
+def _over_capacity(selected: pl.DataFrame) -> pl.DataFrame:
+    """Selected (subscriber_id, offer_id) pairs beyond their offer's capacity."""
+    return (
+        selected.filter(pl.col(CAPACITY).is_not_null())
+        .sort([OFFER_ORDER, EXPECTED_VALUE, SUBSCRIBER_ID], descending=[False, True, False])
+        .filter(pl.int_range(1, pl.len() + 1).over(OFFER_ORDER) > pl.col(CAPACITY))
+        .select(SUBSCRIBER_ID, OFFER_ID)
+    )
+
+
+def apply_contact_policy(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
+    """Ranked offers under K, M, diversity and capacity (see the module docstring)."""
+
+    def select(frame: pl.DataFrame) -> pl.DataFrame:
+        return select_offers(
+            frame, settings.top_k, settings.max_per_category, settings.diversity_positions
+        )
+
+    selected = select(candidates)
+    for round_number in range(1, MAX_CAPACITY_ROUNDS + 1):
+        losers = _over_capacity(selected)
+        if losers.is_empty():
+            break
+        logger.debug("capacity round %d: %d pair(s) over capacity", round_number, losers.height)
+        candidates = candidates.join(losers, on=[SUBSCRIBER_ID, OFFER_ID], how="anti")
+        affected = losers.select(SUBSCRIBER_ID).unique()
+        reselected = select(candidates.join(affected, on=SUBSCRIBER_ID, how="semi"))
+        selected = pl.concat([selected.join(affected, on=SUBSCRIBER_ID, how="anti"), reselected])
+    else:
+        losers = _over_capacity(selected)
+        logger.warning(
+            "capacity still exceeded after %d rounds; dropping %d pair(s) without refill",
+            MAX_CAPACITY_ROUNDS,
+            losers.height,
+        )
+        selected = selected.join(losers, on=[SUBSCRIBER_ID, OFFER_ID], how="anti").with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(SUBSCRIBER_ID).alias(RANK)
+        )
+    return selected.sort(SUBSCRIBER_ID, RANK)
+
+
+def _version_label(model_versions: Mapping[str, str] | None) -> str | None:
+    if not model_versions:
+        return None
+    return ",".join(f"{name}:{model_versions[name]}" for name in sorted(model_versions))
+
+
+def rank_offers(
+    scores: Frame,
+    eligible: Frame,
+    catalog: Frame,
+    groups: Frame,
+    settings: Settings,
+    run_id: str,
+    model_versions: Mapping[str, str] | None = None,
+) -> pl.DataFrame:
+    """Tonight's ranked offers per targeted subscriber, sorted by subscriber_id, rank.
+
+    `model_versions` (model name -> version) fills model_version where the scores carry none.
+    """
+    candidates = scored_candidates(scores, eligible, catalog, groups, settings).filter(targeted())
+    ranked = apply_contact_policy(candidates, settings)
+    fallback = _version_label(model_versions)
+    result = ranked.select(
+        pl.col(SUBSCRIBER_ID),
+        pl.col(RANK),
+        pl.col(OFFER_ID),
+        pl.col(CATEGORY),
+        pl.col(P_ACCEPT).cast(pl.Float64),
+        pl.col(VALUE).cast(pl.Float64),
+        pl.col(EXPECTED_VALUE).cast(pl.Float64),
+        pl.col(REASONS).cast(pl.String),
+        pl.col(MODEL_VERSION).cast(pl.String).fill_null(pl.lit(fallback, dtype=pl.String)),
+        pl.lit(run_id, dtype=pl.String).alias(RUN_ID),
+    )
+    logger.info(
+        "ranked %d offers for %d subscribers (run %s)",
+        result.height,
+        result[SUBSCRIBER_ID].n_unique(),
+        run_id,
+    )
+    return result

@@ -1,0 +1,324 @@
+"""Groups and ranking under the contact policy, on hand-made frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mia.hashing import control_mask
+from mia.settings import Settings
+from offers.eligibility import OffersInputError
+from offers.groups import assign_groups, check_groups
+from offers.rank import OFFERS_COLUMNS, rank_offers
+
+SETTINGS = Settings(min_probability=0.0, control_share=0.0)
+
+
+def make_catalog(offers: dict[str, tuple[str, float, int | None]]) -> pl.DataFrame:
+    """offer_id -> (category, value, capacity)."""
+    return pl.DataFrame(
+        {
+            "offer_id": list(offers),
+            "category": [spec[0] for spec in offers.values()],
+            "value": [spec[1] for spec in offers.values()],
+            "capacity": [spec[2] for spec in offers.values()],
+        },
+        schema={
+            "offer_id": pl.String,
+            "category": pl.String,
+            "value": pl.Float64,
+            "capacity": pl.Int64,
+        },
+    )
+
+
+def make_scores(rows: list[tuple[int, str, float]], catalog: pl.DataFrame) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        rows,
+        schema={"subscriber_id": pl.Int64, "offer_id": pl.String, "p_accept": pl.Float64},
+        orient="row",
+    )
+    return frame.join(catalog.select("offer_id", "category"), on="offer_id").with_columns(
+        pl.format("why {}", pl.col("offer_id")).alias("reasons"),
+        pl.lit("v1").alias("model_version"),
+    )
+
+
+def treatment_groups(ids, control=(), uncovered=()) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "subscriber_id": list(ids),
+            "group": ["control" if i in control else "treatment" for i in ids],
+            "covered": [i not in uncovered for i in ids],
+        },
+        schema={"subscriber_id": pl.Int64, "group": pl.String, "covered": pl.Boolean},
+    )
+
+
+def rank(scores, catalog, groups=None, eligible=None, settings=SETTINGS, **kwargs):
+    eligible = scores.select("subscriber_id", "offer_id") if eligible is None else eligible
+    groups = treatment_groups(sorted(set(scores["subscriber_id"]))) if groups is None else groups
+    return rank_offers(scores, eligible, catalog, groups, settings, "run-1", **kwargs)
+
+
+# One subscriber, three categories: A has three offers, B two, C one; value 1 so EV = p.
+DIVERSE = make_catalog(
+    {
+        "a1": ("data_addon", 1.0, None),
+        "a2": ("data_addon", 1.0, None),
+        "a3": ("data_addon", 1.0, None),
+        "b1": ("roaming", 1.0, None),
+        "b2": ("roaming", 1.0, None),
+        "c1": ("music", 1.0, None),
+    }
+)
+DIVERSE_SCORES = make_scores(
+    [
+        (1, "a1", 0.9),
+        (1, "a2", 0.8),
+        (1, "a3", 0.7),
+        (1, "b1", 0.5),
+        (1, "b2", 0.45),
+        (1, "c1", 0.1),
+    ],
+    DIVERSE,
+)
+
+
+@pytest.mark.parametrize(
+    ("top_k", "per_category", "diversity", "expected"),
+    [
+        (5, 2, 5, ["a1", "b1", "c1", "a2", "b2"]),  # leaders first, then by EV; a3 over M
+        (5, 2, 0, ["a1", "a2", "b1", "b2", "c1"]),  # no diversity: EV order under M
+        (3, 2, 2, ["a1", "b1", "a2"]),  # two diverse positions, then best remaining
+        (6, 3, 6, ["a1", "b1", "c1", "a2", "a3", "b2"]),
+        (2, 1, 5, ["a1", "b1"]),
+    ],
+)
+def test_contact_policy_order(top_k, per_category, diversity, expected):
+    settings = SETTINGS.replace(
+        top_k=top_k, max_per_category=per_category, diversity_positions=diversity
+    )
+    ranked = rank(DIVERSE_SCORES, DIVERSE, settings=settings)
+    assert ranked["offer_id"].to_list() == expected
+    assert ranked["rank"].to_list() == list(range(1, len(expected) + 1))
+
+
+def test_output_columns_and_values():
+    catalog = make_catalog({"x": ("roaming", 20.0, None), "y": ("music", 5.0, None)})
+    scores = make_scores([(7, "x", 0.1), (7, "y", 0.5)], catalog)
+    settings = SETTINGS.replace(category_weights={"roaming": 2.0})
+    ranked = rank(scores, catalog, settings=settings, model_versions={"mia-offers": "3"})
+    assert tuple(ranked.columns) == OFFERS_COLUMNS
+    assert ranked.to_dicts() == [
+        {
+            "subscriber_id": 7,
+            "rank": 1,
+            "offer_id": "x",
+            "category": "roaming",
+            "p_accept": 0.1,
+            "value": 20.0,
+            "expected_value": pytest.approx(4.0),
+            "reasons": "why x",
+            "model_version": "v1",
+            "run_id": "run-1",
+        },
+        {
+            "subscriber_id": 7,
+            "rank": 2,
+            "offer_id": "y",
+            "category": "music",
+            "p_accept": 0.5,
+            "value": 5.0,
+            "expected_value": pytest.approx(2.5),
+            "reasons": "why y",
+            "model_version": "v1",
+            "run_id": "run-1",
+        },
+    ]
+
+
+def test_model_versions_fill_missing_versions():
+    catalog = make_catalog({"x": ("roaming", 1.0, None)})
+    scores = make_scores([(1, "x", 0.5)], catalog).drop("model_version", "reasons")
+    ranked = rank(scores, catalog, model_versions={"mia-offers": "3", "als": "2"})
+    assert ranked["model_version"].to_list() == ["als:2,mia-offers:3"]
+    assert ranked["reasons"].to_list() == [None]
+
+
+def test_only_eligible_pairs_and_min_probability():
+    catalog = make_catalog({"x": ("roaming", 1.0, None), "y": ("music", 1.0, None)})
+    scores = make_scores([(1, "x", 0.9), (1, "y", 0.3), (2, "x", 0.005), (2, "y", 0.2)], catalog)
+    eligible = pl.DataFrame({"subscriber_id": [1, 2, 2], "offer_id": ["y", "x", "y"]})
+    ranked = rank(
+        scores, catalog, eligible=eligible, settings=SETTINGS.replace(min_probability=0.01)
+    )
+    assert ranked.select("subscriber_id", "offer_id").rows() == [(1, "y"), (2, "y")]
+
+
+def test_capacity_goes_to_highest_value_and_frees_positions():
+    catalog = make_catalog(
+        {"cap": ("roaming", 1.0, 1), "other": ("music", 1.0, None), "tie": ("gift", 1.0, 1)}
+    )
+    scores = make_scores(
+        [
+            (1, "cap", 0.5),
+            (1, "other", 0.1),
+            (2, "cap", 0.8),
+            (2, "other", 0.1),
+            (3, "cap", 0.6),
+            (3, "other", 0.1),
+            (4, "tie", 0.3),
+            (5, "tie", 0.3),
+        ],
+        catalog,
+    )
+    ranked = rank(scores, catalog, settings=SETTINGS.replace(top_k=1))
+    assert ranked.select("subscriber_id", "offer_id").rows() == [
+        (1, "other"),
+        (2, "cap"),
+        (3, "other"),
+        (4, "tie"),  # equal expected value: lowest subscriber_id wins
+    ]
+    zero = catalog.with_columns(
+        pl.when(pl.col("offer_id") == "cap").then(0).otherwise("capacity").alias("capacity")
+    )
+    assert "cap" not in rank(scores, zero)["offer_id"].to_list()
+
+
+def test_control_and_uncovered_get_nothing():
+    catalog = make_catalog({"x": ("roaming", 1.0, None)})
+    scores = make_scores([(1, "x", 0.5), (2, "x", 0.5), (3, "x", 0.5)], catalog)
+    groups = treatment_groups([1, 2, 3], control=(2,), uncovered=(3,))
+    assert rank(scores, catalog, groups=groups)["subscriber_id"].to_list() == [1]
+
+
+def test_deterministic_whatever_the_row_order():
+    rng = np.random.default_rng(3)
+    catalog, scores, eligible, groups = random_world(rng)
+    first = rank_offers(scores, eligible, catalog, groups, Settings(), "r")
+    shuffled = rank_offers(
+        scores.sample(fraction=1.0, shuffle=True, seed=1),
+        eligible.sample(fraction=1.0, shuffle=True, seed=2),
+        catalog.reverse(),
+        groups.reverse(),
+        Settings(),
+        "r",
+    )
+    assert first.equals(shuffled)
+
+
+def random_world(rng: np.random.Generator, subscribers: int = 300, offers: int = 25):
+    categories = ["tariff", "data_addon", "roaming", "music", "video", "gift"]
+    catalog = pl.DataFrame(
+        {
+            "offer_id": [f"o{i:02d}" for i in range(offers)],
+            "category": [categories[i % len(categories)] for i in range(offers)],
+            "value": rng.uniform(1, 50, offers).round(2),
+            "capacity": [int(c) if c < 40 else None for c in rng.integers(0, 80, offers)],
+        },
+        schema_overrides={"capacity": pl.Int64},
+    )
+    pairs = pl.DataFrame(
+        {
+            "subscriber_id": np.repeat(np.arange(1, subscribers + 1), offers),
+            "offer_id": np.tile(catalog["offer_id"].to_numpy(), subscribers),
+        }
+    )
+    scores = pairs.with_columns(
+        pl.Series("p_accept", rng.beta(1, 12, pairs.height).round(3)),
+    ).join(catalog.select("offer_id", "category"), on="offer_id")
+    scores = scores.with_columns(pl.lit("r").alias("reasons"), pl.lit("v").alias("model_version"))
+    eligible = pairs.filter(pl.Series(rng.random(pairs.height) < 0.7))
+    groups = assign_groups(
+        pairs["subscriber_id"].unique(), Settings(control_share=0.2, coverage=0.9)
+    )
+    return catalog, scores, eligible, groups
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("top_k", "per_category"), [(5, 2), (3, 1), (8, 3)])
+def test_invariants_on_random_worlds(seed, top_k, per_category):
+    rng = np.random.default_rng(seed)
+    catalog, scores, eligible, groups = random_world(rng)
+    settings = Settings(top_k=top_k, max_per_category=per_category, min_probability=0.02)
+    ranked = rank_offers(scores, eligible, catalog, groups, settings, "r")
+    assert ranked.height > 0
+    assert ranked.equals(ranked.sort("subscriber_id", "rank"))
+    # every row is an eligible, scored pair above the minimum probability
+    assert ranked.join(eligible, on=["subscriber_id", "offer_id"], how="anti").is_empty()
+    assert ranked["p_accept"].min() >= 0.02
+    # only treatment, covered subscribers
+    joined = ranked.join(groups, on="subscriber_id")
+    assert joined.filter((pl.col("group") != "treatment") | ~pl.col("covered")).is_empty()
+    # K, M, ranks 1..n
+    per_subscriber = ranked.group_by("subscriber_id").agg(
+        pl.len().alias("n"), pl.col("rank").sort().alias("ranks"), pl.col("category").alias("cats")
+    )
+    assert per_subscriber["n"].max() <= top_k
+    for row in per_subscriber.iter_rows(named=True):
+        assert row["ranks"] == list(range(1, row["n"] + 1))
+    per_category_counts = ranked.group_by("subscriber_id", "category").agg(pl.len())
+    assert per_category_counts["len"].max() <= per_category
+    # capacity
+    used = ranked.group_by("offer_id").agg(pl.len().alias("used")).join(catalog, on="offer_id")
+    assert used.filter(
+        pl.col("capacity").is_not_null() & (pl.col("used") > pl.col("capacity"))
+    ).is_empty()
+    # expected value = p x value (no weights configured)
+    assert np.allclose(ranked["expected_value"], ranked["p_accept"] * ranked["value"])
+
+
+def test_diversity_holds_without_capacity():
+    rng = np.random.default_rng(5)
+    catalog, scores, eligible, groups = random_world(rng)
+    catalog = catalog.with_columns(pl.lit(None, dtype=pl.Int64).alias("capacity"))
+    ranked = rank_offers(scores, eligible, catalog, groups, Settings(min_probability=0.0), "r")
+    available = (
+        scores.join(eligible, on=["subscriber_id", "offer_id"], how="semi")
+        .group_by("subscriber_id")
+        .agg(pl.col("category").n_unique().alias("available"))
+    )
+    head = ranked.join(available, on="subscriber_id").filter(
+        pl.col("rank") <= pl.min_horizontal(pl.lit(5), "available")
+    )
+    assert head.group_by("subscriber_id", "category").agg(pl.len())["len"].max() == 1
+
+
+def test_bad_scores_are_refused():
+    catalog = make_catalog({"x": ("roaming", 1.0, None)})
+    scores = make_scores([(1, "x", 0.5)], catalog)
+    with pytest.raises(OffersInputError, match="p_accept.*1 row"):
+        rank(scores.with_columns(pl.lit(1.5).alias("p_accept")), catalog)
+    with pytest.raises(OffersInputError, match="one score per pair"):
+        rank(pl.concat([scores, scores]), catalog)
+    with pytest.raises(OffersInputError, match=r"not, e.g. \['ghost'\]"):
+        rank(scores.with_columns(pl.lit("ghost").alias("offer_id")), catalog)
+    with pytest.raises(OffersInputError, match="has a group"):
+        rank(scores, catalog, groups=treatment_groups([2]))
+    with pytest.raises(OffersInputError, match=r"missing column\(s\) \['p_accept'\]"):
+        rank(scores.drop("p_accept"), catalog, eligible=scores.select("subscriber_id", "offer_id"))
+
+
+def test_groups_follow_the_hash_and_are_stable_as_the_base_grows():
+    settings = Settings(control_share=0.25, coverage=0.8)
+    small = assign_groups(range(1, 2001), settings)
+    large = assign_groups(np.arange(5000, 0, -1), settings)
+    assert small.schema == {"subscriber_id": pl.Int64, "group": pl.String, "covered": pl.Boolean}
+    assert large.filter(pl.col("subscriber_id") <= 2000).equals(small)
+    expected_control = control_mask(small["subscriber_id"], settings.group_salt, 0.25)
+    assert ((small["group"] == "control").to_numpy() == expected_control).all()
+    share = (large["group"] == "control").mean()
+    assert 0.22 < share < 0.28
+    assert 0.77 < large["covered"].mean() < 0.83
+    other_salt = assign_groups(range(1, 2001), settings.replace(group_salt="other"))
+    assert not other_salt.equals(small)
+
+
+def test_groups_input_checks():
+    with pytest.raises(OffersInputError, match="null"):
+        assign_groups(pl.Series([1, None]), Settings())
+    bad = treatment_groups([1]).with_columns(pl.lit("holdout").alias("group"))
+    with pytest.raises(OffersInputError, match="holdout"):
+        check_groups(bad)
