@@ -1,0 +1,56 @@
+"""Synthetic telco world: subscribers, usage, payments, app, transfers, holdings, offers, oracle.
+
+The world is generated one day at a time from explicit seeds. Every random draw of day `d` comes
+from `np.random.default_rng([seed, 1, d, stream])` and the state is only carried forward, so the
+same seed with more days reproduces the earlier days byte for byte.
+
+Acceptance of a shown offer is planted as a logistic function of behaviour that a feature
+pipeline can see in the logs (30-day and 7-day windows of usage, payments, app screens and
+transfers, tenure, device), plus latent per-subscriber category tastes and offer attractiveness.
+The drivers of every day are kept under `root/truth/` so that `oracle_p_accept` returns exactly
+the probability that was used to draw accepts.
+
+Truth layout (not part of the input contract):
+    truth/meta.json                      the SimulationConfig and the truth version
+    truth/offers.parquet                 offer attractiveness and logging-policy prior
+    truth/date=D/drivers.parquet         per-subscriber drivers as of the end of D (float32)
+    truth/date=D/held.parquet            (subscriber_id, product_id) held on D + 1
+    truth/date=D/traits.parquet          latent category tastes of the lines activated on D
+    truth/date=D/impressions.parquet     impressions of D with p_accept, policy propensity, outcome
+
+Modules: `config` (settings, seeds), `catalog` (regions, devices, tariffs, offers),
+`acceptance` (the planted model), `world` (the daily simulation and writer), `oracle`.
+"""
+
+from mia.simulate.acceptance import (
+    BASE_LOGIT,
+    CATEGORY_WEIGHTS,
+    DRIVERS,
+    SIGNALS,
+    acceptance_probability,
+    signals_from_drivers,
+)
+from mia.simulate.catalog import OFFERS, TARIFFS, OfferSpec, Tariff, catalog_frame
+from mia.simulate.config import TRUTH_DIR, SimulationConfig, SimulationError
+from mia.simulate.oracle import oracle_p_accept
+from mia.simulate.world import generate_days, write_world
+
+__all__ = [
+    "BASE_LOGIT",
+    "CATEGORY_WEIGHTS",
+    "DRIVERS",
+    "OFFERS",
+    "SIGNALS",
+    "TARIFFS",
+    "TRUTH_DIR",
+    "OfferSpec",
+    "SimulationConfig",
+    "SimulationError",
+    "Tariff",
+    "acceptance_probability",
+    "catalog_frame",
+    "generate_days",
+    "oracle_p_accept",
+    "signals_from_drivers",
+    "write_world",
+]

@@ -1,0 +1,137 @@
+"""The oracle: true P(accept | shown) of any subscriber x offer from the written truth."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from mia.lake import Lake, parse_date
+from mia.schema import (
+    CATEGORIES,
+    CATEGORY,
+    OFFER_ID,
+    P_ACCEPT,
+    PRODUCT_ID,
+    SUBSCRIBER_ID,
+)
+from mia.simulate.acceptance import DRIVERS, acceptance_probability, signals_from_drivers
+from mia.simulate.catalog import OFFERS
+from mia.simulate.config import TRUTH_DIR, SimulationError
+
+logger = logging.getLogger(__name__)
+
+
+def _truth_day(root: Path, as_of: dt.date) -> Path:
+    truth_root = Path(root) / TRUTH_DIR
+    if not (truth_root / "meta.json").is_file():
+        raise SimulationError(
+            f"oracle: {truth_root} holds no simulation truth (meta.json missing)."
+        )
+    directory = truth_root / f"date={as_of.isoformat()}"
+    if not (directory / "drivers.parquet").is_file():
+        known = Lake(truth_root).dates()
+        span = f"{known[0]}..{known[-1]}" if known else "no days"
+        raise SimulationError(f"oracle: as_of == {as_of}, truth covers {span}.")
+    return directory
+
+
+def oracle_p_accept(
+    root: Path,
+    as_of: dt.date | str,
+    subscriber_ids: Iterable[int] | pl.Series | np.ndarray | None = None,
+    offer_ids: Iterable[str] | None = None,
+) -> pl.DataFrame:
+    """True P(accept) of each subscriber x offer if shown the day after `as_of`.
+
+    Uses only the truth written up to the end of `as_of`. Defaults: every subscriber active at
+    the end of `as_of` and every offer active on the next day. Rows are sorted by subscriber_id
+    then offer_id; a held product has probability 0.
+    """
+    root = Path(root)
+    as_of = parse_date(as_of)
+    directory = _truth_day(root, as_of)
+    truth_root = root / TRUTH_DIR
+    drivers = pl.read_parquet(directory / "drivers.parquet")
+    offers = pl.read_parquet(truth_root / "offers.parquet")
+    start = dt.date.fromisoformat(json.loads((truth_root / "meta.json").read_text())["start"])
+    if subscriber_ids is not None:
+        if not isinstance(subscriber_ids, pl.Series | np.ndarray):
+            subscriber_ids = list(subscriber_ids)
+        wanted = pl.Series(SUBSCRIBER_ID, subscriber_ids, dtype=pl.Int64).unique()
+        unknown = wanted.filter(~wanted.is_in(drivers.get_column(SUBSCRIBER_ID).implode()))
+        if unknown.len():
+            raise SimulationError(
+                f"oracle: subscriber_id not active as of {as_of}: "
+                f"{unknown.sort().head(5).to_list()} ({unknown.len()} unknown)."
+            )
+        drivers = drivers.filter(pl.col(SUBSCRIBER_ID).is_in(wanted.implode()))
+    drivers = drivers.sort(SUBSCRIBER_ID)
+    if offer_ids is None:
+        next_day = (as_of - start).days + 1
+        active = [
+            o.offer_id
+            for o in OFFERS
+            if o.start_offset <= next_day and (o.end_offset is None or next_day <= o.end_offset)
+        ]
+        offers = offers.filter(pl.col(OFFER_ID).is_in(active))
+    else:
+        requested = sorted(set(offer_ids))
+        unknown_offers = sorted(set(requested) - set(offers.get_column(OFFER_ID).to_list()))
+        if unknown_offers:
+            raise SimulationError(f"oracle: unknown offer_id {unknown_offers[:5]}.")
+        offers = offers.filter(pl.col(OFFER_ID).is_in(requested))
+    offers = offers.sort(OFFER_ID)
+
+    ids = drivers.get_column(SUBSCRIBER_ID).to_numpy()
+    tastes = _read_tastes(truth_root, as_of, ids)
+    signals = signals_from_drivers(drivers.select(DRIVERS).to_numpy().astype(np.float32))
+    held = pl.read_parquet(directory / "held.parquet")
+    frames = []
+    for offer_id, category, product, attractiveness in offers.select(
+        OFFER_ID, CATEGORY, PRODUCT_ID, "attractiveness"
+    ).iter_rows():
+        c = CATEGORIES.index(category)
+        holders = held.filter(pl.col(PRODUCT_ID) == product).get_column(SUBSCRIBER_ID)
+        probability = acceptance_probability(
+            signals,
+            np.full(len(ids), c),
+            np.full(len(ids), attractiveness),
+            tastes[:, c],
+            np.isin(ids, holders.to_numpy()),
+        )
+        frames.append(
+            pl.DataFrame(
+                {
+                    SUBSCRIBER_ID: ids,
+                    OFFER_ID: pl.repeat(offer_id, len(ids), eager=True),
+                    P_ACCEPT: probability,
+                },
+                schema={SUBSCRIBER_ID: pl.Int64, OFFER_ID: pl.String, P_ACCEPT: pl.Float64},
+            )
+        )
+    logger.debug("oracle as of %s: %d subscribers x %d offers", as_of, len(ids), len(frames))
+    if not frames:
+        return pl.DataFrame(
+            schema={SUBSCRIBER_ID: pl.Int64, OFFER_ID: pl.String, P_ACCEPT: pl.Float64}
+        )
+    return pl.concat(frames).sort([SUBSCRIBER_ID, OFFER_ID])
+
+
+def _read_tastes(truth_root: Path, as_of: dt.date, ids: np.ndarray) -> np.ndarray:
+    """Latent tastes (ids x CATEGORIES) of subscribers activated up to `as_of`."""
+    files = [
+        truth_root / f"date={date.isoformat()}" / "traits.parquet"
+        for date in Lake(truth_root).dates()
+        if date <= as_of
+    ]
+    traits = pl.concat([pl.read_parquet(file) for file in files if file.is_file()])
+    aligned = pl.DataFrame({SUBSCRIBER_ID: ids}, schema={SUBSCRIBER_ID: pl.Int64}).join(
+        traits, on=SUBSCRIBER_ID, how="left", maintain_order="left"
+    )
+    return aligned.select(f"taste_{c}" for c in CATEGORIES).to_numpy()
