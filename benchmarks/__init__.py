@@ -1,0 +1,1 @@
+"""Benchmarks of Mia (run with `make bench`)."""

@@ -1,0 +1,318 @@
+"""Daily aggregates: each day's raw events folded into one row per subscriber, once.
+
+`aggregate_day` is the pure core on frames; `build_daily` reads one ingested day from the data
+root and writes `data/daily/<table>/date=D/`. Quantities and amounts are stored in fixed point
+(thousandths of the unit, Int64), so window sums over them are exact and do not depend on the
+order in which a parallel engine adds the rows: the same inputs give byte-identical snapshots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+
+import polars as pl
+
+from mia.errors import InputError
+from mia.ingest import raw_events, raw_state
+from mia.lake import Lake, end_of_day, partition_files, remove_path, write_partition
+from mia.schema import (
+    APP_SCREENS,
+    CATEGORIES,
+    CATEGORY,
+    DATE,
+    EVENT,
+    KIND,
+    OFFER_EVENTS,
+    OFFER_ID,
+    PAYMENT_METHODS,
+    SUBSCRIBER_ID,
+    TABLES,
+    TRANSFER_KINDS,
+    TS,
+    USAGE_KINDS,
+)
+
+logger = logging.getLogger(__name__)
+
+# Event tables folded into daily aggregates, in build order.
+DAILY_TABLES = ("usage", "offer_events", "payments", "app_events", "transfers")
+# Daily sums of quantities and amounts are stored in units of 1 / FIXED_POINT.
+FIXED_POINT = 1000
+MILLI = "_milli"
+CATEGORY_TYPE = pl.Enum(CATEGORIES)
+_COUNT = pl.Int32
+_FIXED = pl.Int64
+
+
+class DailyInputError(InputError):
+    """Raw events that cannot be folded into daily aggregates."""
+
+
+def to_fixed(expr: pl.Expr) -> pl.Expr:
+    """A quantity in thousandths of its unit, as an exact integer."""
+    return (expr * FIXED_POINT).round().cast(_FIXED)
+
+
+def from_fixed(expr: pl.Expr) -> pl.Expr:
+    """A fixed-point integer back in its unit, as a float."""
+    return expr.cast(pl.Float64) / FIXED_POINT
+
+
+def _usage_columns() -> dict[str, pl.DataType]:
+    columns: dict[str, pl.DataType] = {}
+    for kind in USAGE_KINDS:
+        columns[f"{kind}_quantity{MILLI}"] = _FIXED
+        columns[f"{kind}_events"] = _COUNT
+    columns[f"charge{MILLI}"] = _FIXED
+    return columns
+
+
+def _payments_columns() -> dict[str, pl.DataType]:
+    columns: dict[str, pl.DataType] = {f"topup_amount{MILLI}": _FIXED, "topups": _COUNT}
+    columns.update({f"{method}_topups": _COUNT for method in PAYMENT_METHODS})
+    return columns
+
+
+def _app_columns() -> dict[str, pl.DataType]:
+    columns: dict[str, pl.DataType] = {"screen_views": _COUNT}
+    columns.update({f"{screen}_views": _COUNT for screen in APP_SCREENS})
+    return columns
+
+
+def _transfers_columns() -> dict[str, pl.DataType]:
+    columns: dict[str, pl.DataType] = {}
+    for kind in TRANSFER_KINDS:
+        columns[f"{kind}_gigabytes{MILLI}"] = _FIXED
+        columns[f"{kind}_transfers"] = _COUNT
+        columns[f"{kind}_amount{MILLI}"] = _FIXED
+    return columns
+
+
+# Offer event -> its daily count column.
+_OFFER_COUNT_COLUMNS = {
+    "impression": "impressions",
+    "click": "clicks",
+    "accept": "accepts",
+    "dismiss": "dismisses",
+}
+
+# Columns after the keys, per table.
+DAILY_VALUE_COLUMNS: dict[str, dict[str, pl.DataType]] = {
+    "usage": _usage_columns(),
+    "offer_events": {_OFFER_COUNT_COLUMNS[event]: _COUNT for event in OFFER_EVENTS},
+    "payments": _payments_columns(),
+    "app_events": _app_columns(),
+    "transfers": _transfers_columns(),
+}
+
+
+def daily_keys(table: str) -> dict[str, pl.DataType]:
+    """Key columns of a daily aggregate: subscriber, date (and category for offer events)."""
+    keys: dict[str, pl.DataType] = {SUBSCRIBER_ID: pl.Int64, DATE: pl.Date}
+    if table == "offer_events":
+        keys[CATEGORY] = CATEGORY_TYPE
+    return keys
+
+
+def daily_schema(table: str) -> dict[str, pl.DataType]:
+    """Column -> dtype of the daily aggregate of an event table."""
+    if table not in DAILY_VALUE_COLUMNS:
+        raise DailyInputError(f"table {table!r} has no daily aggregate; known: {DAILY_TABLES}.")
+    return {**daily_keys(table), **DAILY_VALUE_COLUMNS[table]}
+
+
+def empty_daily(table: str) -> pl.LazyFrame:
+    """A daily aggregate with no rows (a table delivered, but silent in a window)."""
+    return pl.LazyFrame(schema=daily_schema(table))
+
+
+def _count(condition: pl.Expr) -> pl.Expr:
+    return condition.sum().cast(_COUNT)
+
+
+def _fixed_sum(value: str, condition: pl.Expr | None = None) -> pl.Expr:
+    fixed = to_fixed(pl.col(value))
+    if condition is not None:
+        fixed = pl.when(condition).then(fixed).otherwise(0)
+    return fixed.sum().cast(_FIXED)
+
+
+def _aggregations(table: str) -> list[pl.Expr]:
+    """Per-subscriber aggregations of one day's events, one expression per daily column."""
+    if table == "usage":
+        exprs = []
+        for kind in USAGE_KINDS:
+            is_kind = pl.col(KIND) == kind
+            exprs.append(_fixed_sum("quantity", is_kind).alias(f"{kind}_quantity{MILLI}"))
+            exprs.append(_count(is_kind).alias(f"{kind}_events"))
+        exprs.append(_fixed_sum("charge").alias(f"charge{MILLI}"))
+        return exprs
+    if table == "payments":
+        exprs = [
+            _fixed_sum("amount").alias(f"topup_amount{MILLI}"),
+            pl.len().cast(_COUNT).alias("topups"),
+        ]
+        exprs += [
+            _count(pl.col("method") == method).alias(f"{method}_topups")
+            for method in PAYMENT_METHODS
+        ]
+        return exprs
+    if table == "app_events":
+        exprs = [pl.len().cast(_COUNT).alias("screen_views")]
+        exprs += [_count(pl.col("screen") == s).alias(f"{s}_views") for s in APP_SCREENS]
+        return exprs
+    if table == "transfers":
+        exprs = []
+        for kind in TRANSFER_KINDS:
+            is_kind = pl.col(KIND) == kind
+            exprs.append(_fixed_sum("gb", is_kind).alias(f"{kind}_gigabytes{MILLI}"))
+            exprs.append(_count(is_kind).alias(f"{kind}_transfers"))
+            exprs.append(_fixed_sum("amount", is_kind).alias(f"{kind}_amount{MILLI}"))
+        return exprs
+    if table == "offer_events":
+        return [
+            _count(pl.col(EVENT) == event).alias(column)
+            for event, column in _OFFER_COUNT_COLUMNS.items()
+        ]
+    raise DailyInputError(f"table {table!r} has no daily aggregate; known: {DAILY_TABLES}.")
+
+
+def _check_columns(table: str, frame: pl.LazyFrame, needed: list[str]) -> None:
+    present = set(frame.collect_schema().names())
+    missing = [column for column in needed if column not in present]
+    if missing:
+        raise DailyInputError(f"{table}: columns {missing} missing (rule: contract columns).")
+
+
+def _offer_categories(catalog: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """offer_id -> category (Enum) from the catalog."""
+    catalog = catalog.lazy()
+    _check_columns("catalog", catalog, [OFFER_ID, CATEGORY])
+    return catalog.select(
+        pl.col(OFFER_ID), pl.col(CATEGORY).cast(pl.String).cast(CATEGORY_TYPE, strict=False)
+    ).unique(OFFER_ID, keep="first", maintain_order=True)
+
+
+def with_offer_category(
+    offer_events: pl.LazyFrame, catalog: pl.DataFrame | pl.LazyFrame
+) -> pl.LazyFrame:
+    """Offer events with the category of their offer; raises if an offer is not in the catalog."""
+    categories = _offer_categories(catalog)
+    unknown = (
+        offer_events.select(OFFER_ID)
+        .unique()
+        .join(categories.filter(pl.col(CATEGORY).is_not_null()), on=OFFER_ID, how="anti")
+        .sort(OFFER_ID)
+        .collect()
+    )
+    if unknown.height:
+        examples = unknown.get_column(OFFER_ID).head(5).to_list()
+        raise DailyInputError(
+            f"offer_events: column {OFFER_ID!r}: {unknown.height} offer(s) not in the catalog "
+            f"with a known category (rule: every offer shown is in the catalog), e.g. {examples}."
+        )
+    return offer_events.join(categories, on=OFFER_ID, how="left")
+
+
+def aggregate_table(
+    table: str,
+    events: pl.DataFrame | pl.LazyFrame,
+    date: dt.date,
+    catalog: pl.DataFrame | pl.LazyFrame | None = None,
+) -> pl.DataFrame:
+    """One day's events of one table as per-subscriber daily aggregates (sorted by key)."""
+    schema = daily_schema(table)
+    frame = events.lazy()
+    _check_columns(table, frame, TABLES[table].column_names)
+    # Ingest refuses events after their delivery day; this keeps the rule even for hand-made
+    # frames, so no daily aggregate can carry the future.
+    frame = frame.filter(pl.col(TS) < end_of_day(date))
+    keys = [SUBSCRIBER_ID]
+    if table == "offer_events":
+        if catalog is None:
+            raise DailyInputError("offer_events: the catalog is needed to know offer categories.")
+        frame = with_offer_category(frame, catalog)
+        keys.append(CATEGORY)
+    result = (
+        frame.group_by(keys)
+        .agg(_aggregations(table))
+        .with_columns(pl.lit(date, dtype=pl.Date).alias(DATE))
+        .select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+        .sort(keys)
+        .collect(engine="streaming")
+        .rechunk()  # one chunk: the same bytes when written, however the engine split the work
+    )
+    logger.debug("daily %s %s: %d rows", table, date, result.height)
+    return result
+
+
+def aggregate_day(
+    events: Mapping[str, pl.DataFrame | pl.LazyFrame], date: dt.date
+) -> dict[str, pl.DataFrame]:
+    """Daily aggregates of every event table in `events` (offer_events needs `catalog` too)."""
+    unknown = sorted(set(events) - set(DAILY_TABLES) - {"catalog"})
+    if unknown:
+        raise DailyInputError(
+            f"tables {unknown} have no daily aggregate; expected some of {DAILY_TABLES} "
+            "(and 'catalog' for offer categories)."
+        )
+    catalog = events.get("catalog")
+    return {
+        table: aggregate_table(table, events[table], date, catalog=catalog)
+        for table in DAILY_TABLES
+        if table in events
+    }
+
+
+def is_built(lake: Lake, table: str, date: dt.date) -> bool:
+    """True when the daily aggregate of `table` on `date` exists."""
+    return bool(partition_files(lake.daily(table, date)))
+
+
+def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
+    """Fold the ingested events of `date` into daily aggregates; True if anything was built.
+
+    Tables already built for that day are skipped unless `force`; a rebuilt day replaces the
+    previous partition atomically.
+    """
+    built = False
+    catalog: pl.DataFrame | None = None
+    for table in DAILY_TABLES:
+        if not partition_files(lake.raw(table, date)):
+            if force and lake.daily(table, date).exists():
+                remove_path(lake.daily(table, date))  # the day was re-delivered without it
+                built = True
+            continue
+        if not force and is_built(lake, table, date):
+            continue
+        events = raw_events(lake, table, date, date)
+        if events is None:
+            continue
+        if table == "offer_events":
+            catalog = raw_state(lake, "catalog", date)
+            if catalog is None:
+                raise DailyInputError(
+                    f"offer_events on {date}: no catalog ingested for that day "
+                    f"in {lake.root / 'raw' / 'catalog'}."
+                )
+        aggregate = aggregate_table(table, events, date, catalog=catalog)
+        write_partition(aggregate, lake.daily(table, date))
+        logger.info("daily aggregate %s %s: %d subscribers", table, date, aggregate.height)
+        built = True
+    return built
+
+
+def build_daily_range(
+    lake: Lake, start: dt.date, end: dt.date, force: bool = False
+) -> list[dt.date]:
+    """Build the daily aggregates of every day in [start, end]; returns the days built."""
+    if end < start:
+        raise DailyInputError(f"end == {end}, must not precede start == {start}.")
+    built = []
+    for offset in range((end - start).days + 1):
+        date = start + dt.timedelta(days=offset)
+        if build_daily(lake, date, force=force):
+            built.append(date)
+    return built
