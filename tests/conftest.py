@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect keeps its profile and database here, never in the user's home.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="mia-prefect-home-")
 
 # The tiny world every integration test shares: small enough for seconds, rich enough that
 # every category gets impressions and accepts.
@@ -62,3 +66,53 @@ def fresh_root(tmp_path, ingested_root) -> Path:
     root = tmp_path / "data"
     shutil.copytree(ingested_root, root)
     return root
+
+
+@dataclass(frozen=True)
+class NightRun:
+    """A data root and MLflow store after one nightly run of the tiny world."""
+
+    root: Path
+    manifest: dict
+
+    @property
+    def data_dir(self) -> Path:
+        """The data root."""
+        return self.root / "data"
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        """Settings overrides pointing MLflow at this run's own store."""
+        return mlflow_overrides(self.root)
+
+
+def mlflow_overrides(root: Path) -> dict[str, str]:
+    """Settings that keep a test's MLflow store under `root`."""
+    return {
+        "mlflow_uri": f"sqlite:///{root}/mlruns/mlflow.db",
+        "mlflow_artifacts": str(root / "mlruns" / "artifacts"),
+    }
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def night_run(tmp_path_factory, ingested_root, prefect_harness) -> NightRun:
+    """The tiny world after `nightly` for its last day (read-only: copy before writing)."""
+    from flows.nightly import nightly
+
+    root = tmp_path_factory.mktemp("night")
+    shutil.copytree(ingested_root, root / "data")
+    manifest = nightly(
+        date=TINY_LAST_DAY.isoformat(),
+        data_dir=str(root / "data"),
+        overrides=mlflow_overrides(root),
+    )
+    return NightRun(root, manifest)

@@ -1,0 +1,511 @@
+"""The `mia` command line: one subcommand per pipeline operation.
+
+Exit codes: 0 success, 1 a run failed, 2 bad input or usage. Progress goes to stderr; results
+(tables, paths) go to stdout so they can be piped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mia.errors import InputError
+from mia.lake import Lake, parse_date
+from mia.settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+app = typer.Typer(
+    name="mia",
+    help=(
+        "Mia: the nightly next-best-offer pipeline. Typical use: `mia simulate` a world (or drop "
+        "real files into data/incoming/date=YYYY-MM-DD/), then `mia nightly --date YYYY-MM-DD`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+offers_app = typer.Typer(help="Inspect the ranked offers of a night.", no_args_is_help=True)
+audience_app = typer.Typer(help="List and export audience CSVs.", no_args_is_help=True)
+app.add_typer(offers_app, name="offers")
+app.add_typer(audience_app, name="audience")
+
+out = Console()
+err = Console(stderr=True)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Data root (default: data/, or MIA_DATA_DIR).", show_default=False
+    ),
+]
+DateOption = Annotated[str, typer.Option("--date", help="Run date, YYYY-MM-DD.")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Settings file (default: ./mia.toml if present).")
+]
+
+
+def _settings(data_dir: Path | None, config: Path | None = None, **overrides: Any) -> Settings:
+    return load_settings(config_file=config, data_dir=data_dir, **overrides)
+
+
+def _date(value: str, name: str = "--date") -> dt.date:
+    try:
+        return parse_date(value)
+    except ValueError as error:
+        raise InputError(f"{name} == {value!r}, must be a date as YYYY-MM-DD.") from error
+
+
+@contextmanager
+def _progress(description: str):
+    """A rich progress bar; yields a callback `advance(done, total)`."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal and os.environ.get("MIA_PROGRESS") != "1",
+    ) as progress:
+        task = progress.add_task(description, total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield advance
+
+
+def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    """A rich table on a terminal; tab-separated lines with a header when piped."""
+    if not rows:
+        out.print(f"{title}: nothing to show.")
+        return
+    if not out.is_terminal:
+        print("\t".join(str(column) for column in rows[0]))
+        for row in rows:
+            print("\t".join(_cell(value) for value in row.values()))
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row.values()))
+    out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+@app.command()
+def simulate(
+    data_dir: DataDirOption = None,
+    subscribers: Annotated[int, typer.Option(min=10, help="Number of subscribers.")] = 20000,
+    days: Annotated[int, typer.Option(min=1, help="Number of days to generate.")] = 120,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2026-01-01",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same world.")] = 7,
+    file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    config: ConfigOption = None,
+) -> None:
+    """Write a synthetic telco world into DATA/incoming/ (one folder per day)."""
+    from mia.simulate import SimulationConfig, write_world
+
+    settings = _settings(data_dir, config)
+    if file_format not in ("parquet", "csv"):
+        raise InputError(f"--format == {file_format!r}, must be parquet or csv.")
+    simulation = SimulationConfig(
+        subscribers=subscribers,
+        days=days,
+        start=_date(start, "--start"),
+        seed=seed,
+        control_share=settings.control_share,
+        group_salt=settings.group_salt,
+    )
+    with _progress(f"simulating {subscribers:,} subscribers x {days} days") as advance:
+        dates = write_world(
+            settings.data_dir, simulation, file_format=file_format, progress=advance
+        )
+    out.print(
+        f"wrote {len(dates)} days ({dates[0]} .. {dates[-1]}) to "
+        f"{Lake(settings.data_dir).root / 'incoming'}"
+    )
+
+
+@app.command()
+def ingest(
+    date: Annotated[
+        str | None, typer.Option("--date", help="Day to ingest (default: every day found).")
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="Folder with the day's files (default: DATA/incoming/date=D)."),
+    ] = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate a day's input files against the contract and store them under DATA/raw/."""
+    from mia.ingest import ingest_day
+
+    settings = _settings(data_dir, config)
+    lake = Lake(settings.data_dir)
+    if date is None:
+        if source is not None:
+            raise InputError("--from needs --date: name the day the files belong to.")
+        dates = lake.dates("incoming")
+        if not dates:
+            raise InputError(f"no day folders found in {lake.root / 'incoming'}.")
+    else:
+        dates = [_date(date)]
+    with _progress(f"ingesting {len(dates)} day(s)") as advance:
+        for done, day in enumerate(dates, start=1):
+            counts = ingest_day(lake, day, source)
+            advance(done, len(dates))
+    if len(dates) == 1:
+        _print_table(f"ingested {dates[0]}", [{"table": t, "rows": n} for t, n in counts.items()])
+    else:
+        out.print(
+            f"ingested {len(dates)} days ({dates[0]} .. {dates[-1]}) into {lake.root / 'raw'}"
+        )
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _run_flow(flow_fn: Callable[..., Any], **parameters: Any) -> Any:
+    """Run a Prefect flow in this process; its own exceptions come back unchanged."""
+    return flow_fn(**parameters)
+
+
+@app.command()
+def nightly(
+    date: Annotated[
+        str | None, typer.Option("--date", help="Night to run (default: yesterday).")
+    ] = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    shards: Annotated[int | None, typer.Option(min=1, help="Subscriber shards.")] = None,
+    dask: Annotated[
+        str | None, typer.Option("--dask", help="Address of a Dask scheduler to run shards on.")
+    ] = None,
+    force_train: Annotated[bool, typer.Option(help="Retrain even if models are fresh.")] = False,
+) -> None:
+    """Run one night end to end and publish offers, audiences and a report."""
+    from flows.nightly import nightly as nightly_flow
+
+    settings = _settings(data_dir, config, n_shards=shards, dask_address=dask)
+    as_of = _date(date) if date else None
+    err.print(f"running the nightly pipeline on {settings.data_dir} ...")
+    manifest = _run_flow(
+        nightly_flow,
+        date=as_of.isoformat() if as_of else None,
+        data_dir=str(settings.data_dir),
+        overrides=_overrides(n_shards=shards, dask_address=dask),
+        force_train=force_train,
+        config=str(config) if config else None,
+    )
+    lake = Lake(settings.data_dir)
+    night = parse_date(manifest["as_of"])
+    out.print(f"published night {night} (run {manifest['run_id']})")
+    rows = manifest["rows"]
+    out.print(f"  offers:    {lake.offers(night) / 'offers.parquet'}  ({rows['offers']:,} rows)")
+    out.print(f"  audiences: {lake.audiences(night)}  ({manifest['rows']['audiences']} offers)")
+    out.print(f"  report:    {lake.reports(night) / 'report.md'}")
+    out.print(f"  manifest:  {lake.offers(night) / 'manifest.json'}")
+
+
+@app.command()
+def train(
+    date: DateOption,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train, evaluate and register models as of DATE; promote only through the quality gate."""
+    from flows.nightly import train as train_flow
+
+    settings = _settings(data_dir, config)
+    result = _run_flow(
+        train_flow,
+        date=_date(date).isoformat(),
+        data_dir=str(settings.data_dir),
+        config=str(config) if config else None,
+    )
+    out.print(result.get("note", "trained"))
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--to", help="Last day, YYYY-MM-DD.")],
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    snapshots: Annotated[bool, typer.Option(help="Also build each day's snapshot.")] = False,
+) -> None:
+    """Ingest and aggregate every day from --from to --to (history before the first night)."""
+    from flows.nightly import backfill as backfill_flow
+
+    settings = _settings(data_dir, config)
+    first, last = _date(start, "--from"), _date(end, "--to")
+    if last < first:
+        raise InputError(f"--to {last} is before --from {first}.")
+    done = _run_flow(
+        backfill_flow,
+        start=first.isoformat(),
+        end=last.isoformat(),
+        data_dir=str(settings.data_dir),
+        config=str(config) if config else None,
+        snapshots=snapshots,
+    )
+    out.print(f"backfilled {len(done)} days ({first} .. {last})")
+
+
+@app.command()
+def serve(
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    cron: Annotated[str | None, typer.Option(help="Cron schedule (default 0 3 * * *).")] = None,
+    timezone: Annotated[str | None, typer.Option(help="Time zone of the schedule.")] = None,
+    register_only: Annotated[
+        bool, typer.Option(help="Register the deployment and exit instead of serving it.")
+    ] = False,
+) -> None:
+    """Serve the nightly deployment on its cron schedule against a Prefect server."""
+    from flows.serve import serve_nightly
+
+    settings = _settings(data_dir, config, schedule_cron=cron, timezone=timezone)
+    result = serve_nightly(settings, register_only=register_only)
+    out.print(f"registered deployment mia-nightly/{result}" if register_only else "stopped")
+
+
+def _published_offers(lake: Lake, night: dt.date):
+    import polars as pl
+
+    path = lake.offers(night) / "offers.parquet"
+    if not path.exists():
+        published = [d.isoformat() for d in lake.dates("offers")]
+        raise InputError(
+            f"no published offers for {night} in {lake.root / 'offers'}; "
+            f"published nights: {published[-5:] or 'none'}. Run `mia nightly --date {night}`."
+        )
+    return pl.read_parquet(path)
+
+
+SubscriberOption = Annotated[int, typer.Option("--subscriber", help="Subscriber id.")]
+
+
+@offers_app.command("show")
+def offers_show(
+    date: DateOption,
+    subscriber: Annotated[
+        int | None, typer.Option("--subscriber", help="Subscriber id (default: a summary).")
+    ] = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show one subscriber's ranked offers of a night, or the night's offers per category."""
+    import polars as pl
+
+    settings = _settings(data_dir, config)
+    night = _date(date)
+    offers = _published_offers(Lake(settings.data_dir), night)
+    if subscriber is None:
+        summary = (
+            offers.group_by("category")
+            .agg(pl.len().alias("offers"), pl.col("expected_value").sum().alias("expected_value"))
+            .sort("offers", "category", descending=[True, False])
+        )
+        _print_table(f"offers of {night} per category", summary.to_dicts())
+        return
+    rows = offers.filter(pl.col("subscriber_id") == subscriber).sort("rank")
+    columns = ["rank", "offer_id", "category", "p_accept", "value", "expected_value", "reasons"]
+    if rows.is_empty():
+        out.print(
+            f"subscriber {subscriber} has no offers on {night} (control group, not covered, "
+            "or nothing eligible: try "
+            f"`mia offers explain --subscriber {subscriber} --date {night}`)."
+        )
+        return
+    _print_table(f"offers for subscriber {subscriber} on {night}", rows.select(columns).to_dicts())
+
+
+@offers_app.command("explain")
+def offers_explain(
+    date: DateOption,
+    subscriber: SubscriberOption,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    all_offers: Annotated[
+        bool, typer.Option("--all", help="Also list the offers the subscriber is eligible for.")
+    ] = False,
+) -> None:
+    """Say, offer by offer, which eligibility rule removed it for a subscriber."""
+    import polars as pl
+
+    from flows.steps import night_inputs
+    from offers.eligibility import explain
+
+    settings = _settings(data_dir, config)
+    night = _date(date)
+    inputs = night_inputs(Lake(settings.data_dir), night, settings)
+    table = explain(
+        subscriber,
+        inputs["subscribers"],
+        inputs["catalog"],
+        inputs["holdings"],
+        inputs["offer_events"],
+        night,
+    ).with_columns(pl.col("failed_rules").list.join(", "))
+    if not all_offers:
+        table = table.filter(~pl.col("eligible"))
+    eligible = int(table["eligible"].sum()) if all_offers else None
+    _print_table(
+        f"eligibility of subscriber {subscriber} for the night after {night}", table.to_dicts()
+    )
+    if eligible is not None:
+        out.print(f"eligible for {eligible} offers")
+
+
+@audience_app.command("list")
+def audience_list(
+    date: DateOption, data_dir: DataDirOption = None, config: ConfigOption = None
+) -> None:
+    """List the audiences of a night: size, expected accepts and value, control size."""
+    from offers.audience import read_summary
+
+    settings = _settings(data_dir, config)
+    night = _date(date)
+    summary = read_summary(Lake(settings.data_dir).audiences(night))
+    _print_table(f"audiences of {night}", summary.to_dicts())
+
+
+@audience_app.command("export")
+def audience_export(
+    date: DateOption,
+    offer: Annotated[str, typer.Option("--offer", help="Offer id.")],
+    out_file: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Copy one offer's audience CSV for marketing (spreadsheet-safe cells)."""
+    from offers.audience import export_audience
+
+    settings = _settings(data_dir, config)
+    path = export_audience(Lake(settings.data_dir).audiences(_date(date)), offer, out_file)
+    out.print(f"wrote {path}")
+
+
+@app.command()
+def lift(
+    start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--to", help="Last day, YYYY-MM-DD.")],
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    level: Annotated[str, typer.Option(help="offer, category or all.")] = "category",
+) -> None:
+    """Acceptance of treatment vs control per offer and category, with 95% intervals."""
+    import polars as pl
+
+    from flows.steps import groups_for
+    from mia.ingest import raw_events, raw_state
+    from offers.lift import measure_lift
+
+    settings = _settings(data_dir, config)
+    lake = Lake(settings.data_dir)
+    first, last = _date(start, "--from"), _date(end, "--to")
+    if level not in ("offer", "category", "all"):
+        raise InputError(f"--level == {level!r}, must be offer, category or all.")
+    events = raw_events(lake, "offer_events", first, last)
+    catalog = raw_state(lake, "catalog", last)
+    subscribers = raw_state(lake, "subscribers", last)
+    if events is None or catalog is None or subscribers is None:
+        raise InputError(f"no ingested offer events, catalog or subscribers up to {last}.")
+    table = measure_lift(
+        events.collect(), catalog, subscribers, groups_for(lake, last, settings), first, last
+    )
+    if level != "all":
+        table = table.filter(pl.col("level") == level)
+    _print_table(f"lift {first} .. {last}", table.to_dicts())
+
+
+@app.command()
+def evaluate(
+    date: DateOption,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Compare the champion with the simulator's true probabilities after DATE (simulated data)."""
+    from models.evaluate import evaluate_against_oracle, oracle_table
+
+    settings = _settings(data_dir, config)
+    result = evaluate_against_oracle(Lake(settings.data_dir), _date(date), settings)
+    _print_table(f"Mia vs oracle after {date}", oracle_table(result))
+
+
+@app.command()
+def report(
+    date: DateOption,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print the run report of a published night."""
+    settings = _settings(data_dir, config)
+    path = Lake(settings.data_dir).reports(_date(date)) / "report.md"
+    if not path.exists():
+        raise InputError(f"no report for {date} at {path}; run `mia nightly --date {date}` first.")
+    out.print(path.read_text(), markup=False, highlight=False)
+    out.print(f"(plots in {path.parent})")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    _configure_logging(verbose)
+
+
+def run_command(command: Callable[[], Any]) -> int:
+    """Run the CLI, mapping errors to exit codes (2 bad input or usage, 1 failed run)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        command()
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_BAD_INPUT
+    except InputError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        err.print("interrupted; the previous outputs are untouched.")
+        return EXIT_FAILED
+    except Exception as error:  # a failed run: say why, keep the traceback in the log
+        logging.getLogger("mia").debug("run failed", exc_info=True)
+        err.print(f"[bold red]run failed:[/] {type(error).__name__}: {error}", highlight=False)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_command(app))

@@ -1,0 +1,221 @@
+"""Prefect flows: the nightly run, training, and backfills.
+
+The flow bodies are short sequences of tasks; each task is a few lines around one step from
+`flows.steps`. Tasks pass dates and paths, not frames: results live in the data root, which is also
+what lets a re-run of the same date reuse the days and snapshots already built.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+
+from flows import steps
+from flows.publish import Staging, clear_stale_staging, publish
+from mia.lake import Lake, parse_date, run_lock
+from mia.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+IO_RETRIES = 2
+
+
+def _settings(
+    data_dir: str | None, overrides: dict[str, Any] | None, config: str | None
+) -> Settings:
+    return load_settings(
+        config_file=Path(config) if config else None, data_dir=data_dir, **(overrides or {})
+    )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = round(time.perf_counter() - started, 3)
+
+
+def default_as_of(settings: Settings, today: dt.date | None = None) -> dt.date:
+    """The night's date when none is given: yesterday in the configured time zone."""
+    if today is None:
+        from zoneinfo import ZoneInfo
+
+        today = dt.datetime.now(ZoneInfo(settings.timezone)).date()
+    return today - dt.timedelta(days=1)
+
+
+@task(name="ingest new days", cache_policy=NO_CACHE)
+def ingest_task(lake: Lake, as_of: dt.date) -> list[dt.date]:
+    """Validate and store the delivered days up to `as_of`."""
+    return steps.ingest_new_days(lake, as_of)
+
+
+@task(name="daily aggregates", cache_policy=NO_CACHE)
+def daily_task(lake: Lake, as_of: dt.date, rebuild: list[dt.date]) -> list[dt.date]:
+    """Fold new days into per-subscriber daily aggregates."""
+    return steps.update_daily_aggregates(lake, as_of, rebuild=set(rebuild))
+
+
+@task(name="snapshot", cache_policy=NO_CACHE)
+def snapshot_task(lake: Lake, as_of: dt.date, settings: Settings) -> int:
+    """Build the point-in-time feature snapshot."""
+    return steps.snapshot(lake, as_of, settings)
+
+
+@task(name="train models", cache_policy=NO_CACHE)
+def train_task(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, Any]:
+    """Train, evaluate and register the models; promote through the quality gate."""
+    return steps.train(lake, as_of, settings)
+
+
+@task(name="score shard", cache_policy=NO_CACHE)
+def score_shard_task(
+    lake: Lake, as_of: dt.date, settings: Settings, shard: int, directory: Path
+) -> steps.ShardResult:
+    """Eligibility and P(accept) for the subscribers of one shard."""
+    return steps.score_shard(lake, as_of, settings, shard, directory)
+
+
+@task(name="rank offers", cache_policy=NO_CACHE)
+def rank_task(
+    lake: Lake, as_of: dt.date, settings: Settings, staging: Staging, shards: list
+) -> dict:
+    """Contact policy and top-K offers per subscriber."""
+    return steps.rank(lake, as_of, settings, staging, shards)
+
+
+@task(name="audiences", cache_policy=NO_CACHE)
+def audiences_task(
+    lake: Lake, as_of: dt.date, settings: Settings, staging: Staging, shards: list
+) -> dict:
+    """Audience CSVs per offer with control flags."""
+    return steps.audiences(lake, as_of, settings, staging, shards)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(
+    lake: Lake, as_of: dt.date, settings: Settings, staging: Staging, facts: dict
+) -> str:
+    """Write the run report; attach it to the flow run."""
+    path = steps.report(lake, as_of, settings, staging, facts)
+    create_markdown_artifact(
+        path.read_text(), key=f"mia-report-{as_of.isoformat()}", description="Mia nightly report"
+    )
+    return str(path)
+
+
+@task(name="publish", cache_policy=NO_CACHE, retries=IO_RETRIES)
+def publish_task(staging: Staging, manifest: dict[str, Any]) -> str:
+    """Move the night's outputs into place atomically."""
+    return str(publish(staging, manifest))
+
+
+@flow(name="mia-nightly", log_prints=False)
+def nightly(
+    date: str | None = None,
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    force_train: bool = False,
+    config: str | None = None,
+) -> dict[str, Any]:
+    """One night: ingest -> daily aggregates -> snapshot -> train if due -> score -> rank ->
+    audiences -> report -> publish."""
+    settings = _settings(data_dir, overrides, config)
+    lake = Lake(settings.data_dir)
+    as_of = parse_date(date) if date else default_as_of(settings)
+    log = get_run_logger()
+    with run_lock(lake.root, owner=f"nightly {as_of}"):
+        clear_stale_staging(lake)
+        timings: dict[str, float] = {}
+        with _timed(timings, "ingest"):
+            ingested = ingest_task(lake, as_of)
+        with _timed(timings, "daily"):
+            daily_task(lake, as_of, ingested)
+        with _timed(timings, "snapshot"):
+            subscribers = snapshot_task(lake, as_of, settings)
+        due, why = steps.training_due(settings, as_of)
+        training: dict[str, Any] = {"trained": False, "note": why}
+        if due or force_train:
+            log.info("training: %s", why if due else "forced")
+            with _timed(timings, "train"):
+                training = train_task(lake, as_of, settings)
+        staging = Staging(lake, as_of, steps.run_id(lake, as_of, settings), timings)
+        with _timed(timings, "score"):
+            futures = score_shard_task.map(
+                lake, as_of, settings, list(range(settings.n_shards)), staging.work("candidates")
+            )
+            wait(futures)
+            shards = [future.result() for future in futures]  # raises if any shard failed
+        with _timed(timings, "rank"):
+            ranked = rank_task(lake, as_of, settings, staging, shards)
+        with _timed(timings, "audiences"):
+            audience = audiences_task(lake, as_of, settings, staging, shards)
+        facts = {"subscribers": subscribers, "training": training, **ranked, **audience}
+        with _timed(timings, "report"):
+            report_task(lake, as_of, settings, staging, facts)
+        manifest = steps.manifest(lake, as_of, settings, staging, facts, ingested)
+        with _timed(timings, "publish"):
+            path = publish_task(staging, manifest)
+    log.info("published %s: %s", as_of, path)
+    return json.loads(Path(path).read_text())
+
+
+@flow(name="mia-train")
+def train(
+    date: str,
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: str | None = None,
+) -> dict:
+    """Train and register models as of a date (ingesting and aggregating what is needed)."""
+    settings = _settings(data_dir, overrides, config)
+    lake = Lake(settings.data_dir)
+    as_of = parse_date(date)
+    with run_lock(lake.root, owner=f"train {as_of}"):
+        ingested = ingest_task(lake, as_of)
+        daily_task(lake, as_of, ingested)
+        snapshot_task(lake, as_of, settings)
+        return train_task(lake, as_of, settings)
+
+
+@flow(name="mia-backfill")
+def backfill(
+    start: str,
+    end: str,
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    snapshots: bool = False,
+    config: str | None = None,
+) -> list[str]:
+    """Ingest and aggregate every day in [start, end]; optionally build each day's snapshot."""
+    settings = _settings(data_dir, overrides, config)
+    lake = Lake(settings.data_dir)
+    first, last = parse_date(start), parse_date(end)
+    if last < first:
+        from mia.errors import InputError
+
+        raise InputError(f"backfill end {last} is before its start {first}.")
+    done = []
+    with run_lock(lake.root, owner=f"backfill {first}..{last}"):
+        day = first
+        while day <= last:
+            ingested = ingest_task(lake, day)
+            daily_task(lake, day, ingested)
+            if snapshots:
+                snapshot_task(lake, day, settings)
+            done.append(day.isoformat())
+            day += dt.timedelta(days=1)
+    return done

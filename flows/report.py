@@ -1,0 +1,184 @@
+"""The nightly run report: a markdown page with PNG plots of offers, audiences, scores and drift."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+from features.drift import drift_level, population_stability_index  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.md"
+# PNG metadata without the library version, so equal data gives equal bytes.
+_PNG_METADATA = {"Software": None}
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows for one night."""
+
+    as_of: dt.date
+    run_id: str
+    offers: pl.DataFrame
+    audience_summary: pl.DataFrame
+    model_metrics: dict[str, float] = field(default_factory=dict)
+    model_versions: dict[str, str] = field(default_factory=dict)
+    training_note: str = ""
+    feature_drift: pl.DataFrame | None = None
+    previous_scores: pl.Series | None = None
+    subscribers: int = 0
+    control_subscribers: int = 0
+
+
+def _save(figure: plt.Figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=90, metadata=_PNG_METADATA)
+    plt.close(figure)
+    return path.name
+
+
+def _bar(labels: list[str], values: list[float], title: str, xlabel: str, path: Path) -> str:
+    figure, axis = plt.subplots(figsize=(8, max(3.0, 0.28 * len(labels) + 1)))
+    axis.barh(labels[::-1], values[::-1], color="#3b6ea8")
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+    return _save(figure, path)
+
+
+def _histogram(current, previous, title: str, path: Path) -> str:
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    bins = [i / 40 for i in range(41)]
+    if previous is not None and len(previous):
+        axis.hist(previous, bins=bins, alpha=0.5, label="previous night", color="#999999")
+    axis.hist(current, bins=bins, alpha=0.7, label="tonight", color="#3b6ea8")
+    axis.set_title(title)
+    axis.set_xlabel("P(accept | shown)")
+    axis.legend()
+    return _save(figure, path)
+
+
+def _markdown_table(frame: pl.DataFrame, limit: int = 30) -> str:
+    if frame.is_empty():
+        return "_none_\n"
+    head = frame.head(limit)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.iter_rows():
+        cells = [f"{value:.4f}" if isinstance(value, float) else str(value) for value in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    if frame.height > limit:
+        lines.append(f"\n_{frame.height - limit} more rows not shown._")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: float = 0.25) -> Path:
+    """Write report.md and its plots into `directory`; returns the report path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    offers = inputs.offers
+    warnings: list[str] = []
+
+    per_category = (
+        offers.group_by("category")
+        .agg(pl.len().alias("offers"))
+        .sort(["offers", "category"], descending=[True, False])
+    )
+    plots = {
+        "offers per category": _bar(
+            per_category["category"].to_list(),
+            per_category["offers"].to_list(),
+            "Offers per category",
+            "offers",
+            directory / "offers_per_category.png",
+        )
+    }
+    summary = inputs.audience_summary.sort(["audience_size", "offer_id"], descending=[True, False])
+    plots["audience sizes"] = _bar(
+        summary["offer_id"].head(25).to_list(),
+        summary["audience_size"].head(25).to_list(),
+        "Audience size (largest 25 offers)",
+        "subscribers",
+        directory / "audience_sizes.png",
+    )
+    top_scores = offers.filter(pl.col("rank") == 1)["p_accept"]
+    plots["score distribution"] = _histogram(
+        top_scores.to_numpy(),
+        None if inputs.previous_scores is None else inputs.previous_scores.to_numpy(),
+        "P(accept) of each subscriber's first offer",
+        directory / "score_distribution.png",
+    )
+    score_psi = None
+    if inputs.previous_scores is not None and len(inputs.previous_scores) and len(top_scores):
+        score_psi = population_stability_index(
+            inputs.previous_scores.to_numpy(), top_scores.to_numpy()
+        )
+        if score_psi >= score_psi_threshold:
+            warnings.append(f"score drift: PSI of first-offer P(accept) is {score_psi:.3f}")
+
+    auc = {
+        key.rsplit(".", 1)[0]: value
+        for key, value in inputs.model_metrics.items()
+        if key.endswith(".roc_auc")
+    }
+    if auc:
+        names = sorted(auc, key=lambda name: (-auc[name], name))
+        plots["model AUC"] = _bar(
+            names,
+            [auc[name] for name in names],
+            "Holdout ROC AUC per model",
+            "AUC",
+            directory / "model_auc.png",
+        )
+
+    drift = inputs.feature_drift
+    if drift is not None and not drift.is_empty():
+        for row in drift.filter(pl.col("level") == "warning").iter_rows(named=True):
+            warnings.append(f"feature drift: {row['column']} PSI {row['psi']:.3f}")
+
+    covered = offers["subscriber_id"].n_unique() if offers.height else 0
+    lines = [
+        f"# Mia nightly report — {inputs.as_of.isoformat()}",
+        "",
+        f"Run `{inputs.run_id}`. Offers for the night after {inputs.as_of.isoformat()}.",
+        "",
+        "## Summary",
+        "",
+        f"- subscribers in the snapshot: {inputs.subscribers:,}",
+        f"- subscribers with offers: {covered:,}; control group (no offers): "
+        f"{inputs.control_subscribers:,}",
+        f"- offers: {offers.height:,} across {per_category.height} categories",
+        f"- audiences: {summary.height} offers, {int(summary['audience_size'].sum()):,} rows, "
+        f"{float(summary['expected_accepts'].sum()):,.1f} expected accepts",
+        "- models: "
+        + (", ".join(f"{k} v{v}" for k, v in sorted(inputs.model_versions.items())) or "none"),
+    ]
+    if inputs.training_note:
+        lines.append(f"- training: {inputs.training_note}")
+    if score_psi is not None:
+        lines.append(
+            f"- score drift vs previous night: PSI {score_psi:.3f} ({drift_level(score_psi)})"
+        )
+    lines += ["", "## Warnings", ""]
+    lines += [f"- ⚠ {warning}" for warning in warnings] or ["- none"]
+    for title, file in plots.items():
+        lines += ["", f"## {title.capitalize()}", "", f"![{title}]({file})"]
+    lines += ["", "## Offers per category", "", _markdown_table(per_category, limit=40)]
+    lines += ["## Audiences", "", _markdown_table(summary, limit=40)]
+    if auc:
+        metric_rows = pl.DataFrame({"model": list(auc), "roc_auc": list(auc.values())}).sort(
+            "model"
+        )
+        lines += ["## Model metrics (holdout)", "", _markdown_table(metric_rows, limit=60)]
+    if drift is not None and not drift.is_empty():
+        lines += ["## Feature drift vs previous night (PSI)", "", _markdown_table(drift, limit=20)]
+    path = directory / REPORT_FILE
+    path.write_text("\n".join(lines) + "\n")
+    logger.info("report written to %s (%d warnings)", path, len(warnings))
+    return path

@@ -1,0 +1,400 @@
+"""The steps of a night as plain functions on a data root: what the Prefect tasks wrap.
+
+Each step reads what it needs from the data root, calls one library function and writes its result
+into the data root or the run's staging folder. No Prefect here: a notebook or a test can run a
+night step by step with the same functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from features.daily import build_daily
+from features.drift import drift_table
+from features.snapshot import build_snapshot
+from mia.errors import InputError
+from mia.hashing import shard_of
+from mia.ingest import ingest_day, raw_events, raw_state
+from mia.lake import Lake, write_parquet
+from mia.schema import SUBSCRIBER_ID
+from mia.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+OFFERS_FILE = "offers.parquet"
+MODEL_NAME = "mia-offers"
+TRAINED_AS_OF_TAG = "trained_as_of"
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """Scored, eligible candidates of one shard."""
+
+    shard: int
+    path: Path
+    rows: int
+    subscribers: int
+
+
+def ingest_new_days(lake: Lake, as_of: dt.date) -> list[dt.date]:
+    """Validate and store every delivered day up to `as_of` that is not ingested yet.
+
+    The day `as_of` itself is always (re)ingested when its files are in the drop zone, so a
+    corrected delivery replaces the earlier one. Raises InputError when `as_of` has no input.
+    """
+    ingested = set(lake.dates("raw", "subscribers"))
+    delivered = [date for date in lake.dates("incoming") if date <= as_of]
+    todo = [date for date in delivered if date not in ingested or date == as_of]
+    for date in todo:
+        ingest_day(lake, date)
+    if as_of not in ingested and as_of not in todo:
+        raise InputError(
+            f"no input for {as_of}: {lake.incoming(as_of)} does not exist and the day was never "
+            "ingested. Deliver the day's files there (or run `mia simulate`)."
+        )
+    return todo
+
+
+def update_daily_aggregates(
+    lake: Lake, as_of: dt.date, rebuild: set[dt.date] = frozenset()
+) -> list[dt.date]:
+    """Fold every ingested day up to `as_of` into daily aggregates once; returns the days built."""
+    built = []
+    for date in lake.dates("raw", "subscribers"):
+        if date > as_of:
+            break
+        if build_daily(lake, date, force=date in rebuild):
+            built.append(date)
+    return built
+
+
+def snapshot(lake: Lake, as_of: dt.date, settings: Settings) -> int:
+    """Build and store the feature snapshot of `as_of`; returns its row count."""
+    return build_snapshot(lake, as_of, settings=settings, write=True).height
+
+
+def read_snapshot(lake: Lake, as_of: dt.date) -> pl.DataFrame:
+    """The stored snapshot of `as_of`."""
+    files = sorted(lake.snapshot(as_of).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no snapshot for {as_of} in {lake.snapshot(as_of)}")
+    return pl.read_parquet(files)
+
+
+def shard_filter(frame: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
+    """Rows of `frame` whose subscriber falls in `shard`."""
+    if n_shards == 1:
+        return frame
+    mask = shard_of(frame[SUBSCRIBER_ID], n_shards) == shard
+    return frame.filter(pl.Series(mask))
+
+
+def night_inputs(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, pl.DataFrame]:
+    """State tables and recent offer events that eligibility and scoring need."""
+    subscribers = raw_state(lake, "subscribers", as_of)
+    catalog = raw_state(lake, "catalog", as_of)
+    if subscribers is None or catalog is None:
+        raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
+    holdings = raw_state(lake, "holdings", as_of)
+    lookback = max(settings.windows)
+    events = raw_events(lake, "offer_events", as_of - dt.timedelta(days=lookback - 1), as_of)
+    return {
+        "subscribers": subscribers,
+        "catalog": catalog,
+        "holdings": holdings,
+        "offer_events": events.collect() if events is not None else None,
+    }
+
+
+def model_versions(bundle: Any) -> dict[str, str]:
+    """Versions of the models inside a loaded bundle."""
+    return dict(getattr(bundle, "versions", {}) or {"bundle": getattr(bundle, "version", "")})
+
+
+def feature_drift(lake: Lake, as_of: dt.date, columns: list[str]) -> pl.DataFrame | None:
+    """PSI of key features between the latest earlier snapshot and tonight's."""
+    earlier = [date for date in lake.dates("features") if date < as_of]
+    if not earlier:
+        return None
+    return drift_table(read_snapshot(lake, earlier[-1]), read_snapshot(lake, as_of), columns)
+
+
+def write_offers(offers: pl.DataFrame, directory: Path) -> Path:
+    """Store the ranked offers of a night in its staging folder."""
+    return write_parquet(offers, directory / OFFERS_FILE)
+
+
+def training_due(settings: Settings, as_of: dt.date) -> tuple[bool, str]:
+    """Whether tonight must train: no champion yet, or one trained too long before `as_of`."""
+    from models.registry import champion_info
+
+    info = champion_info(MODEL_NAME, settings)
+    if info is None:
+        return True, "no champion model registered yet"
+    trained = info.get("tags", {}).get(TRAINED_AS_OF_TAG)
+    if not trained:
+        return True, f"champion v{info['version']} has no {TRAINED_AS_OF_TAG} tag"
+    age = (as_of - dt.date.fromisoformat(trained)).days
+    if age < 0:
+        return False, f"champion v{info['version']} was trained as of {trained}, after {as_of}"
+    if age >= settings.retrain_interval_days:
+        return True, (
+            f"champion v{info['version']} was trained as of {trained}, {age} days ago "
+            f"(retrain interval {settings.retrain_interval_days} days)"
+        )
+    return False, f"champion v{info['version']} trained as of {trained} is fresh ({age} days)"
+
+
+def train(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, Any]:
+    """Train, register and gate the models; returns what the manifest and report need."""
+    from models.training import train_models
+
+    report = train_models(lake, as_of, settings)
+    note = f"trained v{report.version} as of {as_of}: {report.reason}" + (
+        f"; prior fallback for {', '.join(report.fallback_categories)}"
+        if report.fallback_categories
+        else ""
+    )
+    return {
+        "trained": True,
+        "note": note,
+        "version": report.version,
+        "promoted": bool(report.promoted),
+        "mlflow_run_id": report.run_id,
+        "metrics": {key: float(value) for key, value in report.metrics.items()},
+    }
+
+
+def run_id(lake: Lake, as_of: dt.date, settings: Settings) -> str:
+    """Deterministic id of tonight's run: date, champion version, ingested rows, policy."""
+    from flows.publish import run_id_for
+    from models.registry import champion_info
+
+    info = champion_info(MODEL_NAME, settings) or {}
+    manifest = lake.root / "raw" / "_ingest" / f"date={as_of.isoformat()}" / "manifest.json"
+    return run_id_for(
+        as_of,
+        {
+            "model_version": info.get("version"),
+            "ingest": manifest.read_text() if manifest.exists() else "",
+            "policy": [
+                settings.top_k,
+                settings.max_per_category,
+                settings.min_probability,
+                settings.control_share,
+                settings.coverage,
+                settings.group_salt,
+                sorted(settings.category_weights.items()),
+                settings.n_shards,
+            ],
+        },
+    )
+
+
+def score_shard(
+    lake: Lake, as_of: dt.date, settings: Settings, shard: int, directory: Path
+) -> ShardResult:
+    """Eligible pairs and their P(accept) for one shard of subscribers, stored as Parquet."""
+    from models.cf import build_interactions
+    from models.scoring import load_bundle, score_offers
+    from offers.eligibility import eligible_pairs
+
+    inputs = night_inputs(lake, as_of, settings)
+    subscribers = shard_filter(inputs["subscribers"], shard, settings.n_shards)
+    snapshot_frame = shard_filter(read_snapshot(lake, as_of), shard, settings.n_shards)
+    eligible = eligible_pairs(
+        subscribers, inputs["catalog"], inputs["holdings"], inputs["offer_events"], as_of
+    )
+    bundle = load_bundle(settings)
+    interactions = (
+        build_interactions(inputs["offer_events"], as_of, lookback_days=max(settings.windows))
+        if inputs["offer_events"] is not None
+        else None
+    )
+    scores = score_offers(bundle, snapshot_frame, inputs["catalog"], interactions)
+    candidates = scores.join(eligible, on=[SUBSCRIBER_ID, "offer_id"], how="semi")
+    path = write_parquet(candidates, directory / f"shard-{shard:04d}.parquet")
+    return ShardResult(shard, path, candidates.height, snapshot_frame.height)
+
+
+def read_candidates(shards: list[ShardResult]) -> pl.DataFrame:
+    """All shards' candidates, in subscriber, offer order."""
+    return pl.concat([pl.read_parquet(shard.path) for shard in shards]).sort(
+        SUBSCRIBER_ID, "offer_id"
+    )
+
+
+def groups_for(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame:
+    """Treatment/control and coverage of every subscriber of the night."""
+    from offers.groups import assign_groups
+
+    subscribers = raw_state(lake, "subscribers", as_of)
+    return assign_groups(subscribers[SUBSCRIBER_ID], settings)
+
+
+def rank(
+    lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shards: list[ShardResult]
+) -> dict[str, Any]:
+    """Ranked offers under the contact policy, written to the staged offers folder."""
+    from offers.rank import rank_offers
+
+    candidates = read_candidates(shards)
+    catalog = raw_state(lake, "catalog", as_of)
+    groups = groups_for(lake, as_of, settings)
+    offers = rank_offers(
+        candidates,
+        candidates.select(SUBSCRIBER_ID, "offer_id"),
+        catalog,
+        groups,
+        settings,
+        run_id=staging.run_id,
+    )
+    write_offers(offers, staging.product("offers"))
+    return {
+        "offers_rows": offers.height,
+        "subscribers_with_offers": offers[SUBSCRIBER_ID].n_unique(),
+        "control_subscribers": int((groups["group"] == "control").sum()),
+        "model_versions": sorted(candidates["model_version"].unique().drop_nulls().to_list()),
+    }
+
+
+def audiences(
+    lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shards: list[ShardResult]
+) -> dict[str, Any]:
+    """Audience CSVs per offer with control flags, written to the staged audiences folder."""
+    from offers.audience import audience_summary, build_audiences, write_audiences
+    from offers.lift import organic_baseline
+
+    candidates = read_candidates(shards)
+    inputs = night_inputs(lake, as_of, settings)
+    groups = groups_for(lake, as_of, settings)
+    baseline = None
+    if inputs["offer_events"] is not None:
+        start = as_of - dt.timedelta(days=max(settings.windows) - 1)
+        baseline = organic_baseline(
+            inputs["offer_events"], inputs["catalog"], inputs["subscribers"], groups, start, as_of
+        )
+    built = build_audiences(
+        candidates,
+        candidates.select(SUBSCRIBER_ID, "offer_id"),
+        inputs["catalog"],
+        groups,
+        settings,
+        generated_at=as_of.isoformat(),
+        baseline=baseline,
+    )
+    summary = audience_summary(built, inputs["catalog"])
+    write_audiences(built, summary, staging.product("audiences"))
+    return {
+        "audience_offers": summary.height,
+        "audience_rows": int(summary["audience_size"].sum()) if summary.height else 0,
+    }
+
+
+KEY_DRIFT_FEATURES = 12
+
+
+def report(
+    lake: Lake, as_of: dt.date, settings: Settings, staging: Any, facts: dict[str, Any]
+) -> Path:
+    """The run report (markdown + PNG plots) in the staged reports folder."""
+    from flows.publish import published_dates
+    from flows.report import ReportInputs, write_report
+    from offers.audience import read_summary
+
+    offers = pl.read_parquet(staging.root / "offers" / OFFERS_FILE)
+    previous_scores = None
+    earlier = [date for date in published_dates(lake) if date < as_of]
+    if earlier:
+        previous = pl.read_parquet(lake.offers(earlier[-1]) / OFFERS_FILE)
+        previous_scores = previous.filter(pl.col("rank") == 1)["p_accept"]
+    snapshot_frame = read_snapshot(lake, as_of)
+    numeric = [
+        name
+        for name, dtype in snapshot_frame.schema.items()
+        if dtype.is_numeric() and name != SUBSCRIBER_ID
+    ]
+    # The most variable features are the ones whose drift says most about the population.
+    spread = sorted(
+        numeric, key=lambda name: (-(snapshot_frame[name].cast(pl.Float64).std() or 0.0), name)
+    )[:KEY_DRIFT_FEATURES]
+    training = facts.get("training", {})
+    inputs = ReportInputs(
+        as_of=as_of,
+        run_id=staging.run_id,
+        offers=offers,
+        audience_summary=read_summary(staging.root / "audiences"),
+        model_metrics=training.get("metrics", {}),
+        model_versions={MODEL_NAME: ",".join(facts.get("model_versions", []))},
+        training_note=training.get("note", ""),
+        feature_drift=feature_drift(lake, as_of, sorted(spread)),
+        previous_scores=previous_scores,
+        subscribers=int(facts.get("subscribers", 0)),
+        control_subscribers=int(facts.get("control_subscribers", 0)),
+    )
+    return write_report(inputs, staging.product("reports"))
+
+
+def manifest(
+    lake: Lake,
+    as_of: dt.date,
+    settings: Settings,
+    staging: Any,
+    facts: dict[str, Any],
+    ingested: list[dt.date],
+) -> dict[str, Any]:
+    """What tonight used and produced: inputs, row counts, models, MLflow run, settings."""
+    from models.registry import champion_info
+
+    raw_rows = {}
+    ingest_manifest = lake.root / "raw" / "_ingest" / f"date={as_of.isoformat()}" / "manifest.json"
+    if ingest_manifest.exists():
+        import json
+
+        tables = json.loads(ingest_manifest.read_text()).get("tables", {})
+        raw_rows = {table: facts_["rows"] for table, facts_ in sorted(tables.items())}
+    champion = champion_info(MODEL_NAME, settings) or {}
+    training = facts.get("training", {})
+    return {
+        "as_of": as_of.isoformat(),
+        "run_id": staging.run_id,
+        "inputs": {
+            "data_dir": str(lake.root),
+            "ingested_days": {
+                "count": len(ingested),
+                "first": min(ingested).isoformat() if ingested else None,
+                "last": max(ingested).isoformat() if ingested else None,
+            },
+            "raw_rows": raw_rows,
+            "snapshot": str(lake.snapshot(as_of)),
+        },
+        "rows": {
+            "subscribers": facts.get("subscribers"),
+            "offers": facts.get("offers_rows"),
+            "subscribers_with_offers": facts.get("subscribers_with_offers"),
+            "control_subscribers": facts.get("control_subscribers"),
+            "audiences": facts.get("audience_offers"),
+            "audience_rows": facts.get("audience_rows"),
+        },
+        "models": {
+            "name": MODEL_NAME,
+            "champion_version": champion.get("version"),
+            "champion_run_id": champion.get("run_id"),
+            "trained_tonight": bool(training.get("trained")),
+            "training_note": training.get("note", ""),
+            "mlflow_run_id": training.get("mlflow_run_id"),
+        },
+        "settings": {
+            "top_k": settings.top_k,
+            "max_per_category": settings.max_per_category,
+            "control_share": settings.control_share,
+            "coverage": settings.coverage,
+            "n_shards": settings.n_shards,
+        },
+    }

@@ -1,0 +1,212 @@
+"""The nightly flow end to end on the tiny world: publishing, reruns, failures, locks, bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows import steps
+from flows.cli import app, run_command
+from flows.nightly import nightly
+from flows.publish import MANIFEST, STAGING, published_dates, read_manifest
+from mia.errors import InputError
+from mia.hashing import control_mask
+from mia.lake import Lake, LockedError, run_lock
+from mia.settings import Settings
+from tests.conftest import TINY_LAST_DAY, mlflow_overrides
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _published(root: Path, date: dt.date) -> dict[str, bytes]:
+    """Published offers and audiences of a night; the manifest (it holds durations) aside."""
+    lake = Lake(root)
+    files = {}
+    for name, directory in (
+        ("offers", lake.offers(date)),
+        ("audiences", lake.audiences(date)),
+    ):
+        files.update(
+            {f"{name}/{key}": value for key, value in _files(directory).items() if key != MANIFEST}
+        )
+    return files
+
+
+def _copy_run(night_run, tmp_path: Path) -> Path:
+    root = tmp_path / "run"
+    shutil.copytree(night_run.root, root)
+    return root
+
+
+def _mia(*arguments: str) -> int:
+    return run_command(lambda: app(list(arguments), standalone_mode=True))
+
+
+def test_nightly_publishes_offers_audiences_report_and_manifest(night_run):
+    lake = Lake(night_run.data_dir)
+    offers = pl.read_parquet(lake.offers(TINY_LAST_DAY) / "offers.parquet")
+    manifest = read_manifest(lake, TINY_LAST_DAY)
+    assert manifest["status"] == "published"
+    assert manifest["rows"]["offers"] == offers.height > 0
+    assert manifest["models"]["champion_version"] == "1"
+    assert manifest["run_id"] == offers["run_id"].unique().item()
+    assert set(manifest["durations_seconds"]) >= {"ingest", "snapshot", "train", "score", "rank", "audiences"}
+    assert published_dates(lake) == [TINY_LAST_DAY]
+
+    summary = pl.read_csv(lake.audiences(TINY_LAST_DAY) / "summary.csv")
+    assert manifest["rows"]["audiences"] == summary.height > 0
+    report = lake.reports(TINY_LAST_DAY) / "report.md"
+    assert "Mia nightly report" in report.read_text()
+    assert (lake.reports(TINY_LAST_DAY) / "offers_per_category.png").stat().st_size > 1000
+    assert not (lake.root / STAGING).exists() or not any((lake.root / STAGING).iterdir())
+    assert not (lake.root / ".mia.lock").exists()
+
+
+def test_control_group_never_receives_offers(night_run):
+    offers = pl.read_parquet(Lake(night_run.data_dir).offers(TINY_LAST_DAY) / "offers.parquet")
+    ids = offers["subscriber_id"].unique()
+    assert not control_mask(ids, Settings().group_salt, Settings().control_share).any()
+    per_subscriber = offers.group_by("subscriber_id").agg(pl.len().alias("n"))
+    assert per_subscriber["n"].max() <= Settings().top_k
+
+
+def test_rerun_of_the_same_night_gives_identical_outputs(night_run, tmp_path):
+    root = _copy_run(night_run, tmp_path)
+    before = _published(root / "data", TINY_LAST_DAY)
+    manifest = nightly(
+        date=TINY_LAST_DAY.isoformat(),
+        data_dir=str(root / "data"),
+        overrides=mlflow_overrides(root),
+    )
+    assert manifest["models"]["trained_tonight"] is False
+    assert _published(root / "data", TINY_LAST_DAY) == before
+
+
+def test_failed_run_leaves_previous_outputs_and_next_run_succeeds(night_run, tmp_path, monkeypatch):
+    root = _copy_run(night_run, tmp_path)
+    data = root / "data"
+    before = _published(data, TINY_LAST_DAY)
+    report_before = _files(Lake(data).reports(TINY_LAST_DAY))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full while writing audiences (injected)")
+
+    monkeypatch.setattr(steps, "audiences", crash)
+    with pytest.raises(RuntimeError, match="injected"):
+        nightly(
+            date=TINY_LAST_DAY.isoformat(), data_dir=str(data), overrides=mlflow_overrides(root)
+        )
+    assert _published(data, TINY_LAST_DAY) == before
+    assert _files(Lake(data).reports(TINY_LAST_DAY)) == report_before
+    assert not (data / ".mia.lock").exists()
+
+    monkeypatch.undo()
+    manifest = nightly(
+        date=TINY_LAST_DAY.isoformat(), data_dir=str(data), overrides=mlflow_overrides(root)
+    )
+    assert manifest["status"] == "published"
+    assert _published(data, TINY_LAST_DAY) == before
+    assert not any((data / STAGING).iterdir())
+
+
+def test_second_run_on_a_locked_data_root_fails_and_publishes_nothing(night_run, tmp_path):
+    root = _copy_run(night_run, tmp_path)
+    data = root / "data"
+    earlier = TINY_LAST_DAY - dt.timedelta(days=1)
+    with run_lock(data, owner="another nightly"):
+        with pytest.raises(LockedError, match="in use by another run"):
+            nightly(date=earlier.isoformat(), data_dir=str(data), overrides=mlflow_overrides(root))
+    assert earlier not in Lake(data).dates("offers")
+
+
+def test_bad_delivery_exits_2_and_writes_nothing(night_run, tmp_path):
+    root = _copy_run(night_run, tmp_path)
+    data = root / "data"
+    lake = Lake(data)
+    new_day = TINY_LAST_DAY + dt.timedelta(days=1)
+    shutil.copytree(lake.incoming(TINY_LAST_DAY), lake.incoming(new_day))
+    usage_path = lake.incoming(new_day) / "usage.parquet"
+    usage = pl.read_parquet(usage_path)
+    usage.with_columns(
+        pl.when(pl.int_range(pl.len()) < 2).then(pl.lit("fax")).otherwise("kind").alias("kind")
+    ).write_parquet(usage_path)
+    before = {part: _files(data / part) for part in ("raw", "daily", "features", "offers")}
+
+    code = _mia(
+        "nightly",
+        "--data-dir",
+        str(data),
+        "--date",
+        new_day.isoformat(),
+        "--config",
+        str(_config_file(root)),
+    )
+    assert code == 2
+    after = {part: _files(data / part) for part in ("raw", "daily", "features", "offers")}
+    assert after == before
+
+
+def _config_file(root: Path) -> Path:
+    path = root / "mia.toml"
+    overrides = mlflow_overrides(root)
+    path.write_text("".join(f'{key} = "{value}"\n' for key, value in overrides.items()))
+    return path
+
+
+def test_missing_day_is_bad_input(night_run, tmp_path):
+    root = _copy_run(night_run, tmp_path)
+    with pytest.raises(InputError, match="no input for"):
+        nightly(date="2030-01-01", data_dir=str(root / "data"), overrides=mlflow_overrides(root))
+
+
+def test_cli_shows_explains_lists_and_exports(night_run, tmp_path, capsys):
+    data, day = str(night_run.data_dir), TINY_LAST_DAY.isoformat()
+    offers = pl.read_parquet(Lake(night_run.data_dir).offers(TINY_LAST_DAY) / "offers.parquet")
+    subscriber = str(offers["subscriber_id"][0])
+    offer_id = offers["offer_id"][0]
+
+    assert (
+        _mia("offers", "show", "--data-dir", data, "--date", day, "--subscriber", subscriber) == 0
+    )
+    assert offer_id in capsys.readouterr().out
+    assert (
+        _mia("offers", "explain", "--data-dir", data, "--date", day, "--subscriber", subscriber)
+        == 0
+    )
+    assert _mia("audience", "list", "--data-dir", data, "--date", day) == 0
+    assert offer_id in capsys.readouterr().out
+
+    exported = tmp_path / "audience.csv"
+    code = _mia(
+        "audience", "export", "--data-dir", data, "--date", day, "--offer", offer_id,
+        "--out", str(exported),
+    )  # fmt: skip
+    assert code == 0
+    frame = pl.read_csv(exported)
+    assert set(frame["offer_id"].unique()) == {offer_id}
+    assert _mia("audience", "export", "--data-dir", data, "--date", day, "--offer", "nope",
+                "--out", str(exported)) == 2  # fmt: skip
+    assert _mia("offers", "show", "--data-dir", data, "--date", "2031-02-30") == 2
+    assert _mia("report", "--data-dir", data, "--date", day) == 0
+    assert "Mia nightly report" in capsys.readouterr().out
+
+
+def test_manifest_is_valid_json_with_inputs(night_run):
+    path = Lake(night_run.data_dir).offers(TINY_LAST_DAY) / MANIFEST
+    manifest = json.loads(path.read_text())
+    assert manifest["inputs"]["raw_rows"]["usage"] > 0
+    assert manifest["models"]["trained_tonight"] is True
+    assert manifest["models"]["mlflow_run_id"]
