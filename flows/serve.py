@@ -61,8 +61,8 @@ def serve_nightly(settings: Settings, register_only: bool = False) -> str:
     deployment = nightly_deployment(settings)
     if register_only:
         deployment_id = deployment.apply()
-        logger.info("registered deployment %s", deployment_id)
-        return str(deployment_id)
+        logger.info("registered deployment %s (%s)", DEPLOYMENT_NAME, deployment_id)
+        return DEPLOYMENT_NAME
     from prefect import serve
 
     serve(deployment)
