@@ -78,7 +78,9 @@ async def main():
             ],
             "parameters": deployment.parameters,
             "scheduled": sorted(
-                r.expected_start_time.isoformat() for r in runs if r.state and r.state.is_scheduled()
+                run.expected_start_time.isoformat()
+                for run in runs
+                if run.state and run.state.is_scheduled()
             ),
         }))
 
@@ -135,7 +137,8 @@ def test_serve_registers_the_nightly_deployment_with_its_schedule(prefect_server
         return state if state["scheduled"] else None
 
     state = _wait_until(scheduled_runs, SCHEDULE_TIMEOUT, "scheduled runs of the deployment")
-    assert state["schedules"] == [{"cron": "0 3 * * *", "timezone": "Europe/Moscow", "active": True}]
+    expected = {"cron": "0 3 * * *", "timezone": "Europe/Moscow", "active": True}
+    assert state["schedules"] == [expected]
     assert state["parameters"]["data_dir"] == str(data_dir.resolve())
     # Every scheduled run starts at 03:00 Moscow time (00:00 UTC).
     assert all(start.endswith("T00:00:00+00:00") for start in state["scheduled"])
