@@ -447,12 +447,30 @@ def evaluate(
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Compare the champion with the simulator's true probabilities after DATE (simulated data)."""
+    """On a simulated world: compare the champion's scores and the night's audiences with the
+    simulator's true probabilities (the oracle) after DATE."""
+    from flows.publish import read_manifest
+    from flows.steps import evaluate_audiences
     from models.evaluate import evaluate_against_oracle, oracle_table
 
     settings = _settings(data_dir, config)
-    result = evaluate_against_oracle(Lake(settings.data_dir), _date(date), settings)
-    _print_table(f"Mia vs oracle after {date}", oracle_table(result))
+    lake = Lake(settings.data_dir)
+    night = _date(date)
+    if not (lake.root / "truth").is_dir():
+        raise InputError(
+            f"{lake.root} has no simulator truth: `mia evaluate` works on worlds made by "
+            "`mia simulate`."
+        )
+    result = evaluate_against_oracle(lake, night, settings)
+    _print_table(f"Mia vs oracle after {night}", oracle_table(result))
+    if read_manifest(lake, night) is None:
+        out.print(f"(no published night {night}: audiences not evaluated)")
+        return
+    capture = evaluate_audiences(lake, night, settings)
+    _print_table(
+        f"audiences of {night} vs the oracle's audiences of the same size",
+        [{"metric": key, "value": value} for key, value in capture.items()],
+    )
 
 
 @app.command()

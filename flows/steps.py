@@ -298,6 +298,8 @@ def audiences(
 
 
 KEY_DRIFT_FEATURES = 12
+# Audience cuts evaluated against the oracle besides the published audiences themselves.
+AUDIENCE_SHARES = (0.05, 0.10, 0.25)
 
 
 def report(
@@ -398,3 +400,36 @@ def manifest(
             "n_shards": settings.n_shards,
         },
     }
+
+
+def evaluate_audiences(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, float]:
+    """On a simulated world: the published audiences' expected accepts vs the oracle's."""
+    from mia.simulate import oracle_p_accept
+    from offers.audience import read_summary
+    from offers.eligibility import eligible_pairs
+    from offers.evaluate import audience_capture, capture_summary
+    from offers.groups import TREATMENT
+
+    directory = lake.audiences(as_of)
+    summary = read_summary(directory)
+    rows = pl.concat(
+        [
+            pl.read_csv(directory / file, schema_overrides={SUBSCRIBER_ID: pl.Int64}).select(
+                SUBSCRIBER_ID, "offer_id", "rank", "group"
+            )
+            for file in summary["file"].to_list()
+        ]
+    )
+    inputs = night_inputs(lake, as_of, settings)
+    groups = groups_for(lake, as_of, settings).filter(
+        (pl.col("group") == TREATMENT) & pl.col("covered")
+    )
+    eligible = eligible_pairs(
+        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_events"], as_of
+    ).join(groups.select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="semi")
+    truth = oracle_p_accept(lake.root, as_of, offer_ids=rows["offer_id"].unique().to_list())
+    result = capture_summary(audience_capture(rows, eligible, truth))
+    for share in AUDIENCE_SHARES:
+        cut = audience_capture(rows, eligible, truth, share=share)
+        result.update(capture_summary(cut, prefix=f"audience_top{round(share * 100)}pct"))
+    return result
