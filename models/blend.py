@@ -1,0 +1,314 @@
+"""The blend: one calibrated P(accept | shown) per subscriber x offer.
+
+Inputs per subscriber x offer: the calibrated category propensity of the offer's category, the ALS
+score (raw, centred on the subscriber's mean and as a rank among the candidate offers), offer
+attributes (value, category) and the offer's smoothed historical acceptance rate and volume from
+labelled windows. A small LightGBM (monotone increasing in the propensity, the ALS score and the
+offer's rate) is fitted on a window LATER than the one its inputs were trained on, so it learns
+how far to trust each input out of sample.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from mia.errors import InputError
+from mia.hashing import unit_interval
+from mia.schema import (
+    CATEGORIES,
+    CATEGORY,
+    CF_SCORE,
+    LABEL,
+    OFFER_ID,
+    SUBSCRIBER_ID,
+    VALUE,
+)
+from models.propensity import P_CATEGORY, CategoryPropensity, logit
+
+logger = logging.getLogger(__name__)
+
+OFFER_ACCEPT_RATE = "offer_accept_rate"
+CATEGORY_ACCEPT_RATE = "category_accept_rate"
+# Columns the blend model reads, in matrix order.
+BLEND_FEATURES = (
+    "logit_p_category",
+    "logit_p_category_centered",
+    CF_SCORE,
+    "cf_score_centered",
+    "cf_rank",
+    "offer_lift",
+    "offer_log_accepts",
+    "log_value",
+    "category_code",
+)
+_MONOTONE = {"logit_p_category": 1, CF_SCORE: 1, "offer_lift": 1}
+_CATEGORY_CODE = {category: index for index, category in enumerate(CATEGORIES)}
+
+
+class BlendInputError(InputError):
+    """A frame given to the blend breaks its rules."""
+
+
+def offer_statistics(
+    offer_labels: pl.DataFrame, offers: pl.DataFrame, prior_strength: float = 30.0
+) -> pl.DataFrame:
+    """Per offer of `offers`: shown, accepted, and the acceptance rate smoothed to its category.
+
+    Rates are `(accepts + s * category_rate) / (shown + s)`; category rates are smoothed the same
+    way towards the rate over all categories, so a new or rarely shown offer gets its category's.
+    """
+    for name, frame, columns in (
+        ("offer_labels", offer_labels, (OFFER_ID, CATEGORY, LABEL)),
+        ("offers", offers, (OFFER_ID, CATEGORY)),
+    ):
+        missing = [column for column in columns if column not in frame.columns]
+        if missing:
+            raise BlendInputError(f"{name}: columns {missing} missing.")
+    shown = offer_labels.height
+    overall = float(offer_labels[LABEL].sum()) / shown if shown else 0.0
+    per_category = offer_labels.group_by(CATEGORY).agg(
+        pl.len().alias("category_shown"), pl.col(LABEL).sum().alias("category_accepts")
+    )
+    per_offer = offer_labels.group_by(OFFER_ID).agg(
+        pl.len().alias("shown"), pl.col(LABEL).sum().alias("accepts")
+    )
+    strength = float(prior_strength)
+    return (
+        offers.select(OFFER_ID, pl.col(CATEGORY).cast(pl.String))
+        .unique(OFFER_ID, keep="first")
+        .join(per_category.with_columns(pl.col(CATEGORY).cast(pl.String)), on=CATEGORY, how="left")
+        .join(per_offer, on=OFFER_ID, how="left")
+        .with_columns(pl.col("category_shown", "category_accepts", "shown", "accepts").fill_null(0))
+        .with_columns(
+            (
+                (pl.col("category_accepts") + strength * overall)
+                / (pl.col("category_shown") + strength)
+            ).alias(CATEGORY_ACCEPT_RATE)
+        )
+        .with_columns(
+            (
+                (pl.col("accepts") + strength * pl.col(CATEGORY_ACCEPT_RATE))
+                / (pl.col("shown") + strength)
+            ).alias(OFFER_ACCEPT_RATE)
+        )
+        .select(OFFER_ID, CATEGORY, "shown", "accepts", OFFER_ACCEPT_RATE, CATEGORY_ACCEPT_RATE)
+        .sort(OFFER_ID)
+    )
+
+
+def _row_rank(scores: np.ndarray) -> np.ndarray:
+    """Rank of each cell in its row by descending score, scaled to [0, 1] (0 = best)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :], axis=1)
+    return ranks / max(scores.shape[1] - 1, 1)
+
+
+def candidate_features(
+    subscriber_ids: np.ndarray | pl.Series,
+    p_category: np.ndarray,
+    categories: Sequence[str],
+    cf_scores: np.ndarray,
+    offers: pl.DataFrame,
+    offer_stats: pl.DataFrame,
+) -> pl.DataFrame:
+    """Blend inputs for every subscriber x offer (subscriber-major, offers in `offers` order).
+
+    `p_category` is (subscribers x categories) in `categories` order, `cf_scores` is (subscribers
+    x offers) in `offers` order; `offers` has offer_id, category, value.
+    """
+    ids = np.asarray(subscriber_ids)
+    missing = [column for column in (OFFER_ID, CATEGORY, VALUE) if column not in offers.columns]
+    if missing:
+        raise BlendInputError(f"offers: columns {missing} missing.")
+    offers = offers.with_columns(pl.col(CATEGORY).cast(pl.String))
+    unknown = sorted(set(offers[CATEGORY]) - set(categories))
+    if unknown:
+        raise BlendInputError(f"offers: categories {unknown[:5]} have no propensity model.")
+    n_subscribers, n_offers = ids.size, offers.height
+    if p_category.shape != (n_subscribers, len(categories)):
+        raise BlendInputError(
+            f"p_category has shape {p_category.shape}, must be {(n_subscribers, len(categories))}."
+        )
+    if cf_scores.shape != (n_subscribers, n_offers):
+        raise BlendInputError(
+            f"cf_scores has shape {cf_scores.shape}, must be {(n_subscribers, n_offers)}."
+        )
+    stats = offers.select(OFFER_ID).join(
+        offer_stats.select(OFFER_ID, "accepts", OFFER_ACCEPT_RATE, CATEGORY_ACCEPT_RATE),
+        on=OFFER_ID,
+        how="left",
+        maintain_order="left",
+    )
+    column_of = {category: index for index, category in enumerate(categories)}
+    offer_columns = np.array([column_of[category] for category in offers[CATEGORY]], dtype=np.int64)
+    p = p_category[:, offer_columns]
+    logit_p = logit(p)
+    cf = cf_scores.astype(np.float64)
+    # Offers never seen in a labelled window take their category's rate (lift 0).
+    category_rate = stats[CATEGORY_ACCEPT_RATE].fill_null(strategy="mean").fill_null(0.05)
+    offer_rate = stats[OFFER_ACCEPT_RATE].fill_null(category_rate)
+    offer_lift = logit(offer_rate.to_numpy()) - logit(category_rate.to_numpy())
+    per_offer = {
+        "offer_lift": offer_lift,
+        "offer_log_accepts": np.log1p(stats["accepts"].fill_null(0).to_numpy().astype(np.float64)),
+        "log_value": np.log1p(offers[VALUE].cast(pl.Float64).to_numpy()),
+        "category_code": np.array(
+            [_CATEGORY_CODE[category] for category in offers[CATEGORY]], dtype=np.float64
+        ),
+    }
+    columns: dict[str, pl.Series | np.ndarray] = {
+        SUBSCRIBER_ID: np.repeat(ids, n_offers),
+        OFFER_ID: np.tile(offers[OFFER_ID].to_numpy(), n_subscribers),
+        CATEGORY: np.tile(offers[CATEGORY].to_numpy(), n_subscribers),
+        P_CATEGORY: p.ravel(),
+        "logit_p_category": logit_p.ravel(),
+        "logit_p_category_centered": (logit_p - logit_p.mean(axis=1, keepdims=True)).ravel(),
+        CF_SCORE: cf.ravel(),
+        "cf_score_centered": (cf - cf.mean(axis=1, keepdims=True)).ravel(),
+        "cf_rank": _row_rank(cf).ravel() if n_offers else np.empty(0),
+    }
+    for name, values in per_offer.items():
+        columns[name] = np.tile(values, n_subscribers)
+    return pl.DataFrame(columns).with_columns(
+        pl.col(SUBSCRIBER_ID).cast(pl.Int64), pl.col(OFFER_ID, CATEGORY).cast(pl.String)
+    )
+
+
+def propensity_and_cf(
+    propensity: CategoryPropensity,
+    cf_model,
+    snapshot: pl.DataFrame,
+    offers: pl.DataFrame,
+    interactions: pl.DataFrame | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Category propensities (subscribers x categories) and ALS scores (subscribers x offers)."""
+    ids = snapshot[SUBSCRIBER_ID]
+    p_category = propensity.predict_matrix(snapshot)
+    cf_scores = cf_model.score(ids, offers[OFFER_ID], interactions)
+    return p_category, np.asarray(cf_scores, dtype=np.float64)
+
+
+class OfferBlend:
+    """Small monotone LightGBM turning blend inputs into calibrated P(accept | shown)."""
+
+    def __init__(
+        self,
+        *,
+        num_boost_round: int = 300,
+        early_stopping_rounds: int = 30,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_data_in_leaf: int = 100,
+        lambda_l2: float = 1.0,
+        validation_share: float = 0.2,
+        monotone: bool = True,
+        num_threads: int = 2,
+        random_state: int = 7,
+    ) -> None:
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_data_in_leaf = min_data_in_leaf
+        self.lambda_l2 = lambda_l2
+        self.validation_share = validation_share
+        self.monotone = monotone
+        self.num_threads = num_threads
+        self.random_state = random_state
+
+    def get_params(self) -> dict[str, object]:
+        """Constructor arguments, as given (for tracking)."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {name: getattr(self, name) for name in names}
+
+    def _params(self) -> dict[str, object]:
+        seed = self.random_state
+        params: dict[str, object] = {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "lambda_l2": self.lambda_l2,
+            "max_bin": 127,
+            "deterministic": True,
+            "force_row_wise": True,
+            "seed": seed,
+            "data_random_seed": seed + 1,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
+        if self.monotone:
+            params["monotone_constraints"] = [_MONOTONE.get(name, 0) for name in BLEND_FEATURES]
+            params["monotone_constraints_method"] = "advanced"
+        return params
+
+    @staticmethod
+    def _matrix(frame: pl.DataFrame) -> np.ndarray:
+        missing = [name for name in BLEND_FEATURES if name not in frame.columns]
+        if missing:
+            raise BlendInputError(f"blend frame: columns {missing} missing.")
+        return frame.select(pl.col(BLEND_FEATURES).cast(pl.Float64)).to_numpy()
+
+    def _dataset(self, x: np.ndarray, y: np.ndarray) -> lgb.Dataset:
+        return lgb.Dataset(
+            x,
+            y,
+            feature_name=list(BLEND_FEATURES),
+            categorical_feature=[BLEND_FEATURES.index("category_code")],
+            free_raw_data=True,
+        )
+
+    def fit(self, frame: pl.DataFrame) -> OfferBlend:
+        """Fit on blend inputs with a `label` per shown subscriber x offer; returns self."""
+        if LABEL not in frame.columns:
+            raise BlendInputError(f"blend frame: column {LABEL!r} missing.")
+        labels = frame[LABEL]
+        if labels.null_count() or not labels.is_in([0, 1]).all():
+            bad = labels.filter(~labels.is_in([0, 1])).unique().head(5).to_list()
+            raise BlendInputError(f"blend frame: column {LABEL!r} must be 0 or 1, found {bad}.")
+        y = labels.cast(pl.Float64).to_numpy()
+        if not 0 < y.sum() < y.size:
+            raise BlendInputError(
+                f"blend frame: column {LABEL!r} needs both classes, has {int(y.sum())} "
+                f"positives in {y.size} rows."
+            )
+        x = self._matrix(frame)
+        held = unit_interval(frame[SUBSCRIBER_ID], f"blend-{self.random_state}") < (
+            self.validation_share
+        )
+        params = self._params()
+        rounds = self.num_boost_round
+        if held.any() and 0 < y[held].sum() < held.sum():
+            probe = lgb.train(
+                params,
+                self._dataset(x[~held], y[~held]),
+                num_boost_round=self.num_boost_round,
+                valid_sets=[self._dataset(x[held], y[held])],
+                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+            )
+            rounds = max(probe.best_iteration, 1)
+        self.booster_ = lgb.train(params, self._dataset(x, y), num_boost_round=rounds)
+        self.rounds_ = rounds
+        logger.info("blend fitted: %d rows, %d positives, %d trees", y.size, int(y.sum()), rounds)
+        return self
+
+    def predict(self, frame: pl.DataFrame) -> np.ndarray:
+        """P(accept | shown) per row of a blend-input frame."""
+        if not hasattr(self, "booster_"):
+            raise BlendInputError("OfferBlend is not fitted: call fit(frame).")
+        x = self._matrix(frame)
+        if not x.shape[0]:
+            return np.empty(0)
+        return self.booster_.predict(x, num_threads=self.num_threads)
+
+    def feature_importance(self) -> pl.DataFrame:
+        """[feature, importance] (total gain) of the blend model."""
+        gain = self.booster_.feature_importance("gain").astype(np.float64)
+        return pl.DataFrame({"feature": list(BLEND_FEATURES), "importance": gain})

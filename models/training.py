@@ -1,0 +1,414 @@
+"""Training pipeline: snapshots and labels -> propensity, ALS, blend -> metrics -> registry + gate.
+
+Time layout for `as_of` A, horizon h, step s and n snapshots: T_i = A - h - i*s (i = 0..n-1), so
+every label window (T_i, T_i + h] ends on or before A.
+
+- category propensity: trained on T_{n-1}..T_2, early-stopped and calibrated on T_1;
+- offer statistics and ALS: from events up to T_0 (offer labels of T_{n-1}..T_1, interactions
+  in the lookback before T_0);
+- blend: fitted on the offer labels of T_0 (later than all of its inputs) for most subscribers;
+  a stable hashed share of subscribers is held out: the gate and the reported metrics use it.
+
+The bundle keeps those models as trained (everything it learned is from data up to T_0, except the
+blend, which saw T_0's labels of non-holdout subscribers) plus the catalog and interactions of A.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import polars.selectors as cs
+
+from mia.errors import InputError
+from mia.hashing import unit_interval
+from mia.lake import Lake, partition_files
+from mia.schema import CATEGORY, LABEL, OFFER_ID, P_ACCEPT, SUBSCRIBER_ID
+from mia.settings import Settings
+from models import metrics as mx
+from models.blend import OfferBlend, offer_statistics
+from models.propensity import P_CATEGORY, CategoryPropensity, training_frame
+from models.scoring import MODEL_NAME, ModelBundle, active_offers, blend_frame, score_offers
+
+logger = logging.getLogger(__name__)
+
+HOLDOUT_SHARE = 0.3
+HOLDOUT_SALT = "mia-blend-holdout"
+GATE_METRIC = "blend.roc_auc"
+TRAINED_AS_OF_TAG = "trained_as_of"
+
+
+class TrainingInputError(InputError):
+    """The data root cannot provide what training needs (history, labels, tables)."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything training reads from the data root, as plain frames."""
+
+    as_of: dt.date
+    snapshot_dates: tuple[dt.date, ...]  # oldest first; the last is T_0
+    snapshots: dict[dt.date, pl.DataFrame]
+    category_labels: dict[dt.date, pl.DataFrame]
+    offer_labels: dict[dt.date, pl.DataFrame]
+    catalog: pl.DataFrame  # every offer known on any snapshot date or as_of
+    catalog_as_of: pl.DataFrame
+    interactions_blend: pl.DataFrame  # up to T_0
+    interactions_as_of: pl.DataFrame  # up to as_of
+    input_example: pl.DataFrame  # a few rows of the as_of snapshot
+
+
+@dataclass
+class TrainingReport:
+    """What a training run produced and decided."""
+
+    as_of: dt.date
+    snapshot_dates: list[dt.date]
+    metrics: dict[str, float]
+    fallback_categories: list[str]
+    bundle: ModelBundle
+    run_id: str | None = None
+    version: str | None = None
+    promoted: bool | None = None
+    reason: str = ""
+    champion_version: str | None = None
+    evaluate: Callable[[Any], dict[str, float]] | None = None  # the gate's holdout evaluation
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def snapshot_dates(as_of: dt.date, settings: Settings) -> list[dt.date]:
+    """Training snapshot dates T_{n-1}..T_0 (oldest first); labels of T_0 end on `as_of`."""
+    return [
+        as_of - dt.timedelta(days=settings.horizon_days + index * settings.snapshot_step_days)
+        for index in reversed(range(settings.train_snapshots))
+    ]
+
+
+def holdout_mask(subscriber_ids: pl.Series | np.ndarray, seed: int) -> np.ndarray:
+    """True for subscribers held out of the blend fit (a stable HOLDOUT_SHARE of ids)."""
+    return unit_interval(subscriber_ids, f"{HOLDOUT_SALT}-{seed}") < HOLDOUT_SHARE
+
+
+def read_or_build_snapshot(lake: Lake, date: dt.date, settings: Settings) -> pl.DataFrame:
+    """The stored snapshot of `date`, built (with any missing daily aggregates) when absent."""
+    from features.daily import build_daily_range
+    from features.snapshot import build_snapshot
+
+    files = partition_files(lake.snapshot(date))
+    if files:
+        return pl.read_parquet(files)
+    ingested = [day for day in lake.dates("raw", "subscribers") if day <= date]
+    if ingested:
+        build_daily_range(lake, ingested[0], date)
+    return build_snapshot(lake, date, settings=settings, write=True)
+
+
+def plain_types(frame: pl.DataFrame) -> pl.DataFrame:
+    """Categorical and enum columns as plain strings (what a served model receives)."""
+    return frame.with_columns(cs.categorical().cast(pl.String), cs.enum().cast(pl.String))
+
+
+def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> TrainingData:
+    """Snapshots, labels, catalogs and interactions for training as of `as_of`."""
+    from features.daily import build_daily_range
+    from features.labels import category_labels, offer_labels
+    from mia.ingest import raw_events, raw_state
+    from models.cf import build_interactions
+
+    dates = snapshot_dates(as_of, settings)
+    ingested = lake.dates("raw", "subscribers")
+    if not ingested or ingested[0] > dates[0] or ingested[-1] < as_of:
+        span = f"{ingested[0]}..{ingested[-1]}" if ingested else "nothing"
+        raise TrainingInputError(
+            f"training as of {as_of} needs ingested days {dates[0]}..{as_of} "
+            f"({settings.train_snapshots} snapshots every {settings.snapshot_step_days} days, "
+            f"horizon {settings.horizon_days}); raw/ holds {span}."
+        )
+    build_daily_range(lake, ingested[0], as_of)
+    lookback = max(settings.windows)
+    events = raw_events(lake, "offer_events", dates[0] - dt.timedelta(days=lookback), as_of)
+    if events is None:
+        raise TrainingInputError("table offer_events was never delivered: nothing to learn from.")
+    events = events.collect(engine="streaming").lazy()
+    catalogs = []
+    for date in [*dates, as_of]:
+        catalog = raw_state(lake, "catalog", date)
+        if catalog is None:
+            raise TrainingInputError(f"table catalog has no delivery on or before {date}.")
+        catalogs.append(catalog)
+    catalog = pl.concat(catalogs, how="vertical").unique(OFFER_ID, keep="last").sort(OFFER_ID)
+
+    snapshots, categories, offers = {}, {}, {}
+    for date in [*dates, as_of]:
+        logger.info("snapshot %s", date)
+        snapshots[date] = read_or_build_snapshot(lake, date, settings)
+    for date in dates:
+        categories[date] = category_labels(events, catalog, date, settings.horizon_days)
+        offers[date] = offer_labels(events, catalog, date, settings.horizon_days)
+        logger.info(
+            "labels %s: %d category rows (%d positive), %d offer rows",
+            date,
+            categories[date].height,
+            int(categories[date][LABEL].sum()),
+            offers[date].height,
+        )
+    return TrainingData(
+        as_of=as_of,
+        snapshot_dates=tuple(dates),
+        snapshots={date: snapshots[date] for date in dates},
+        category_labels=categories,
+        offer_labels=offers,
+        catalog=catalog,
+        catalog_as_of=catalogs[-1],
+        interactions_blend=build_interactions(events, dates[-1], lookback),
+        interactions_as_of=build_interactions(events, as_of, lookback),
+        input_example=plain_types(snapshots[as_of].sort(SUBSCRIBER_ID).head(5)),
+    )
+
+
+def propensity_model(settings: Settings) -> CategoryPropensity:
+    """The category propensity estimator configured by `settings`."""
+    return CategoryPropensity(
+        min_positives=settings.min_positives,
+        num_threads=settings.num_threads,
+        random_state=settings.seed,
+    )
+
+
+def cf_model(settings: Settings):
+    """The ALS recommender configured by `settings`."""
+    from models.cf import ALSRecommender
+
+    return ALSRecommender(
+        factors=settings.als_factors,
+        regularization=settings.als_regularization,
+        iterations=settings.als_iterations,
+        random_state=settings.seed,
+        num_threads=1,
+    )
+
+
+def blend_model(settings: Settings) -> OfferBlend:
+    """The blend estimator configured by `settings`."""
+    return OfferBlend(num_threads=settings.num_threads, random_state=settings.seed)
+
+
+def _labelled_blend_rows(
+    bundle: ModelBundle, data: TrainingData
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """Blend inputs of T_0's shown subscriber x offer pairs with labels, and the holdout mask."""
+    t0 = data.snapshot_dates[-1]
+    snapshot = data.snapshots[t0].sort(SUBSCRIBER_ID)
+    offers = active_offers(data.catalog, t0 + dt.timedelta(days=1))
+    offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
+    frame = blend_frame(bundle, snapshot, offers, data.interactions_blend)
+    labels = data.offer_labels[t0].select(SUBSCRIBER_ID, OFFER_ID, pl.col(LABEL).cast(pl.Int8))
+    rows = frame.join(labels, on=[SUBSCRIBER_ID, OFFER_ID], how="inner").sort(
+        SUBSCRIBER_ID, OFFER_ID
+    )
+    return rows, holdout_mask(rows[SUBSCRIBER_ID], bundle.propensity.random_state)
+
+
+def fit_bundle(data: TrainingData, settings: Settings) -> tuple[ModelBundle, dict[str, Any]]:
+    """Fit propensity, ALS and blend on `data`; the bundle and its holdout frames."""
+    dates = data.snapshot_dates
+    train_dates, valid_date, t0 = dates[:-2], dates[-2], dates[-1]
+    train = pl.concat(
+        [training_frame(data.snapshots[d], data.category_labels[d]) for d in train_dates],
+        how="diagonal_relaxed",
+    )
+    valid = training_frame(data.snapshots[valid_date], data.category_labels[valid_date])
+    logger.info(
+        "propensity: train %s (%d rows), valid %s (%d rows)",
+        [str(d) for d in train_dates],
+        train.height,
+        valid_date,
+        valid.height,
+    )
+    propensity = propensity_model(settings).fit(train, valid)
+
+    history = pl.concat([data.offer_labels[d] for d in dates[:-1]], how="vertical")
+    stats = offer_statistics(history, data.catalog)
+    logger.info("ALS on %d interactions up to %s", data.interactions_blend.height, t0)
+    cf = cf_model(settings).fit(data.interactions_blend)
+    bundle = ModelBundle(
+        propensity=propensity,
+        cf=cf,
+        blend=blend_model(settings),
+        offer_stats=stats,
+        catalog=data.catalog_as_of,
+        interactions=data.interactions_as_of,
+        trained_as_of=data.as_of,
+        metadata={"snapshot_dates": ",".join(str(d) for d in dates)},
+    )
+    rows, held = _labelled_blend_rows(bundle, data)
+    fit_rows = rows.filter(pl.Series(~held))
+    logger.info("blend on %s: %d rows (%d held out)", t0, fit_rows.height, int(held.sum()))
+    bundle.blend.fit(fit_rows)
+    holdout = rows.filter(pl.Series(held))
+    holdout = holdout.with_columns(pl.Series(P_ACCEPT, bundle.blend.predict(holdout)))
+    t0_categories = training_frame(data.snapshots[t0], data.category_labels[t0])
+    return bundle, {"holdout": holdout, "t0_categories": t0_categories}
+
+
+def compute_metrics(bundle: ModelBundle, frames: dict[str, Any]) -> dict[str, float]:
+    """Propensity metrics per category on T_0 (out of time) and blend metrics on the holdout."""
+    result: dict[str, float] = {}
+    t0 = frames["t0_categories"]
+    scored = t0.select(SUBSCRIBER_ID, CATEGORY, LABEL).join(
+        bundle.propensity.predict(t0.unique(SUBSCRIBER_ID, keep="first").sort(SUBSCRIBER_ID)),
+        on=[SUBSCRIBER_ID, CATEGORY],
+        how="left",
+    )
+    result.update(mx.grouped_metrics(scored, CATEGORY, LABEL, P_CATEGORY, "propensity"))
+    result.update(mx.binary_metrics(scored[LABEL], scored[P_CATEGORY], "propensity.all"))
+    holdout = frames["holdout"]
+    y = holdout[LABEL].to_numpy()
+    result.update(mx.binary_metrics(y, holdout[P_ACCEPT].to_numpy(), "blend"))
+    result["inputs.p_category.roc_auc"] = mx.roc_auc(y, holdout[P_CATEGORY].to_numpy())
+    result["inputs.p_category.log_loss"] = mx.log_loss(y, holdout[P_CATEGORY].to_numpy())
+    result["inputs.cf_score.roc_auc"] = mx.roc_auc(y, holdout["cf_score"].to_numpy())
+    result["propensity.fallback_categories"] = float(len(bundle.propensity.fallback_categories_))
+    return result
+
+
+def holdout_evaluator(
+    data: TrainingData, holdout: pl.DataFrame
+) -> Callable[[Any], dict[str, float]]:
+    """`evaluate(scorer)` for the gate: blend metrics of any bundle on the same T_0 holdout."""
+    t0 = data.snapshot_dates[-1]
+    subscribers = holdout[SUBSCRIBER_ID].unique().sort()
+    snapshot = data.snapshots[t0].filter(pl.col(SUBSCRIBER_ID).is_in(subscribers.implode()))
+    labels = holdout.select(SUBSCRIBER_ID, OFFER_ID, LABEL)
+
+    def evaluate(scorer: Any) -> dict[str, float]:
+        scores = score_offers(
+            scorer, snapshot, data.catalog, data.interactions_blend, with_reasons=False
+        )
+        joined = labels.join(scores, on=[SUBSCRIBER_ID, OFFER_ID], how="inner")
+        return mx.binary_metrics(joined[LABEL], joined[P_ACCEPT], "blend")
+
+    return evaluate
+
+
+def _figures(bundle: ModelBundle, frames: dict[str, Any]) -> dict[str, Any]:
+    """Calibration, lift and feature-importance plots (matplotlib figures, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    holdout = frames["holdout"]
+    y, p = holdout[LABEL].to_numpy(), holdout[P_ACCEPT].to_numpy()
+    figures = {}
+
+    figure = Figure(figsize=(5, 5))
+    axis = figure.subplots()
+    table = mx.calibration_table(y, p, bins=10)
+    top = max(float(table["mean_predicted"].max() or 0), float(table["observed_rate"].max() or 0))
+    axis.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect")
+    axis.plot(table["mean_predicted"], table["observed_rate"], marker="o", label="blend")
+    axis.set(xlabel="predicted P(accept)", ylabel="observed accept rate", title="Calibration")
+    axis.legend()
+    figures["plots/calibration.png"] = figure
+
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    lift = mx.lift_table(y, p, buckets=10)
+    axis.bar(lift["population_share"] * 100, lift["lift"], width=8)
+    axis.axhline(1.0, color="grey", linestyle="--")
+    axis.set(xlabel="top % of holdout by P(accept)", ylabel="cumulative lift", title="Lift")
+    figures["plots/lift.png"] = figure
+
+    importance = (
+        bundle.propensity.feature_importance()
+        .group_by("feature")
+        .agg(pl.col("importance").sum())
+        .sort(["importance", "feature"], descending=[True, False])
+        .head(20)
+    )
+    figure = Figure(figsize=(7, 6))
+    axis = figure.subplots()
+    axis.barh(importance["feature"].to_list()[::-1], importance["importance"].to_list()[::-1])
+    axis.set(xlabel="total gain over category models", title="Feature importance (top 20)")
+    figure.tight_layout()
+    figures["plots/feature_importance.png"] = figure
+    return figures
+
+
+def _params(bundle: ModelBundle, data: TrainingData, settings: Settings) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "as_of": data.as_of,
+        "snapshot_dates": ",".join(str(d) for d in data.snapshot_dates),
+        "horizon_days": settings.horizon_days,
+        "seed": settings.seed,
+    }
+    params.update({f"propensity.{k}": v for k, v in bundle.propensity.get_params().items()})
+    params.update({f"als.{k}": v for k, v in bundle.cf.get_params().items()})
+    params.update({f"blend.{k}": v for k, v in bundle.blend.get_params().items()})
+    params["propensity.fallback"] = ",".join(bundle.propensity.fallback_categories_) or "none"
+    return params
+
+
+def train_models(
+    lake: Lake, as_of: dt.date, settings: Settings, register: bool = True
+) -> TrainingReport:
+    """Train, evaluate, log and register the models as of `as_of`; promote through the gate."""
+    data = load_training_data(lake, as_of, settings)
+    bundle, frames = fit_bundle(data, settings)
+    metrics = compute_metrics(bundle, frames)
+    logger.info(
+        "holdout: blend AUC %.4f (category propensity alone %.4f, ALS alone %.4f)",
+        metrics["blend.roc_auc"],
+        metrics["inputs.p_category.roc_auc"],
+        metrics["inputs.cf_score.roc_auc"],
+    )
+    report = TrainingReport(
+        as_of=as_of,
+        snapshot_dates=list(data.snapshot_dates),
+        metrics=metrics,
+        fallback_categories=bundle.propensity.fallback_categories_,
+        bundle=bundle,
+        evaluate=holdout_evaluator(data, frames["holdout"]),
+        notes={"propensity_summary": bundle.propensity.summary_},
+    )
+    if register:
+        _register(report, data, frames, settings)
+    return report
+
+
+def _register(
+    report: TrainingReport, data: TrainingData, frames: dict[str, Any], settings: Settings
+) -> None:
+    """Log the run, register the bundle, and pass it through the champion gate."""
+    import mlflow
+
+    from models import registry
+
+    bundle = report.bundle
+    tags = {TRAINED_AS_OF_TAG: str(report.as_of)}
+    with registry.start_run(settings, f"train-{report.as_of}", tags) as run_id:
+        registry.log_params(_params(bundle, data, settings))
+        registry.log_metrics(mx.finite(report.metrics))
+        for path, figure in _figures(bundle, frames).items():
+            registry.log_figure(figure, path)
+        version = registry.log_scorer(MODEL_NAME, bundle, data.input_example.to_pandas())
+        decision = registry.promote(
+            MODEL_NAME,
+            version,
+            report.evaluate,
+            GATE_METRIC,
+            higher_is_better=True,
+            tolerance=settings.gate_tolerance,
+        )
+        registry.log_metrics({"gate.promoted": float(decision.promoted)})
+        mlflow.MlflowClient().set_model_version_tag(
+            MODEL_NAME, version, TRAINED_AS_OF_TAG, str(report.as_of)
+        )
+    bundle.version = version
+    report.run_id, report.version = run_id, version
+    report.promoted, report.reason = decision.promoted, decision.reason
+    report.champion_version = decision.champion_version if not decision.promoted else version
+    logger.info("%s v%s: %s", MODEL_NAME, version, decision.reason)

@@ -1,0 +1,114 @@
+"""The blend stage: offer statistics, candidate features and the fitted blend, on hand-made data."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mia.errors import InputError
+from models import metrics
+from models.blend import (
+    BLEND_FEATURES,
+    OfferBlend,
+    candidate_features,
+    offer_statistics,
+)
+
+OFFERS = pl.DataFrame(
+    {
+        "offer_id": ["data_small", "data_big", "esim_free", "gift_box"],
+        "category": ["data_addon", "data_addon", "esim", "gift"],
+        "value": [100.0, 300.0, 50.0, 0.0],
+    }
+)
+CATEGORIES = ["data_addon", "esim", "gift"]
+
+
+def test_offer_statistics_smooth_towards_category_rate():
+    labels = pl.DataFrame(
+        {
+            "offer_id": ["data_small"] * 4 + ["data_big"] * 2 + ["esim_free"] * 4,
+            "category": ["data_addon"] * 6 + ["esim"] * 4,
+            "label": [1, 1, 0, 0, 0, 0, 1, 0, 0, 0],
+        }
+    )
+    stats = offer_statistics(labels, OFFERS, prior_strength=2.0)
+    rows = {row["offer_id"]: row for row in stats.iter_rows(named=True)}
+    overall = 3 / 10
+    data_rate = (2 + 2 * overall) / (6 + 2)
+    assert rows["data_small"]["category_accept_rate"] == pytest.approx(data_rate)
+    assert rows["data_small"]["offer_accept_rate"] == pytest.approx((2 + 2 * data_rate) / (4 + 2))
+    assert rows["data_big"]["offer_accept_rate"] == pytest.approx((0 + 2 * data_rate) / (2 + 2))
+    # Never shown, in a category never shown: the overall rate.
+    assert rows["gift_box"]["shown"] == 0
+    assert rows["gift_box"]["offer_accept_rate"] == pytest.approx(overall)
+    assert stats["offer_id"].to_list() == sorted(OFFERS["offer_id"])
+
+
+def test_candidate_features_layout_and_values():
+    ids = np.array([10, 20])
+    p_category = np.array([[0.2, 0.5, 0.1], [0.4, 0.1, 0.1]])
+    cf = np.array([[1.0, 0.0, 3.0, 2.0], [0.5, 0.5, 0.1, 0.2]])
+    stats = offer_statistics(
+        pl.DataFrame(schema={"offer_id": pl.String, "category": pl.String, "label": pl.Int8}),
+        OFFERS,
+    )
+    frame = candidate_features(ids, p_category, CATEGORIES, cf, OFFERS, stats)
+    assert frame.height == 8
+    assert set(BLEND_FEATURES) <= set(frame.columns)
+    first = frame.filter(pl.col("subscriber_id") == 10)
+    assert first["offer_id"].to_list() == OFFERS["offer_id"].to_list()
+    assert first["p_category"].to_list() == [0.2, 0.2, 0.5, 0.1]
+    # Rank 0 = best ALS score among the subscriber's candidates, scaled to [0, 1].
+    assert first["cf_rank"].to_list() == pytest.approx([2 / 3, 1.0, 0.0, 1 / 3])
+    assert first["cf_score_centered"].to_list() == pytest.approx([-0.5, -1.5, 1.5, 0.5])
+    # No history anywhere: every offer's lift over its category is zero.
+    assert frame["offer_lift"].abs().max() == pytest.approx(0.0)
+    with pytest.raises(InputError, match="cf_scores"):
+        candidate_features(ids, p_category, CATEGORIES, cf[:, :2], OFFERS, stats)
+    with pytest.raises(InputError, match="gift"):
+        candidate_features(ids, p_category[:, :2], CATEGORIES[:2], cf, OFFERS, stats)
+
+
+def _synthetic(seed: int, subscribers: int = 3000):
+    """Acceptance driven by both the category propensity and a taste that only ALS sees."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(subscribers, dtype=np.int64) + 1
+    p_category = 1 / (1 + np.exp(-rng.normal(-2.5, 1.0, (subscribers, 3))))
+    cf = rng.normal(0, 1, (subscribers, 4))
+    stats = offer_statistics(
+        pl.DataFrame(schema={"offer_id": pl.String, "category": pl.String, "label": pl.Int8}),
+        OFFERS,
+    )
+    frame = candidate_features(ids, p_category, CATEGORIES, cf, OFFERS, stats)
+    logit_true = frame["logit_p_category"].to_numpy() + 1.2 * frame["cf_score"].to_numpy()
+    label = rng.random(frame.height) < 1 / (1 + np.exp(-logit_true))
+    shown = rng.random(frame.height) < 0.5
+    return frame.with_columns(pl.Series("label", label.astype(np.int8))).filter(pl.Series(shown))
+
+
+def test_blend_beats_each_input_and_is_calibrated():
+    train, test = _synthetic(1), _synthetic(2)
+    blend = OfferBlend(num_boost_round=150, num_threads=1).fit(train)
+    p = blend.predict(test)
+    y = test["label"].to_numpy()
+    blend_auc = metrics.roc_auc(y, p)
+    assert blend_auc > metrics.roc_auc(y, test["p_category"].to_numpy()) + 0.03
+    assert blend_auc > metrics.roc_auc(y, test["cf_score"].to_numpy()) + 0.03
+    assert metrics.log_loss(y, p) < metrics.log_loss(y, test["p_category"].to_numpy())
+    assert metrics.expected_calibration_error(y, p) < 0.03
+    # Deterministic: the same data gives the same model.
+    again = OfferBlend(num_boost_round=150, num_threads=1).fit(train).predict(test)
+    assert np.array_equal(p, again)
+    assert blend.feature_importance()["feature"].to_list() == list(BLEND_FEATURES)
+
+
+def test_blend_refuses_bad_labels():
+    frame = _synthetic(3, subscribers=50)
+    with pytest.raises(InputError, match="label"):
+        OfferBlend().fit(frame.drop("label"))
+    with pytest.raises(InputError, match="both classes"):
+        OfferBlend().fit(frame.with_columns(pl.lit(0, dtype=pl.Int8).alias("label")))
+    with pytest.raises(InputError, match="not fitted"):
+        OfferBlend().predict(frame)

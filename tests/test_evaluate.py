@@ -1,0 +1,140 @@
+"""Evaluation against the oracle: exact values on hand-made frames, then the tiny world."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+
+import polars as pl
+import pytest
+
+from mia.lake import Lake
+from mia.settings import Settings
+from models.evaluate import (
+    category_auc_metrics,
+    evaluate_against_oracle,
+    held_offers,
+    normalised_auc,
+    oracle_table,
+    top_k_metrics,
+)
+
+AS_OF = dt.date(2026, 3, 4)
+
+
+def test_normalised_auc():
+    assert normalised_auc(0.7, 0.8) == pytest.approx(2 / 3)
+    assert normalised_auc(0.8, 0.8) == pytest.approx(1.0)
+    assert math.isnan(normalised_auc(0.7, 0.5))
+    assert math.isnan(normalised_auc(math.nan, 0.8))
+
+
+def test_category_auc_metrics_exact():
+    rows = 12
+    frame = pl.DataFrame(
+        {
+            "category": ["esim"] * rows + ["gift"] * 3,
+            "label": [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0] + [1, 0, 0],
+            # Mia swaps one pair of ranks; the oracle ranks perfectly.
+            "p_accept": [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 0.7, 0.8, 0.85, 0.9, 0.95, 0.05]
+            + [0.2, 0.1, 0.1],
+            "oracle_p": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.05]
+            + [0.2, 0.1, 0.1],
+        }
+    )
+    result = category_auc_metrics(frame)
+    assert result["oracle.esim.oracle_auc"] == pytest.approx(1.0)
+    assert result["oracle.esim.mia_auc"] == pytest.approx(1 - 1 / 35)
+    assert result["oracle.esim.normalised_auc"] == pytest.approx((0.5 - 1 / 35) / 0.5)
+    # Too few rows of each class in gift: counted, but no AUC.
+    assert result["oracle.gift.impressions"] == 3 and "oracle.gift.mia_auc" not in result
+    assert result["oracle.categories_evaluated"] == 1
+    assert result["oracle.mean_normalised_auc"] == pytest.approx(
+        result["oracle.esim.normalised_auc"]
+    )
+
+
+def test_top_k_metrics_exact():
+    frame = pl.DataFrame(
+        {
+            "subscriber_id": [1, 1, 1, 2, 2, 2],
+            "offer_id": ["a", "b", "c", "a", "b", "c"],
+            "p_accept": [0.9, 0.5, 0.1, 0.2, 0.3, 0.3],
+            "oracle_p": [0.2, 0.4, 0.0, 0.1, 0.3, 0.5],
+        }
+    )
+    result = top_k_metrics(frame, ks=(1, 2))
+    # Mia picks a (0.2) for 1 and, on a tie, b (0.3) for 2; the oracle picks b (0.4) and c (0.5).
+    assert result["top1.mia_expected_accepts"] == pytest.approx(0.5)
+    assert result["top1.oracle_expected_accepts"] == pytest.approx(0.9)
+    assert result["top1.random_expected_accepts"] == pytest.approx(0.2 + 0.3)
+    assert result["top1.capture"] == pytest.approx(0.5 / 0.9)
+    assert result["top2.mia_expected_accepts"] == pytest.approx(0.6 + 0.8)
+    assert result["top2.oracle_expected_accepts"] == pytest.approx(0.6 + 0.8)
+    assert result["top2.capture"] == pytest.approx(1.0)
+    rows = oracle_table({**result, "oracle.mean_normalised_auc": 0.9})
+    assert [row["row"] for row in rows] == [
+        "all categories",
+        "top1 expected accepts",
+        "top2 expected accepts",
+    ]
+
+
+def test_held_offers_uses_current_holdings():
+    catalog = pl.DataFrame(
+        {"offer_id": ["v1", "v2", "m1"], "product_id": ["video", "video", "music"]}
+    )
+    holdings = pl.DataFrame(
+        {
+            "subscriber_id": [1, 2, 3],
+            "product_id": ["video", "music", "music"],
+            "start_date": [dt.date(2026, 1, 1)] * 3,
+            "end_date": [None, dt.date(2026, 1, 5), None],
+        }
+    )
+    held = held_offers(holdings, catalog, dt.date(2026, 2, 1)).sort("subscriber_id", "offer_id")
+    assert held.rows() == [(1, "v1"), (1, "v2"), (3, "m1")]
+    assert held_offers(None, catalog, dt.date(2026, 2, 1)).is_empty()
+
+
+def plain_snapshot(lake: Lake, settings: Settings) -> pl.DataFrame:
+    from models.training import read_or_build_snapshot
+
+    return read_or_build_snapshot(lake, AS_OF, settings)
+
+
+def test_evaluate_against_oracle_on_the_tiny_world(tmp_path, ingested_root):
+    from models.registry import tracking
+    from models.training import train_models
+
+    root = tmp_path / "data"
+    shutil.copytree(ingested_root, root)
+    settings = Settings(
+        data_dir=root,
+        mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        mlflow_artifacts=tmp_path / "artifacts",
+        num_threads=1,
+    )
+    lake = Lake(root)
+    report = train_models(lake, AS_OF, settings, register=False)
+    result = evaluate_against_oracle(lake, AS_OF, settings, bundle=report.bundle)
+    assert result["oracle.categories_evaluated"] >= 1
+    assert 0.5 < result["oracle.all.oracle_auc"] <= 1
+    assert result["oracle.all.mia_auc"] > 0.5
+    # Mia's pick beats a random pick but not the oracle's own.
+    assert result["top1.random_capture"] < result["top1.capture"] <= 1.0
+    assert result["top5.capture"] <= 1.0
+    # With the eligible pairs given, choices are made among those pairs only.
+    scores = report.bundle.predict_frame(plain_snapshot(lake, settings))
+    pairs = scores.filter(pl.col("subscriber_id").is_in([5, 9])).select("subscriber_id", "offer_id")
+    narrowed = evaluate_against_oracle(lake, AS_OF, settings, report.bundle, False, pairs.head(3))
+    assert narrowed["subscribers"] == pairs.head(3)["subscriber_id"].n_unique()
+    assert narrowed["oracle.mean_normalised_auc"] == result["oracle.mean_normalised_auc"]
+    table = oracle_table(result)
+    assert table[-1]["row"] == "top5 expected accepts"
+    with tracking(settings) as client:
+        runs = client.search_runs(
+            [client.get_experiment_by_name(settings.experiment).experiment_id]
+        )
+    assert runs[0].data.metrics["top1.capture"] == pytest.approx(result["top1.capture"])

@@ -1,0 +1,184 @@
+"""Training pipeline on the shared tiny world: blend vs inputs, identical retrain, champion gate,
+and a champion loaded in a fresh process scoring a new snapshot."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mia.lake import Lake
+from mia.settings import Settings
+from models.blend import OfferBlend
+from models.scoring import MODEL_NAME, SCORE_COLUMNS, active_offers, blend_frame, score_offers
+from models.training import (
+    GATE_METRIC,
+    TrainingInputError,
+    plain_types,
+    read_or_build_snapshot,
+    snapshot_dates,
+    train_models,
+)
+
+AS_OF = dt.date(2026, 3, 4)  # the tiny world runs 2026-01-01 .. 2026-03-11
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, ingested_root) -> tuple[Lake, Settings]:
+    base = tmp_path_factory.mktemp("training")
+    root = base / "data"
+    shutil.copytree(ingested_root, root)
+    settings = Settings(
+        data_dir=root,
+        mlflow_uri=f"sqlite:///{base}/mlflow.db",
+        mlflow_artifacts=base / "artifacts",
+        num_threads=1,
+    )
+    return Lake(root), settings
+
+
+@pytest.fixture(scope="module")
+def first(world):
+    lake, settings = world
+    return train_models(lake, AS_OF, settings)
+
+
+@pytest.fixture(scope="module")
+def second(world, first):
+    lake, settings = world
+    return train_models(lake, AS_OF, settings)
+
+
+def test_snapshot_dates_keep_labels_before_as_of():
+    settings = Settings(horizon_days=7, snapshot_step_days=7, train_snapshots=4)
+    dates = snapshot_dates(AS_OF, settings)
+    assert dates == [
+        dt.date(2026, 2, 4),
+        dt.date(2026, 2, 11),
+        dt.date(2026, 2, 18),
+        AS_OF - dt.timedelta(days=7),
+    ]
+    assert dates[-1] + dt.timedelta(days=settings.horizon_days) == AS_OF
+
+
+def test_first_training_is_promoted_and_reports_metrics(first):
+    assert first.version == "1" and first.promoted
+    assert first.reason == "no champion yet"
+    metrics = first.metrics
+    for key in (
+        "blend.roc_auc",
+        "blend.log_loss",
+        "blend.ece",
+        "blend.lift_at_10",
+        "propensity.data_addon.roc_auc",
+        "propensity.all.pr_auc",
+    ):
+        assert key in metrics
+    summary = first.notes["propensity_summary"]
+    assert summary.height == 24
+    assert set(summary.filter(pl.col("kind") == "prior")["category"]) == set(
+        first.fallback_categories
+    )
+
+
+def test_blend_beats_each_input_on_the_holdout(first):
+    metrics = first.metrics
+    assert metrics["blend.roc_auc"] > metrics["inputs.p_category.roc_auc"]
+    assert metrics["blend.roc_auc"] > metrics["inputs.cf_score.roc_auc"]
+
+
+def test_retraining_unchanged_data_is_identical(first, second, world):
+    lake, settings = world
+    assert second.metrics == first.metrics
+    assert second.promoted and second.version == "2"
+    snapshot = read_or_build_snapshot(lake, AS_OF, settings)
+    catalog, interactions = first.bundle.catalog, first.bundle.interactions
+    one = score_offers(first.bundle, snapshot, catalog, interactions).drop("model_version")
+    two = score_offers(second.bundle, snapshot, catalog, interactions).drop("model_version")
+    assert one.equals(two)
+
+
+def test_gate_keeps_champion_when_a_worse_model_is_offered(world, second):
+    from models import registry
+
+    lake, settings = world
+    worse = second.bundle
+    worse = type(worse)(**{**worse.__dict__, "blend": None, "version": ""})
+    snapshot = read_or_build_snapshot(lake, AS_OF, settings)
+    offers = active_offers(worse.catalog, AS_OF + dt.timedelta(days=1))
+    frame = blend_frame(second.bundle, snapshot, offers, worse.interactions)
+    noise = np.random.default_rng(0).random(frame.height) < 0.2
+    worse.blend = OfferBlend(num_boost_round=30, num_threads=1, monotone=False).fit(
+        frame.with_columns(pl.Series("label", noise.astype(np.int8)))
+    )
+    with registry.start_run(settings, "worse-candidate"):
+        example = plain_types(snapshot.head(3)).to_pandas()
+        version = registry.log_scorer(MODEL_NAME, worse, example)
+        decision = registry.promote(
+            MODEL_NAME, version, second.evaluate, GATE_METRIC, tolerance=settings.gate_tolerance
+        )
+    assert not decision.promoted
+    assert decision.champion_version == second.version
+    assert decision.candidate_metric < decision.champion_metric - settings.gate_tolerance
+    assert "worse than champion" in decision.reason
+    assert registry.champion_info(MODEL_NAME, settings)["version"] == second.version
+
+
+def test_champion_scores_a_new_snapshot_in_a_fresh_process(world, second, tmp_path):
+    from mia.ingest import raw_state
+
+    lake, settings = world
+    new_day = AS_OF + dt.timedelta(days=3)
+    snapshot = read_or_build_snapshot(lake, new_day, settings)
+    snapshot_file = tmp_path / "snapshot.parquet"
+    snapshot.write_parquet(snapshot_file)
+    output = tmp_path / "scores.parquet"
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        import polars as pl
+        from mia.settings import Settings
+        from models.scoring import load_bundle
+        settings = Settings(
+            mlflow_uri={settings.mlflow_uri!r},
+            mlflow_artifacts=Path({str(settings.mlflow_artifacts)!r}),
+        )
+        bundle = load_bundle(settings)
+        bundle.predict_frame(pl.read_parquet({str(snapshot_file)!r})).write_parquet({str(output)!r})
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = pl.read_parquet(output)
+    assert tuple(scores.columns) == SCORE_COLUMNS
+    offers = active_offers(raw_state(lake, "catalog", AS_OF), new_day + dt.timedelta(days=1))
+    assert scores.height == snapshot.height * offers.height
+    assert set(scores["model_version"]) == {second.version}
+    assert scores["p_accept"].is_between(0, 1).all()
+    assert scores["reasons"].str.count_matches("; ").max() == 2
+    assert scores.select("subscriber_id", "offer_id").equals(
+        scores.select("subscriber_id", "offer_id").sort("subscriber_id", "offer_id")
+    )
+    expected = score_offers(
+        second.bundle, snapshot, second.bundle.catalog, second.bundle.interactions
+    )
+    assert scores.drop("model_version").equals(expected.drop("model_version"))
+
+
+def test_not_enough_history_is_refused(world):
+    lake, settings = world
+    with pytest.raises(TrainingInputError, match="needs ingested days"):
+        train_models(lake, dt.date(2026, 1, 20), settings, register=False)
