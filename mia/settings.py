@@ -32,7 +32,7 @@ class Settings:
     # Features and labels
     windows: tuple[int, ...] = (7, 30, 90)
     horizon_days: int = 7
-    train_snapshots: int = 4
+    train_snapshots: int = 13
     snapshot_step_days: int = 7
     # Models
     num_threads: int = 2
@@ -65,7 +65,7 @@ class Settings:
         _check_range("max_per_category", self.max_per_category, low=1)
         _check_range("num_threads", self.num_threads, low=1)
         _check_range("n_shards", self.n_shards, low=1)
-        _check_range("train_snapshots", self.train_snapshots, low=2)
+        _check_range("train_snapshots", self.train_snapshots, low=3)
         _check_range("snapshot_step_days", self.snapshot_step_days, low=1)
         _check_range("control_share", self.control_share, low=0.0, high=0.9)
         _check_range("coverage", self.coverage, low=0.0, high=1.0)
@@ -76,9 +76,7 @@ class Settings:
             raise SettingsError(f"windows == {self.windows!r}, must be positive day counts.")
         for category, weight in self.category_weights.items():
             if weight < 0:
-                raise SettingsError(
-                    f"category_weights[{category!r}] == {weight!r}, must be >= 0."
-                )
+                raise SettingsError(f"category_weights[{category!r}] == {weight!r}, must be >= 0.")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (validated again)."""
@@ -121,7 +119,9 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
             return float(raw)
         return str(raw)
     except (TypeError, ValueError) as error:
-        raise SettingsError(f"{name} == {raw!r} cannot be read as {type(default).__name__}.") from error
+        raise SettingsError(
+            f"{name} == {raw!r} cannot be read as {type(default).__name__}."
+        ) from error
 
 
 def load_settings(

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 HOLDOUT_SHARE = 0.3
 HOLDOUT_SALT = "mia-blend-holdout"
 GATE_METRIC = "blend.roc_auc"
+# Propensity trains on the oldest snapshots, calibrates on the next, the blend fits on the last.
+MIN_TRAIN_SNAPSHOTS = 3
 TRAINED_AS_OF_TAG = "trained_as_of"
 
 
@@ -81,12 +83,23 @@ class TrainingReport:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def snapshot_dates(as_of: dt.date, settings: Settings) -> list[dt.date]:
-    """Training snapshot dates T_{n-1}..T_0 (oldest first); labels of T_0 end on `as_of`."""
-    return [
+def snapshot_dates(
+    as_of: dt.date, settings: Settings, first_day: dt.date | None = None
+) -> list[dt.date]:
+    """Training snapshot dates T_{n-1}..T_0 (oldest first); labels of T_0 end on `as_of`.
+
+    Up to `settings.train_snapshots` dates; with `first_day` (the first ingested day), only dates
+    with at least `snapshot_step_days` of history behind them, so a young data root trains on
+    what it has instead of failing.
+    """
+    dates = [
         as_of - dt.timedelta(days=settings.horizon_days + index * settings.snapshot_step_days)
         for index in reversed(range(settings.train_snapshots))
     ]
+    if first_day is not None:
+        earliest = first_day + dt.timedelta(days=settings.snapshot_step_days)
+        dates = [date for date in dates if date >= earliest]
+    return dates
 
 
 def holdout_mask(subscriber_ids: pl.Series | np.ndarray, seed: int) -> np.ndarray:
@@ -120,15 +133,18 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
     from mia.ingest import raw_events, raw_state
     from models.cf import build_interactions
 
-    dates = snapshot_dates(as_of, settings)
     ingested = lake.dates("raw", "subscribers")
-    if not ingested or ingested[0] > dates[0] or ingested[-1] < as_of:
+    dates = snapshot_dates(as_of, settings, first_day=ingested[0] if ingested else None)
+    if not ingested or len(dates) < MIN_TRAIN_SNAPSHOTS or ingested[-1] < as_of:
         span = f"{ingested[0]}..{ingested[-1]}" if ingested else "nothing"
+        needed = snapshot_dates(as_of, settings.replace(train_snapshots=MIN_TRAIN_SNAPSHOTS))
         raise TrainingInputError(
-            f"training as of {as_of} needs ingested days {dates[0]}..{as_of} "
-            f"({settings.train_snapshots} snapshots every {settings.snapshot_step_days} days, "
-            f"horizon {settings.horizon_days}); raw/ holds {span}."
+            f"training as of {as_of} needs at least {MIN_TRAIN_SNAPSHOTS} snapshots every "
+            f"{settings.snapshot_step_days} days with horizon {settings.horizon_days}, i.e. "
+            f"ingested days from {needed[0] - dt.timedelta(days=settings.snapshot_step_days)} "
+            f"to {as_of}; raw/ holds {span}."
         )
+    logger.info("training on %d snapshots: %s .. %s", len(dates), dates[0], dates[-1])
     build_daily_range(lake, ingested[0], as_of)
     lookback = max(settings.windows)
     events = raw_events(lake, "offer_events", dates[0] - dt.timedelta(days=lookback), as_of)

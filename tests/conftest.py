@@ -83,14 +83,15 @@ class NightRun:
     @property
     def overrides(self) -> dict[str, str]:
         """Settings overrides pointing MLflow at this run's own store."""
-        return mlflow_overrides(self.root)
+        return night_overrides(self.root)
 
 
-def mlflow_overrides(root: Path) -> dict[str, str]:
-    """Settings that keep a test's MLflow store under `root`."""
+def night_overrides(root: Path) -> dict[str, str]:
+    """Settings of a test night: MLflow store under `root`, a short training history."""
     return {
         "mlflow_uri": f"sqlite:///{root}/mlruns/mlflow.db",
         "mlflow_artifacts": str(root / "mlruns" / "artifacts"),
+        "train_snapshots": "4",
     }
 
 
@@ -113,6 +114,6 @@ def night_run(tmp_path_factory, ingested_root, prefect_harness) -> NightRun:
     manifest = nightly(
         date=TINY_LAST_DAY.isoformat(),
         data_dir=str(root / "data"),
-        overrides=mlflow_overrides(root),
+        overrides=night_overrides(root),
     )
     return NightRun(root, manifest)

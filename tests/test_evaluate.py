@@ -115,6 +115,7 @@ def test_evaluate_against_oracle_on_the_tiny_world(tmp_path, ingested_root):
         mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
         mlflow_artifacts=tmp_path / "artifacts",
         num_threads=1,
+        train_snapshots=4,
     )
     lake = Lake(root)
     report = train_models(lake, AS_OF, settings, register=False)

@@ -18,7 +18,7 @@ from mia.errors import InputError
 from mia.hashing import control_mask
 from mia.lake import Lake, LockedError, run_lock
 from mia.settings import Settings
-from tests.conftest import TINY_LAST_DAY, mlflow_overrides
+from tests.conftest import TINY_LAST_DAY, night_overrides
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -90,7 +90,7 @@ def test_rerun_of_the_same_night_gives_identical_outputs(night_run, tmp_path):
     manifest = nightly(
         date=TINY_LAST_DAY.isoformat(),
         data_dir=str(root / "data"),
-        overrides=mlflow_overrides(root),
+        overrides=night_overrides(root),
     )
     assert manifest["models"]["trained_tonight"] is False
     assert _published(root / "data", TINY_LAST_DAY) == before
@@ -107,16 +107,14 @@ def test_failed_run_leaves_previous_outputs_and_next_run_succeeds(night_run, tmp
 
     monkeypatch.setattr(steps, "audiences", crash)
     with pytest.raises(RuntimeError, match="injected"):
-        nightly(
-            date=TINY_LAST_DAY.isoformat(), data_dir=str(data), overrides=mlflow_overrides(root)
-        )
+        nightly(date=TINY_LAST_DAY.isoformat(), data_dir=str(data), overrides=night_overrides(root))
     assert _published(data, TINY_LAST_DAY) == before
     assert _files(Lake(data).reports(TINY_LAST_DAY)) == report_before
     assert not (data / ".mia.lock").exists()
 
     monkeypatch.undo()
     manifest = nightly(
-        date=TINY_LAST_DAY.isoformat(), data_dir=str(data), overrides=mlflow_overrides(root)
+        date=TINY_LAST_DAY.isoformat(), data_dir=str(data), overrides=night_overrides(root)
     )
     assert manifest["status"] == "published"
     assert _published(data, TINY_LAST_DAY) == before
@@ -129,7 +127,7 @@ def test_second_run_on_a_locked_data_root_fails_and_publishes_nothing(night_run,
     earlier = TINY_LAST_DAY - dt.timedelta(days=1)
     with run_lock(data, owner="another nightly"):
         with pytest.raises(LockedError, match="in use by another run"):
-            nightly(date=earlier.isoformat(), data_dir=str(data), overrides=mlflow_overrides(root))
+            nightly(date=earlier.isoformat(), data_dir=str(data), overrides=night_overrides(root))
     assert earlier not in Lake(data).dates("offers")
 
 
@@ -162,7 +160,7 @@ def test_bad_delivery_exits_2_and_writes_nothing(night_run, tmp_path):
 
 def _config_file(root: Path) -> Path:
     path = root / "mia.toml"
-    overrides = mlflow_overrides(root)
+    overrides = night_overrides(root)
     path.write_text("".join(f'{key} = "{value}"\n' for key, value in overrides.items()))
     return path
 
@@ -170,7 +168,7 @@ def _config_file(root: Path) -> Path:
 def test_missing_day_is_bad_input(night_run, tmp_path):
     root = _copy_run(night_run, tmp_path)
     with pytest.raises(InputError, match="no input for"):
-        nightly(date="2030-01-01", data_dir=str(root / "data"), overrides=mlflow_overrides(root))
+        nightly(date="2030-01-01", data_dir=str(root / "data"), overrides=night_overrides(root))
 
 
 def test_cli_shows_explains_lists_and_exports(night_run, tmp_path, capsys):

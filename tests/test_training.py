@@ -40,6 +40,7 @@ def world(tmp_path_factory, ingested_root) -> tuple[Lake, Settings]:
         mlflow_uri=f"sqlite:///{base}/mlflow.db",
         mlflow_artifacts=base / "artifacts",
         num_threads=1,
+        train_snapshots=4,
     )
     return Lake(root), settings
 
@@ -66,6 +67,15 @@ def test_snapshot_dates_keep_labels_before_as_of():
         AS_OF - dt.timedelta(days=7),
     ]
     assert dates[-1] + dt.timedelta(days=settings.horizon_days) == AS_OF
+
+
+def test_snapshot_dates_use_only_the_history_there_is():
+    settings = Settings(horizon_days=7, snapshot_step_days=7, train_snapshots=13)
+    dates = snapshot_dates(AS_OF, settings, first_day=dt.date(2026, 1, 1))
+    # A week of history behind the oldest: 2026-01-14 is the first such Wednesday.
+    assert dates[0] == dt.date(2026, 1, 14)
+    assert dates[-1] == AS_OF - dt.timedelta(days=7)
+    assert len(dates) == 7
 
 
 def test_first_training_is_promoted_and_reports_metrics(first):
@@ -180,5 +190,5 @@ def test_champion_scores_a_new_snapshot_in_a_fresh_process(world, second, tmp_pa
 
 def test_not_enough_history_is_refused(world):
     lake, settings = world
-    with pytest.raises(TrainingInputError, match="needs ingested days"):
+    with pytest.raises(TrainingInputError, match="needs at least 3 snapshots"):
         train_models(lake, dt.date(2026, 1, 20), settings, register=False)
