@@ -450,7 +450,7 @@ def evaluate(
     """On a simulated world: compare the champion's scores and the night's audiences with the
     simulator's true probabilities (the oracle) after DATE."""
     from flows.publish import read_manifest
-    from flows.steps import evaluate_audiences
+    from flows.steps import eligible_for_night, evaluate_audiences
     from models.evaluate import evaluate_against_oracle, oracle_table
 
     settings = _settings(data_dir, config)
@@ -461,7 +461,9 @@ def evaluate(
             f"{lake.root} has no simulator truth: `mia evaluate` works on worlds made by "
             "`mia simulate`."
         )
-    result = evaluate_against_oracle(lake, night, settings)
+    # Mia only ever chooses among eligible offers; so does the oracle it is compared with.
+    eligible = eligible_for_night(lake, night, settings)
+    result = evaluate_against_oracle(lake, night, settings, eligible=eligible)
     _print_table(f"Mia vs oracle after {night}", oracle_table(result))
     if read_manifest(lake, night) is None:
         out.print(f"(no published night {night}: audiences not evaluated)")

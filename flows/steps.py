@@ -402,11 +402,20 @@ def manifest(
     }
 
 
+def eligible_for_night(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame:
+    """[subscriber_id, offer_id] pairs eligible for the night after `as_of`."""
+    from offers.eligibility import eligible_pairs
+
+    inputs = night_inputs(lake, as_of, settings)
+    return eligible_pairs(
+        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_events"], as_of
+    )
+
+
 def evaluate_audiences(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, float]:
     """On a simulated world: the published audiences' expected accepts vs the oracle's."""
     from mia.simulate import oracle_p_accept
     from offers.audience import read_summary
-    from offers.eligibility import eligible_pairs
     from offers.evaluate import audience_capture, capture_summary
     from offers.groups import TREATMENT
 
@@ -420,13 +429,12 @@ def evaluate_audiences(lake: Lake, as_of: dt.date, settings: Settings) -> dict[s
             for file in summary["file"].to_list()
         ]
     )
-    inputs = night_inputs(lake, as_of, settings)
     groups = groups_for(lake, as_of, settings).filter(
         (pl.col("group") == TREATMENT) & pl.col("covered")
     )
-    eligible = eligible_pairs(
-        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_events"], as_of
-    ).join(groups.select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="semi")
+    eligible = eligible_for_night(lake, as_of, settings).join(
+        groups.select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="semi"
+    )
     truth = oracle_p_accept(lake.root, as_of, offer_ids=rows["offer_id"].unique().to_list())
     result = capture_summary(audience_capture(rows, eligible, truth))
     for share in AUDIENCE_SHARES:
