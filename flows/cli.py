@@ -205,9 +205,10 @@ def nightly(
     force_train: Annotated[bool, typer.Option(help="Retrain even if models are fresh.")] = False,
 ) -> None:
     """Run one night end to end and publish offers, audiences and a report."""
-    from flows.nightly import nightly as nightly_flow
+    from flows.nightly import nightly_for
 
     settings = _settings(data_dir, config, n_shards=shards, dask_address=dask)
+    nightly_flow = nightly_for(settings)
     as_of = _date(date) if date else None
     err.print(f"running the nightly pipeline on {settings.data_dir} ...")
     manifest = _run_flow(

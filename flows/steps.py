@@ -191,8 +191,7 @@ def run_id(lake: Lake, as_of: dt.date, settings: Settings) -> str:
                 settings.coverage,
                 settings.group_salt,
                 sorted(settings.category_weights.items()),
-                settings.n_shards,
-            ],
+            ],  # not the shard count: outputs do not depend on how the work is split
         },
     )
 

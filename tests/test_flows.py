@@ -209,3 +209,26 @@ def test_manifest_is_valid_json_with_inputs(night_run):
     assert manifest["inputs"]["raw_rows"]["usage"] > 0
     assert manifest["models"]["trained_tonight"] is True
     assert manifest["models"]["mlflow_run_id"]
+
+
+def test_sharded_run_on_a_dask_cluster_gives_the_local_outputs(night_run, tmp_path):
+    from distributed import LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.nightly import nightly_for
+
+    root = _copy_run(night_run, tmp_path)
+    data = root / "data"
+    local = _published(night_run.data_dir, TINY_LAST_DAY)
+    # Workers report task runs to the same Prefect API as this process.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+            settings = Settings(dask_address=cluster.scheduler_address)
+            manifest = nightly_for(settings)(
+                date=TINY_LAST_DAY.isoformat(),
+                data_dir=str(data),
+                overrides={**night_overrides(root), "n_shards": 3},
+            )
+    assert manifest["settings"]["n_shards"] == 3
+    assert _published(data, TINY_LAST_DAY) == local
