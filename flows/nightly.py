@@ -109,12 +109,12 @@ def audiences_task(
 def report_task(
     lake: Lake, as_of: dt.date, settings: Settings, staging: Staging, facts: dict
 ) -> str:
-    """Write the run report; attach it to the flow run."""
+    """Write the run report; attach it to the flow run and to an MLflow run of the night."""
     path = steps.report(lake, as_of, settings, staging, facts)
     create_markdown_artifact(
         path.read_text(), key=f"mia-report-{as_of.isoformat()}", description="Mia nightly report"
     )
-    return str(path)
+    return steps.track_night(settings, as_of, staging, facts, path.parent)
 
 
 @task(name="publish", cache_policy=NO_CACHE, retries=IO_RETRIES)
@@ -165,7 +165,7 @@ def nightly(
             audience = audiences_task(lake, as_of, settings, staging, shards)
         facts = {"subscribers": subscribers, "training": training, **ranked, **audience}
         with _timed(timings, "report"):
-            report_task(lake, as_of, settings, staging, facts)
+            facts["mlflow_nightly_run_id"] = report_task(lake, as_of, settings, staging, facts)
         manifest = steps.manifest(lake, as_of, settings, staging, facts, ingested)
         with _timed(timings, "publish"):
             path = publish_task(staging, manifest)

@@ -342,6 +342,29 @@ def report(
     return write_report(inputs, staging.product("reports"))
 
 
+def track_night(
+    settings: Settings, as_of: dt.date, staging: Any, facts: dict[str, Any], report_dir: Path
+) -> str:
+    """Log the night's report, plots and counts to an MLflow run; returns its id."""
+    import mlflow
+
+    from models.registry import log_metrics, start_run
+
+    tags = {"mia.kind": "nightly", "mia.as_of": as_of.isoformat(), "mia.run_id": staging.run_id}
+    with start_run(settings, f"nightly-{as_of.isoformat()}", tags) as mlflow_run_id:
+        log_metrics(
+            {
+                "subscribers": float(facts.get("subscribers", 0)),
+                "offers": float(facts.get("offers_rows", 0)),
+                "subscribers_with_offers": float(facts.get("subscribers_with_offers", 0)),
+                "audience_offers": float(facts.get("audience_offers", 0)),
+                "audience_rows": float(facts.get("audience_rows", 0)),
+            }
+        )
+        mlflow.log_artifacts(str(report_dir), artifact_path="report")
+    return mlflow_run_id
+
+
 def manifest(
     lake: Lake,
     as_of: dt.date,
@@ -390,6 +413,7 @@ def manifest(
             "trained_tonight": bool(training.get("trained")),
             "training_note": training.get("note", ""),
             "mlflow_run_id": training.get("mlflow_run_id"),
+            "mlflow_nightly_run_id": facts.get("mlflow_nightly_run_id"),
         },
         "settings": {
             "top_k": settings.top_k,

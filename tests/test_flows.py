@@ -211,6 +211,21 @@ def test_manifest_is_valid_json_with_inputs(night_run):
     assert manifest["models"]["mlflow_run_id"]
 
 
+def test_report_is_tracked_in_mlflow(night_run):
+    import mlflow
+
+    from models.registry import tracking
+
+    settings = Settings(**{key: value for key, value in night_run.overrides.items()
+                           if key.startswith("mlflow")})  # fmt: skip
+    run_id = night_run.manifest["models"]["mlflow_nightly_run_id"]
+    with tracking(settings):
+        run = mlflow.get_run(run_id)
+        files = {item.path for item in mlflow.MlflowClient().list_artifacts(run_id, "report")}
+    assert run.data.metrics["offers"] == night_run.manifest["rows"]["offers"]
+    assert "report/report.md" in files
+
+
 def test_sharded_run_on_a_dask_cluster_gives_the_local_outputs(night_run, tmp_path):
     from distributed import LocalCluster
     from prefect.settings import PREFECT_API_URL
