@@ -247,3 +247,28 @@ def test_sharded_run_on_a_dask_cluster_gives_the_local_outputs(night_run, tmp_pa
             )
     assert manifest["settings"]["n_shards"] == 3
     assert _published(data, TINY_LAST_DAY) == local
+
+
+def test_published_offers_respect_eligibility_and_contact_policy(night_run):
+    from flows.steps import eligible_for_night
+    from mia.ingest import raw_state
+
+    lake, settings = Lake(night_run.data_dir), Settings()
+    offers = pl.read_parquet(lake.offers(TINY_LAST_DAY) / "offers.parquet")
+    eligible = eligible_for_night(lake, TINY_LAST_DAY, settings)
+    assert offers.join(eligible, on=["subscriber_id", "offer_id"], how="anti").is_empty()
+    per_subscriber = offers.group_by("subscriber_id").agg(
+        pl.len().alias("n"), pl.col("rank").sort().alias("ranks")
+    )
+    assert per_subscriber["n"].max() <= settings.top_k
+    assert all(
+        ranks.to_list() == list(range(1, len(ranks) + 1)) for ranks in per_subscriber["ranks"]
+    )
+    per_category = offers.group_by("subscriber_id", "category").agg(pl.len().alias("n"))
+    assert per_category["n"].max() <= settings.max_per_category
+    capacity = raw_state(lake, "catalog", TINY_LAST_DAY).select("offer_id", "capacity")
+    given = offers.group_by("offer_id").agg(pl.len().alias("n")).join(capacity, on="offer_id")
+    assert given.filter(
+        pl.col("capacity").is_not_null() & (pl.col("n") > pl.col("capacity"))
+    ).is_empty()
+    assert (offers["expected_value"] >= 0).all() and offers["p_accept"].is_between(0, 1).all()
