@@ -7,13 +7,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import polars as pl
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
-
-from features.drift import drift_level, population_stability_index  # noqa: E402
+from features.drift import drift_level, population_stability_index
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +36,20 @@ class ReportInputs:
     control_subscribers: int = 0
 
 
-def _save(figure: plt.Figure, path: Path) -> str:
+def _figure(width: float, height: float) -> tuple[Figure, object]:
+    """A figure not registered with pyplot: no global backend, nothing to close."""
+    figure = Figure(figsize=(width, height))
+    return figure, figure.add_subplot()
+
+
+def _save(figure: Figure, path: Path) -> str:
     figure.tight_layout()
     figure.savefig(path, dpi=90, metadata=_PNG_METADATA)
-    plt.close(figure)
     return path.name
 
 
 def _bar(labels: list[str], values: list[float], title: str, xlabel: str, path: Path) -> str:
-    figure, axis = plt.subplots(figsize=(8, max(3.0, 0.28 * len(labels) + 1)))
+    figure, axis = _figure(8, max(3.0, 0.28 * len(labels) + 1))
     axis.barh(labels[::-1], values[::-1], color="#3b6ea8")
     axis.set_title(title)
     axis.set_xlabel(xlabel)
@@ -55,7 +57,7 @@ def _bar(labels: list[str], values: list[float], title: str, xlabel: str, path: 
 
 
 def _histogram(current, previous, title: str, path: Path) -> str:
-    figure, axis = plt.subplots(figsize=(8, 3.5))
+    figure, axis = _figure(8, 3.5)
     bins = [i / 40 for i in range(41)]
     if previous is not None and len(previous):
         axis.hist(previous, bins=bins, alpha=0.5, label="previous night", color="#999999")
