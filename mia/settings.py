@@ -51,6 +51,7 @@ class Settings:
     group_salt: str = "mia-groups-v1"
     category_weights: dict[str, float] = field(default_factory=dict)
     diversity_positions: int = 5  # first positions that must show distinct categories
+    exploration_share: float = 0.05  # subscribers whose last slot explores another category
     uplift_min_control: int = 500  # control subscribers needed to rank an audience by uplift
     # Scale
     n_shards: int = 1
@@ -71,6 +72,7 @@ class Settings:
         _check_range("coverage", self.coverage, low=0.0, high=1.0)
         _check_range("min_probability", self.min_probability, low=0.0, high=1.0)
         _check_range("diversity_positions", self.diversity_positions, low=0)
+        _check_range("exploration_share", self.exploration_share, low=0.0, high=1.0)
         _check_range("uplift_min_control", self.uplift_min_control, low=1)
         if not self.windows or any(window < 1 for window in self.windows):
             raise SettingsError(f"windows == {self.windows!r}, must be positive day counts.")

@@ -15,6 +15,11 @@ Policy, applied to eligible pairs of treatment subscribers who are covered tonig
    value for it (ties: subscriber_id ascending). A subscriber who loses a capped offer gets the
    policy re-applied without it, so the freed position is filled by the next offer; this repeats
    until no capacity is exceeded. Capacity counts the subscribers in the frame passed in.
+6. Exploration: a stable pseudo-random `exploration_share` of subscribers (drawn per run) get their
+   last position replaced by the best offer of a category the policy did not pick for them (one
+   of their eligible, uncapped categories, drawn per subscriber), flagged `explore`. Without it a
+   category whose expected value never reaches anyone's top K is never shown again, its accept
+   data dries up and its model can never learn that it was wrong.
 
 Control and uncovered subscribers get no rows. The same inputs give the same frame.
 """
@@ -26,6 +31,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
+from mia.hashing import stable_hash, unit_interval
 from mia.schema import (
     CATEGORY,
     EXPECTED_VALUE,
@@ -46,6 +52,7 @@ from offers.groups import check_groups, targeted
 logger = logging.getLogger(__name__)
 
 CAPACITY = "capacity"
+EXPLORE = "explore"
 OFFERS_COLUMNS = (
     SUBSCRIBER_ID,
     RANK,
@@ -57,6 +64,7 @@ OFFERS_COLUMNS = (
     REASONS,
     MODEL_VERSION,
     RUN_ID,
+    EXPLORE,
 )
 MAX_CAPACITY_ROUNDS = 50
 
@@ -239,6 +247,54 @@ def apply_contact_policy(candidates: pl.DataFrame, settings: Settings) -> pl.Dat
     return selected.sort(SUBSCRIBER_ID, RANK)
 
 
+def explore(
+    selected: pl.DataFrame, candidates: pl.DataFrame, settings: Settings, salt: str
+) -> pl.DataFrame:
+    """Rule 6: swap the last position of a drawn share of subscribers for another category."""
+    flagged = selected.with_columns(pl.lit(False).alias(EXPLORE))
+    if settings.exploration_share <= 0 or selected.is_empty():
+        return flagged
+    subscribers = selected[SUBSCRIBER_ID].unique().sort()
+    explorers = subscribers.filter(
+        pl.Series(unit_interval(subscribers, salt + ":explorers") < settings.exploration_share)
+    )
+    pool = (
+        candidates.filter(pl.col(SUBSCRIBER_ID).is_in(explorers.implode()))
+        .filter(pl.col(CAPACITY).is_null())
+        .join(selected.select(SUBSCRIBER_ID, CATEGORY), on=[SUBSCRIBER_ID, CATEGORY], how="anti")
+        .sort(
+            [SUBSCRIBER_ID, _CATEGORY_CODE, EXPECTED_VALUE, OFFER_ORDER],
+            descending=[False, False, True, False],
+        )  # fmt: skip
+        .unique([SUBSCRIBER_ID, _CATEGORY_CODE], keep="first", maintain_order=True)
+    )
+    if pool.is_empty():
+        return flagged
+    draw = stable_hash(
+        pool[SUBSCRIBER_ID].cast(pl.UInt64) * 4096 + pool[_CATEGORY_CODE].cast(pl.UInt64),
+        salt + ":category",
+    )
+    picks = (
+        pool.with_columns(pl.Series("_draw", draw))
+        .sort(SUBSCRIBER_ID, "_draw")
+        .unique(SUBSCRIBER_ID, keep="first", maintain_order=True)
+        .drop("_draw")
+    )
+    kept = flagged.join(picks.select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="semi").filter(
+        pl.col(RANK) < settings.top_k
+    )
+    positions = kept.group_by(SUBSCRIBER_ID).agg((pl.len() + 1).cast(pl.Int64).alias(RANK))
+    explored = (
+        picks.join(positions, on=SUBSCRIBER_ID, how="left")
+        .with_columns(pl.col(RANK).fill_null(1), pl.lit(True).alias(EXPLORE))
+        .select(flagged.columns)
+    )
+    logger.info("exploration: %d subscriber(s) get another category", explored.height)
+    return pl.concat(
+        [flagged.join(picks.select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="anti"), kept, explored]
+    ).sort(SUBSCRIBER_ID, RANK)
+
+
 def _version_label(model_versions: Mapping[str, str] | None) -> str | None:
     if not model_versions:
         return None
@@ -259,7 +315,9 @@ def rank_offers(
     `model_versions` (model name -> version) fills model_version where the scores carry none.
     """
     candidates = scored_candidates(scores, eligible, catalog, groups, settings).filter(targeted())
-    ranked = apply_contact_policy(candidates, settings)
+    ranked = explore(
+        apply_contact_policy(candidates, settings), candidates, settings, f"explore:{run_id}"
+    )
     fallback = _version_label(model_versions)
     result = ranked.select(
         pl.col(SUBSCRIBER_ID),
@@ -272,6 +330,7 @@ def rank_offers(
         pl.col(REASONS).cast(pl.String),
         pl.col(MODEL_VERSION).cast(pl.String).fill_null(pl.lit(fallback, dtype=pl.String)),
         pl.lit(run_id, dtype=pl.String).alias(RUN_ID),
+        pl.col(EXPLORE),
     )
     logger.info(
         "ranked %d offers for %d subscribers (run %s)",

@@ -12,7 +12,7 @@ from offers.eligibility import OffersInputError
 from offers.groups import assign_groups, check_groups
 from offers.rank import OFFERS_COLUMNS, rank_offers
 
-SETTINGS = Settings(min_probability=0.0, control_share=0.0)
+SETTINGS = Settings(min_probability=0.0, control_share=0.0, exploration_share=0.0)
 
 
 def make_catalog(offers: dict[str, tuple[str, float, int | None]]) -> pl.DataFrame:
@@ -123,6 +123,7 @@ def test_output_columns_and_values():
             "reasons": "why x",
             "model_version": "v1",
             "run_id": "run-1",
+            "explore": False,
         },
         {
             "subscriber_id": 7,
@@ -135,6 +136,7 @@ def test_output_columns_and_values():
             "reasons": "why y",
             "model_version": "v1",
             "run_id": "run-1",
+            "explore": False,
         },
     ]
 
@@ -322,3 +324,44 @@ def test_groups_input_checks():
     bad = treatment_groups([1]).with_columns(pl.lit("holdout").alias("group"))
     with pytest.raises(OffersInputError, match="holdout"):
         check_groups(bad)
+
+
+def _explore_world(subscribers: int = 200):
+    catalog = make_catalog(
+        {
+            "big1": ("home_internet", 100.0, None),
+            "big2": ("tariff", 100.0, None),
+            "small": ("gift", 1.0, None),
+            "capped_small": ("books", 1.0, 5),
+        }
+    )
+    rows = []
+    for subscriber in range(1, subscribers + 1):
+        rows += [(subscriber, "big1", 0.5), (subscriber, "big2", 0.4)]
+        rows += [(subscriber, "small", 0.3), (subscriber, "capped_small", 0.3)]
+    return catalog, make_scores(rows, catalog)
+
+
+def test_exploration_shows_a_category_the_policy_never_picks():
+    catalog, scores = _explore_world()
+    settings = SETTINGS.replace(top_k=2, exploration_share=0.25)
+    ranked = rank(scores, catalog, settings=settings)
+    assert rank(scores, catalog, settings=settings.replace(exploration_share=0.0))[
+        "category"
+    ].unique().sort().to_list() == ["home_internet", "tariff"]
+    explored = ranked.filter(pl.col("explore"))
+    # About a quarter of 200 subscribers, each shown the uncapped small category in last place.
+    assert 30 <= explored.height <= 70
+    assert set(explored["offer_id"]) == {"small"}
+    assert explored["rank"].unique().to_list() == [2]
+    per_subscriber = ranked.group_by("subscriber_id").agg(pl.len().alias("n"), pl.col("rank"))
+    assert per_subscriber["n"].max() == 2
+    assert all(sorted(ranks) == [1, 2] for ranks in per_subscriber["rank"].to_list())
+    assert ranked.filter(pl.col("offer_id") == "capped_small").is_empty()
+    # Deterministic for a run; another run draws other explorers.
+    assert rank(scores, catalog, settings=settings).equals(ranked)
+    other = rank_offers(
+        scores, scores.select("subscriber_id", "offer_id"), catalog,
+        treatment_groups(range(1, 201)), settings, "run-2",
+    )  # fmt: skip
+    assert set(other.filter(pl.col("explore"))["subscriber_id"]) != set(explored["subscriber_id"])
