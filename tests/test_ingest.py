@@ -9,13 +9,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from test_contracts import DAY, valid_day, with_value
 
 from mia.contracts import ContractError
 from mia.errors import InputError
 from mia.ingest import MANIFEST_DIR, ingest_day, ingested_dates, raw_events, raw_state
 from mia.lake import Lake, partition_files
 from mia.schema import TABLES
+from tests.test_contracts import DAY, valid_day, with_value
 
 
 def deliver(folder: Path, frames: dict[str, pl.DataFrame], file_format: str = "parquet") -> Path:
