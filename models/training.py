@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 HOLDOUT_SHARE = 0.3
 HOLDOUT_SALT = "mia-blend-holdout"
 GATE_METRIC = "blend.roc_auc"
+ALS_K = 5  # ranking cut-off of the ALS validation metrics
+BLEND_LEAVES = 7
+BLEND_MIN_DATA_IN_LEAF = 200
 # Propensity trains on the oldest snapshots, calibrates on the next, the blend fits on the last.
 MIN_TRAIN_SNAPSHOTS = 3
 TRAINED_AS_OF_TAG = "trained_as_of"
@@ -63,6 +66,8 @@ class TrainingData:
     interactions_blend: pl.DataFrame  # up to T_0
     interactions_as_of: pl.DataFrame  # up to as_of
     input_example: pl.DataFrame  # a few rows of the as_of snapshot
+    interactions_tune: pl.DataFrame | None = None  # up to the validation snapshot
+    interactions_tune_valid: pl.DataFrame | None = None  # (validation snapshot, T_0]
 
 
 @dataclass
@@ -184,6 +189,8 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
         interactions_blend=build_interactions(events, dates[-1], lookback),
         interactions_as_of=build_interactions(events, as_of, lookback),
         input_example=plain_types(snapshots[as_of].sort(SUBSCRIBER_ID).head(5)),
+        interactions_tune=build_interactions(events, dates[-2], lookback),
+        interactions_tune_valid=build_interactions(events, dates[-1], (dates[-1] - dates[-2]).days),
     )
 
 
@@ -196,22 +203,68 @@ def propensity_model(settings: Settings) -> CategoryPropensity:
     )
 
 
-def cf_model(settings: Settings):
-    """The ALS recommender configured by `settings`."""
+def cf_model(settings: Settings, **params: Any):
+    """The ALS recommender configured by `settings` (and tuned `params`, which win)."""
     from models.cf import ALSRecommender
 
-    return ALSRecommender(
-        factors=settings.als_factors,
-        regularization=settings.als_regularization,
-        iterations=settings.als_iterations,
-        random_state=settings.seed,
-        num_threads=1,
+    configured = {
+        "factors": settings.als_factors,
+        "regularization": settings.als_regularization,
+        "iterations": settings.als_iterations,
+        "random_state": settings.seed,
+        "num_threads": 1,
+    }
+    return ALSRecommender(**{**configured, **params})
+
+
+def als_grid(settings: Settings) -> dict[str, list]:
+    """Factors and regularisation tried around the configured values."""
+    factors = settings.als_factors
+    regularization = settings.als_regularization
+    return {
+        "factors": sorted({max(2, factors // 2), factors, factors * 2}),
+        "regularization": [regularization / 5, regularization, regularization * 5],
+        "iterations": [settings.als_iterations],
+        "num_threads": [1],
+    }
+
+
+def tuned_als_params(data: TrainingData, settings: Settings) -> tuple[dict, dict[str, float]]:
+    """ALS parameters chosen by MAP@5 on the validation window, with their ranking metrics.
+
+    The configured parameters (and no metrics) when the window has no interactions to rank.
+    """
+    from models.cf import tune_als
+
+    valid = data.interactions_tune_valid
+    if data.interactions_tune is None or valid is None or valid.is_empty():
+        logger.info("ALS: no interactions in the validation window, configured parameters kept")
+        return {}, {}
+    params, metrics = tune_als(
+        data.interactions_tune, valid, als_grid(settings), k=ALS_K, random_state=settings.seed
     )
+    logger.info(
+        "ALS tuned: factors=%s regularization=%s (map@%d %.4f)",
+        params["factors"],
+        params["regularization"],
+        ALS_K,
+        metrics[f"map@{ALS_K}"],
+    )
+    return params, metrics
 
 
 def blend_model(settings: Settings) -> OfferBlend:
-    """The blend estimator configured by `settings`."""
-    return OfferBlend(num_threads=settings.num_threads, random_state=settings.seed)
+    """The blend estimator configured by `settings`.
+
+    Small leaves with many rows each: the blend stacks a few strong inputs and must not learn the
+    noise of one labelled window.
+    """
+    return OfferBlend(
+        num_threads=settings.num_threads,
+        random_state=settings.seed,
+        num_leaves=BLEND_LEAVES,
+        min_data_in_leaf=BLEND_MIN_DATA_IN_LEAF,
+    )
 
 
 def _labelled_blend_rows(
@@ -250,8 +303,9 @@ def fit_bundle(data: TrainingData, settings: Settings) -> tuple[ModelBundle, dic
 
     history = pl.concat([data.offer_labels[d] for d in dates[:-1]], how="vertical")
     stats = offer_statistics(history, data.catalog)
+    als_params, als_metrics = tuned_als_params(data, settings)
     logger.info("ALS on %d interactions up to %s", data.interactions_blend.height, t0)
-    cf = cf_model(settings).fit(data.interactions_blend)
+    cf = cf_model(settings, **als_params).fit(data.interactions_blend)
     bundle = ModelBundle(
         propensity=propensity,
         cf=cf,
@@ -269,7 +323,7 @@ def fit_bundle(data: TrainingData, settings: Settings) -> tuple[ModelBundle, dic
     holdout = rows.filter(pl.Series(held))
     holdout = holdout.with_columns(pl.Series(P_ACCEPT, bundle.blend.predict(holdout)))
     t0_categories = training_frame(data.snapshots[t0], data.category_labels[t0])
-    return bundle, {"holdout": holdout, "t0_categories": t0_categories}
+    return bundle, {"holdout": holdout, "t0_categories": t0_categories, "als": als_metrics}
 
 
 def compute_metrics(bundle: ModelBundle, frames: dict[str, Any]) -> dict[str, float]:
@@ -290,6 +344,7 @@ def compute_metrics(bundle: ModelBundle, frames: dict[str, Any]) -> dict[str, fl
     result["inputs.p_category.log_loss"] = mx.log_loss(y, holdout[P_CATEGORY].to_numpy())
     result["inputs.cf_score.roc_auc"] = mx.roc_auc(y, holdout["cf_score"].to_numpy())
     result["propensity.fallback_categories"] = float(len(bundle.propensity.fallback_categories_))
+    result.update({f"als.{key}": value for key, value in frames.get("als", {}).items()})
     return result
 
 

@@ -21,6 +21,7 @@ from models.scoring import MODEL_NAME, SCORE_COLUMNS, active_offers, blend_frame
 from models.training import (
     GATE_METRIC,
     TrainingInputError,
+    als_grid,
     plain_types,
     read_or_build_snapshot,
     snapshot_dates,
@@ -67,6 +68,14 @@ def test_snapshot_dates_keep_labels_before_as_of():
         AS_OF - dt.timedelta(days=7),
     ]
     assert dates[-1] + dt.timedelta(days=settings.horizon_days) == AS_OF
+
+
+def test_als_is_tuned_on_the_validation_window_and_its_ranking_metrics_reported(first):
+    for key in ("als.precision@5", "als.map@5", "als.ndcg@5", "als.coverage@5"):
+        assert 0.0 <= first.metrics[key] <= 1.0
+    grid = als_grid(Settings())
+    assert first.bundle.cf.factors in grid["factors"]
+    assert first.bundle.cf.regularization in grid["regularization"]
 
 
 def test_snapshot_dates_use_only_the_history_there_is():
