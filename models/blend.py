@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
@@ -110,20 +111,40 @@ def _row_rank(scores: np.ndarray) -> np.ndarray:
     return ranks / max(scores.shape[1] - 1, 1)
 
 
-def candidate_features(
-    subscriber_ids: np.ndarray | pl.Series,
+@dataclass(frozen=True)
+class CandidateInputs:
+    """Blend inputs of every subscriber x offer, kept as matrices rather than rows.
+
+    `cells[name]` is (subscribers x offers) for inputs that vary per pair, `per_offer[name]` is
+    (offers,) for inputs fixed per offer; `matrix` gathers model rows for any cells.
+    """
+
+    cells: dict[str, np.ndarray]
+    per_offer: dict[str, np.ndarray]
+
+    def matrix(self, subscriber_rows: np.ndarray, offer_columns: np.ndarray) -> np.ndarray:
+        """(cells x BLEND_FEATURES) float64 matrix of the given subscriber x offer positions."""
+        n_offers = next(iter(self.per_offer.values())).size
+        flat = subscriber_rows * n_offers + offer_columns
+        # Filled one contiguous feature at a time, returned as its (column-major) transpose.
+        result = np.empty((len(BLEND_FEATURES), subscriber_rows.size), dtype=np.float64)
+        for index, name in enumerate(BLEND_FEATURES):
+            if name in self.cells:
+                result[index] = self.cells[name].reshape(-1)[flat]
+            else:
+                result[index] = self.per_offer[name][offer_columns]
+        return result.T
+
+
+def candidate_inputs(
     p_category: np.ndarray,
     categories: Sequence[str],
     cf_scores: np.ndarray,
     offers: pl.DataFrame,
     offer_stats: pl.DataFrame,
-) -> pl.DataFrame:
-    """Blend inputs for every subscriber x offer (subscriber-major, offers in `offers` order).
-
-    `p_category` is (subscribers x categories) in `categories` order, `cf_scores` is (subscribers
-    x offers) in `offers` order; `offers` has offer_id, category, value.
-    """
-    ids = np.asarray(subscriber_ids)
+) -> CandidateInputs:
+    """Blend inputs as matrices: `p_category` is (subscribers x categories) in `categories`
+    order, `cf_scores` is (subscribers x offers) in `offers` order (offer_id, category, value)."""
     missing = [column for column in (OFFER_ID, CATEGORY, VALUE) if column not in offers.columns]
     if missing:
         raise BlendInputError(f"offers: columns {missing} missing.")
@@ -131,8 +152,8 @@ def candidate_features(
     unknown = sorted(set(offers[CATEGORY]) - set(categories))
     if unknown:
         raise BlendInputError(f"offers: categories {unknown[:5]} have no propensity model.")
-    n_subscribers, n_offers = ids.size, offers.height
-    if p_category.shape != (n_subscribers, len(categories)):
+    n_subscribers, n_offers = p_category.shape[0], offers.height
+    if p_category.ndim != 2 or p_category.shape[1] != len(categories):
         raise BlendInputError(
             f"p_category has shape {p_category.shape}, must be {(n_subscribers, len(categories))}."
         )
@@ -148,33 +169,59 @@ def candidate_features(
     )
     column_of = {category: index for index, category in enumerate(categories)}
     offer_columns = np.array([column_of[category] for category in offers[CATEGORY]], dtype=np.int64)
-    p = p_category[:, offer_columns]
+    p = np.ascontiguousarray(p_category[:, offer_columns])
     logit_p = logit(p)
     cf = cf_scores.astype(np.float64)
     # Offers never seen in a labelled window take their category's rate (lift 0).
     category_rate = stats[CATEGORY_ACCEPT_RATE].fill_null(strategy="mean").fill_null(0.05)
     offer_rate = stats[OFFER_ACCEPT_RATE].fill_null(category_rate)
-    offer_lift = logit(offer_rate.to_numpy()) - logit(category_rate.to_numpy())
+    cells = {
+        P_CATEGORY: p,
+        "logit_p_category": logit_p,
+        "logit_p_category_centered": logit_p - logit_p.mean(axis=1, keepdims=True),
+        CF_SCORE: cf,
+        "cf_score_centered": cf - cf.mean(axis=1, keepdims=True),
+        "cf_rank": _row_rank(cf) if n_offers else np.empty((n_subscribers, 0)),
+    }
     per_offer = {
-        "offer_lift": offer_lift,
+        "offer_lift": logit(offer_rate.to_numpy()) - logit(category_rate.to_numpy()),
         "offer_log_accepts": np.log1p(stats["accepts"].fill_null(0).to_numpy().astype(np.float64)),
         "log_value": np.log1p(offers[VALUE].cast(pl.Float64).to_numpy()),
         "category_code": np.array(
             [_CATEGORY_CODE[category] for category in offers[CATEGORY]], dtype=np.float64
         ),
     }
+    return CandidateInputs(cells=cells, per_offer=per_offer)
+
+
+def candidate_features(
+    subscriber_ids: np.ndarray | pl.Series,
+    p_category: np.ndarray,
+    categories: Sequence[str],
+    cf_scores: np.ndarray,
+    offers: pl.DataFrame,
+    offer_stats: pl.DataFrame,
+) -> pl.DataFrame:
+    """Blend inputs for every subscriber x offer (subscriber-major, offers in `offers` order).
+
+    `p_category` is (subscribers x categories) in `categories` order, `cf_scores` is (subscribers
+    x offers) in `offers` order; `offers` has offer_id, category, value.
+    """
+    ids = np.asarray(subscriber_ids)
+    if p_category.shape[0] != ids.size:
+        raise BlendInputError(
+            f"p_category has shape {p_category.shape}, must be {(ids.size, len(categories))}."
+        )
+    inputs = candidate_inputs(p_category, categories, cf_scores, offers, offer_stats)
+    n_subscribers, n_offers = ids.size, offers.height
     columns: dict[str, pl.Series | np.ndarray] = {
         SUBSCRIBER_ID: np.repeat(ids, n_offers),
         OFFER_ID: np.tile(offers[OFFER_ID].to_numpy(), n_subscribers),
-        CATEGORY: np.tile(offers[CATEGORY].to_numpy(), n_subscribers),
-        P_CATEGORY: p.ravel(),
-        "logit_p_category": logit_p.ravel(),
-        "logit_p_category_centered": (logit_p - logit_p.mean(axis=1, keepdims=True)).ravel(),
-        CF_SCORE: cf.ravel(),
-        "cf_score_centered": (cf - cf.mean(axis=1, keepdims=True)).ravel(),
-        "cf_rank": _row_rank(cf).ravel() if n_offers else np.empty(0),
+        CATEGORY: np.tile(offers[CATEGORY].cast(pl.String).to_numpy(), n_subscribers),
     }
-    for name, values in per_offer.items():
+    for name, values in inputs.cells.items():
+        columns[name] = values.ravel()
+    for name, values in inputs.per_offer.items():
         columns[name] = np.tile(values, n_subscribers)
     return pl.DataFrame(columns).with_columns(
         pl.col(SUBSCRIBER_ID).cast(pl.Int64), pl.col(OFFER_ID, CATEGORY).cast(pl.String)
@@ -303,10 +350,19 @@ class OfferBlend:
         """P(accept | shown) per row of a blend-input frame."""
         if not hasattr(self, "booster_"):
             raise BlendInputError("OfferBlend is not fitted: call fit(frame).")
-        x = self._matrix(frame)
+        return self.predict_matrix(self._matrix(frame))
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """P(accept | shown) per row of a (rows x BLEND_FEATURES) float64 matrix."""
+        if not hasattr(self, "booster_"):
+            raise BlendInputError("OfferBlend is not fitted: call fit(frame).")
+        if x.ndim != 2 or x.shape[1] != len(BLEND_FEATURES):
+            raise BlendInputError(
+                f"blend matrix has shape {x.shape}, must be (rows, {len(BLEND_FEATURES)})."
+            )
         if not x.shape[0]:
             return np.empty(0)
-        return self.booster_.predict(x, num_threads=self.num_threads)
+        return self.booster_.predict(np.ascontiguousarray(x), num_threads=self.num_threads)
 
     def feature_importance(self) -> pl.DataFrame:
         """[feature, importance] (total gain) of the blend model."""

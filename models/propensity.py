@@ -333,10 +333,23 @@ class CategoryPropensity:
         if not hasattr(self, "encoding_"):
             raise PropensityInputError("CategoryPropensity is not fitted: call fit(train, valid).")
 
+    def feature_matrix(self, snapshot: pl.DataFrame) -> np.ndarray:
+        """The snapshot's model features as one row-major float64 matrix (encoding order)."""
+        self._check_fitted()
+        return np.ascontiguousarray(self.encoding_.matrix(snapshot))
+
     def predict_matrix(self, snapshot: pl.DataFrame) -> np.ndarray:
         """Calibrated P(accept | shown) per snapshot row x fitted category (fitted order)."""
+        return self.predict_features(self.feature_matrix(snapshot))
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated P(accept | shown) per row of `feature_matrix` x fitted category."""
         self._check_fitted()
-        x = self.encoding_.matrix(snapshot)
+        if x.ndim != 2 or x.shape[1] != len(self.encoding_.names):
+            raise PropensityInputError(
+                f"feature matrix has shape {x.shape}, must be (rows, {len(self.encoding_.names)})."
+            )
+        x = np.ascontiguousarray(x, dtype=np.float64)
         result = np.empty((x.shape[0], len(self.priors_)), dtype=np.float64)
         for column, category in enumerate(self.priors_):
             booster = self.boosters_.get(category)

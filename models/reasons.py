@@ -6,6 +6,9 @@ category's booster are ranked and the top features are described with
 the training rows: "data used in the last 7 days (high)". Categorical features show their value:
 "device operating system (ios)"; 0/1 flags show "yes" or "no". A note in brackets at the end of a
 description is left out. A category scored by its prior has one fixed reason.
+
+SHAP is the costly part of scoring, so `explain` can be limited to given subscriber x category
+pairs (e.g. the published offers); each pair's reasons are the same either way.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ REASONS = "reasons"
 REASON_SEPARATOR = "; "
 PRIOR_REASON = "overall popularity of this kind of offer"
 NUMERIC_LEVELS = ("none", "low", "medium", "high")
+_ROW = "_row"  # position of a pair's subscriber in the feature matrix
 
 
 def _default_describe() -> Callable[[str], str]:
@@ -58,23 +62,67 @@ def _phrase_table(model: CategoryPropensity, describe: Callable[[str], str]) -> 
     return table
 
 
-def _states(model: CategoryPropensity, x: np.ndarray) -> np.ndarray:
-    """State index per cell: numeric level (see NUMERIC_LEVELS) or categorical code."""
+def _cell_states(model: CategoryPropensity, values: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """State index of cells (feature value, feature position): numeric level (NUMERIC_LEVELS) or
+    categorical code."""
     encoding = model.encoding_
-    low, high = model.feature_quantiles_[:, 0], model.feature_quantiles_[:, 1]
+    low = model.feature_quantiles_[features, 0]
+    high = model.feature_quantiles_[features, 1]
     with np.errstate(invalid="ignore"):
-        numeric = np.where(x <= low, 1, np.where(x > high, 3, 2))
-    numeric = np.where(model.binary_features_[None, :], np.where(x >= 0.5, 3, 1), numeric)
-    numeric = np.where(np.isnan(x), 0, numeric)
-    states = numeric
+        numeric = np.where(values <= low, 1, np.where(values > high, 3, 2))
+    numeric = np.where(model.binary_features_[features], np.where(values >= 0.5, 3, 1), numeric)
+    numeric = np.where(np.isnan(values), 0, numeric)
+    categorical = np.zeros(len(encoding.names), dtype=bool)
+    unknown = np.zeros(len(encoding.names), dtype=np.int64)
     for index, name in enumerate(encoding.names):
         if name in encoding.levels:
-            column = x[:, index]
-            unknown = len(encoding.levels[name])
-            states[:, index] = np.where(np.isnan(column), unknown, np.nan_to_num(column)).astype(
-                np.int64
-            )
-    return states
+            categorical[index], unknown[index] = True, len(encoding.levels[name])
+    is_categorical = categorical[features]
+    codes = np.where(np.isnan(values), unknown[features], np.where(is_categorical, values, 0.0))
+    return np.where(is_categorical, codes.astype(np.int64), numeric)
+
+
+def top_features(contributions: np.ndarray, count: int) -> np.ndarray:
+    """Column positions of the `count` largest values per row, ties to the lower position.
+
+    The same as `np.argsort(-contributions, axis=1, kind="stable")[:, :count]`, found by `count`
+    argmax passes over the columns that can win: every column with a non-zero value plus the first
+    `count` all-zero columns (a feature no tree splits on contributes exactly zero).
+    """
+    nonzero = (contributions != 0).any(axis=0)
+    candidates = np.flatnonzero(nonzero | (np.cumsum(~nonzero) <= count))
+    values = contributions[:, candidates]
+    rows = np.arange(values.shape[0])
+    top = np.empty((values.shape[0], count), dtype=np.int64)
+    for position in range(count):
+        best = np.argmax(values, axis=1)
+        top[:, position] = candidates[best]
+        values[rows, best] = -np.inf
+    return top
+
+
+def _pair_positions(
+    snapshot: pl.DataFrame, pairs: pl.DataFrame, categories: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Snapshot rows that `pairs` need, and the pairs with their row in those (`_row`)."""
+    missing = [column for column in (SUBSCRIBER_ID, CATEGORY) if column not in pairs.columns]
+    if missing:
+        raise InputError(f"pairs: columns {missing} missing.")
+    wanted = (
+        pairs.select(SUBSCRIBER_ID, pl.col(CATEGORY).cast(pl.String))
+        .unique()
+        .filter(pl.col(CATEGORY).is_in(categories))
+    )
+    subscribers = wanted.select(SUBSCRIBER_ID).unique().sort(SUBSCRIBER_ID)
+    rows = subscribers.join(snapshot, on=SUBSCRIBER_ID, how="left", maintain_order="left")
+    absent = subscribers.join(snapshot, on=SUBSCRIBER_ID, how="anti")
+    if absent.height:
+        raise InputError(
+            f"pairs: column {SUBSCRIBER_ID!r} has {absent.height} subscribers missing from the "
+            f"snapshot, e.g. {absent[SUBSCRIBER_ID].sort().head(5).to_list()}."
+        )
+    positions = subscribers.with_row_index(_ROW).with_columns(pl.col(_ROW).cast(pl.Int64))
+    return rows, wanted.join(positions, on=SUBSCRIBER_ID).sort(SUBSCRIBER_ID, CATEGORY)
 
 
 def explain(
@@ -82,36 +130,65 @@ def explain(
     snapshot: pl.DataFrame,
     top_n: int = 3,
     describe: Callable[[str], str] | None = None,
+    pairs: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """[subscriber_id, category, reasons] per snapshot row x fitted category (top_n features)."""
+    """[subscriber_id, category, reasons] per snapshot row x fitted category (top_n features),
+    or only per subscriber x category of `pairs` (fitted categories) when given."""
     if top_n < 1:
         raise InputError(f"top_n == {top_n}, must be >= 1.")
     if SUBSCRIBER_ID not in snapshot.columns:
         raise InputError(f"snapshot: column {SUBSCRIBER_ID!r} missing.")
+    categories = model.categories_
+    if pairs is None:
+        rows = snapshot
+        wanted = pl.DataFrame(
+            {
+                SUBSCRIBER_ID: np.repeat(snapshot[SUBSCRIBER_ID].to_numpy(), len(categories)),
+                CATEGORY: np.tile(np.array(categories, dtype=object), snapshot.height),
+                _ROW: np.repeat(np.arange(snapshot.height, dtype=np.int64), len(categories)),
+            },
+            schema={
+                SUBSCRIBER_ID: snapshot.schema[SUBSCRIBER_ID],
+                CATEGORY: pl.String,
+                _ROW: pl.Int64,
+            },
+        )
+    else:
+        rows, wanted = _pair_positions(snapshot, pairs, categories)
     describe = describe or _default_describe()
-    x = model.encoding_.matrix(snapshot)
-    phrases = _phrase_table(model, describe)
-    states = _states(model, x)
-    rows = np.arange(x.shape[0])[:, None]
-    ids = snapshot.get_column(SUBSCRIBER_ID)
+    x = model.feature_matrix(rows)
+    table = _phrase_table(model, describe)
+    phrases = pl.Series(REASONS, table.ravel(), dtype=pl.String)
     frames = []
-    for category in model.categories_:
+    groups = wanted.partition_by(CATEGORY, as_dict=True)
+    for category in categories:
+        group = groups.get((category,))
+        if group is None:
+            continue
         booster = model.boosters_.get(category)
         if booster is None:
-            reasons = pl.repeat(PRIOR_REASON, x.shape[0], dtype=pl.String, eager=True)
+            reasons = pl.repeat(PRIOR_REASON, group.height, dtype=pl.String, eager=True)
         else:
-            contributions = booster.predict(x, pred_contrib=True, num_threads=model.num_threads)
+            cells = x[group[_ROW].to_numpy()]
+            contributions = booster.predict(cells, pred_contrib=True, num_threads=model.num_threads)
             contributions = np.asarray(contributions)[:, :-1]  # last column: expected value
             count = min(top_n, contributions.shape[1])
-            # Stable order on -contribution: ties resolve by feature position, deterministically.
-            top = np.argsort(-contributions, axis=1, kind="stable")[:, :count]
-            words = phrases[top, states[rows, top]]
-            reasons = pl.Series(REASONS, words[:, 0], dtype=pl.String)
-            for position in range(1, count):
-                reasons = (
-                    reasons + REASON_SEPARATOR + pl.Series(words[:, position], dtype=pl.String)
+            top = top_features(contributions, count)
+            values = np.take_along_axis(cells, top, axis=1)
+            codes = top * table.shape[1] + _cell_states(model, values, top)
+            reasons = pl.select(
+                pl.concat_str(
+                    [phrases.gather(codes[:, position]) for position in range(count)],
+                    separator=REASON_SEPARATOR,
                 )
-        frames.append(
-            pl.DataFrame({SUBSCRIBER_ID: ids, CATEGORY: category, REASONS: reasons.alias(REASONS)})
+            ).to_series()
+        frames.append(group.select(SUBSCRIBER_ID, CATEGORY).with_columns(reasons.alias(REASONS)))
+    if not frames:
+        return pl.DataFrame(
+            schema={
+                SUBSCRIBER_ID: snapshot.schema[SUBSCRIBER_ID],
+                CATEGORY: pl.String,
+                REASONS: pl.String,
+            }
         )
     return pl.concat(frames).sort(SUBSCRIBER_ID, CATEGORY)

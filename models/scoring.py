@@ -3,7 +3,10 @@
 `ModelBundle` holds what training learned (category propensity, ALS, blend, offer statistics) plus
 the catalog and interactions of its training date, so that `predict_frame(snapshot)` works alone
 (this is what the registry serves). `score_offers` takes tonight's catalog and interactions
-explicitly; that is what the nightly run calls.
+explicitly; that is what the nightly run calls. Given the night's eligible pairs it scores only
+those (category propensities and ALS scores are still computed for every active offer, since the
+blend centres and ranks them per subscriber), and reasons can be left for `add_reasons` to fill in
+for the published rows only.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from mia.errors import InputError
@@ -27,7 +31,7 @@ from mia.schema import (
     VALUE,
 )
 from mia.settings import Settings
-from models.blend import OfferBlend, candidate_features, propensity_and_cf
+from models.blend import OfferBlend, candidate_features, candidate_inputs, propensity_and_cf
 from models.propensity import CategoryPropensity
 from models.reasons import explain
 
@@ -35,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "mia-offers"
 SCORE_COLUMNS = (SUBSCRIBER_ID, OFFER_ID, CATEGORY, P_ACCEPT, REASONS, MODEL_VERSION)
+_KEY = "_category_key"
 
 
 class ScoringInputError(InputError):
@@ -118,16 +123,10 @@ def blend_frame(
     )
 
 
-def score_offers(
-    bundle: ModelBundle,
-    snapshot: pl.DataFrame,
-    catalog: pl.DataFrame,
-    interactions: pl.DataFrame | None,
-    with_reasons: bool = True,
-) -> pl.DataFrame:
-    """[subscriber_id, offer_id, category, p_accept, reasons, model_version] for all snapshot
-    subscribers x offers active on the day after the snapshot, sorted by subscriber, offer."""
-    as_of = snapshot_date_of(snapshot)
+def _checked_snapshot(snapshot: pl.DataFrame) -> pl.DataFrame:
+    """The snapshot sorted by subscriber; subscribers must be unique."""
+    if SUBSCRIBER_ID not in snapshot.columns:
+        raise ScoringInputError(f"snapshot: column {SUBSCRIBER_ID!r} missing.")
     snapshot = snapshot.sort(SUBSCRIBER_ID)
     if snapshot[SUBSCRIBER_ID].is_duplicated().any():
         duplicated = snapshot.filter(pl.col(SUBSCRIBER_ID).is_duplicated())[SUBSCRIBER_ID]
@@ -135,6 +134,11 @@ def score_offers(
             f"snapshot: column {SUBSCRIBER_ID!r} must be unique, repeats "
             f"{duplicated.unique().sort().head(5).to_list()}."
         )
+    return snapshot
+
+
+def _model_offers(bundle: ModelBundle, catalog: pl.DataFrame, as_of: dt.date) -> pl.DataFrame:
+    """Offers active on the night after `as_of` whose category has a propensity model."""
     offers = active_offers(catalog, as_of + dt.timedelta(days=1))
     unknown = offers.filter(~pl.col(CATEGORY).is_in(bundle.propensity.categories_))
     if unknown.height:
@@ -144,26 +148,138 @@ def score_offers(
             unknown[OFFER_ID].head(5).to_list(),
         )
         offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
-    frame = blend_frame(bundle, snapshot, offers, interactions)
-    scored = frame.select(SUBSCRIBER_ID, OFFER_ID, CATEGORY).with_columns(
-        pl.Series(P_ACCEPT, bundle.blend.predict(frame), dtype=pl.Float64)
+    return offers
+
+
+def _cells(
+    snapshot: pl.DataFrame, offers: pl.DataFrame, eligible: pl.DataFrame | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(snapshot row, offer position) of the pairs to score, in subscriber, offer order."""
+    if eligible is None:
+        rows = np.repeat(np.arange(snapshot.height, dtype=np.int64), offers.height)
+        return rows, np.tile(np.arange(offers.height, dtype=np.int64), snapshot.height)
+    missing = [column for column in (SUBSCRIBER_ID, OFFER_ID) if column not in eligible.columns]
+    if missing:
+        raise ScoringInputError(f"eligible: columns {missing} missing.")
+    ids = snapshot[SUBSCRIBER_ID].to_numpy()
+    wanted = eligible[SUBSCRIBER_ID].cast(pl.Int64).to_numpy()
+    rows = np.searchsorted(ids, wanted).clip(0, max(ids.size - 1, 0))
+    columns = (
+        eligible[OFFER_ID]
+        .cast(pl.String)
+        .replace_strict(
+            offers[OFFER_ID], np.arange(offers.height), default=-1, return_dtype=pl.Int64
+        )
+        .to_numpy()
     )
+    if not ids.size:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    known = (columns >= 0) & (ids[rows] == wanted)
+    # One key per pair: sorted by subscriber row then offer position, repeats dropped (a plain
+    # sort: np.unique is several times slower on millions of keys).
+    keys = np.sort(rows[known] * max(offers.height, 1) + columns[known])
+    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if keys.size else keys
+    return keys // max(offers.height, 1), keys % max(offers.height, 1)
+
+
+def _score_chunk(
+    bundle: ModelBundle,
+    snapshot: pl.DataFrame,
+    offers: pl.DataFrame,
+    interactions: pl.DataFrame | None,
+    cells: tuple[np.ndarray, np.ndarray],
+) -> pl.DataFrame:
+    """[subscriber_id, offer_id, category, p_accept] of the (row, offer position) `cells` of one
+    chunk of a sorted snapshot."""
+    rows, columns = cells
+    p_category, cf_scores = propensity_and_cf(
+        bundle.propensity, bundle.cf, snapshot, offers, interactions
+    )
+    inputs = candidate_inputs(
+        p_category, bundle.propensity.categories_, cf_scores, offers, bundle.offer_stats
+    )
+    p_accept = bundle.blend.predict_matrix(inputs.matrix(rows, columns))
+    return pl.DataFrame(
+        {
+            SUBSCRIBER_ID: snapshot[SUBSCRIBER_ID].gather(rows),
+            OFFER_ID: offers[OFFER_ID].gather(columns),
+            CATEGORY: offers[CATEGORY].gather(columns),
+            P_ACCEPT: pl.Series(P_ACCEPT, p_accept, dtype=pl.Float64),
+        }
+    )
+
+
+def score_offers(
+    bundle: ModelBundle,
+    snapshot: pl.DataFrame,
+    catalog: pl.DataFrame,
+    interactions: pl.DataFrame | None,
+    with_reasons: bool = True,
+    eligible: pl.DataFrame | None = None,
+    chunk_subscribers: int = 100_000,
+) -> pl.DataFrame:
+    """[subscriber_id, offer_id, category, p_accept, reasons, model_version] for all snapshot
+    subscribers x offers active on the day after the snapshot, sorted by subscriber, offer.
+
+    With `eligible` ([subscriber_id, offer_id]) only those pairs are scored and returned (the same
+    values as scoring all of them). Without reasons the column is null (see `add_reasons`).
+    Subscribers are scored `chunk_subscribers` at a time, which bounds memory, not results.
+    """
+    if chunk_subscribers < 1:
+        raise ScoringInputError(f"chunk_subscribers == {chunk_subscribers}, must be >= 1.")
+    as_of = snapshot_date_of(snapshot)
+    snapshot = _checked_snapshot(snapshot)
+    offers = _model_offers(bundle, catalog, as_of)
+    rows, columns = _cells(snapshot, offers, eligible)
+    bounds = np.searchsorted(
+        rows, np.arange(0, snapshot.height + chunk_subscribers, chunk_subscribers)
+    )
+    chunks = []
+    for index, start in enumerate(range(0, snapshot.height, chunk_subscribers)):
+        cells = slice(bounds[index], bounds[index + 1])
+        chunk = snapshot.slice(start, chunk_subscribers)
+        chunks.append(
+            _score_chunk(bundle, chunk, offers, interactions, (rows[cells] - start, columns[cells]))
+        )
+    scored = pl.concat(chunks)  # the snapshot holds at least one row (it has a date)
     if with_reasons:
-        reasons = explain(bundle.propensity, snapshot)
-        scored = scored.join(reasons, on=[SUBSCRIBER_ID, CATEGORY], how="left")
+        scored = add_reasons(bundle, snapshot, scored)
     else:
         scored = scored.with_columns(pl.lit(None, dtype=pl.String).alias(REASONS))
     logger.info(
-        "scored %d subscribers x %d offers as of %s",
+        "scored %d subscriber x offer pairs (%d subscribers x %d offers%s) as of %s",
+        scored.height,
         snapshot.height,
         offers.height,
+        ", eligible only" if eligible is not None else "",
         as_of,
     )
-    return (
-        scored.with_columns(pl.lit(bundle.version, dtype=pl.String).alias(MODEL_VERSION))
-        .select(SCORE_COLUMNS)
-        .sort(SUBSCRIBER_ID, OFFER_ID)
+    return scored.with_columns(pl.lit(bundle.version, dtype=pl.String).alias(MODEL_VERSION)).select(
+        SCORE_COLUMNS
     )
+
+
+def add_reasons(
+    bundle: ModelBundle, snapshot: pl.DataFrame, offers_frame: pl.DataFrame
+) -> pl.DataFrame:
+    """`offers_frame` with `reasons` set for each row's subscriber x category (rows, order and
+    other columns unchanged); SHAP is computed for those pairs only, e.g. the published top K."""
+    missing = [column for column in (SUBSCRIBER_ID, CATEGORY) if column not in offers_frame.columns]
+    if missing:
+        raise ScoringInputError(f"offers frame: columns {missing} missing.")
+    keys = offers_frame.select(SUBSCRIBER_ID, pl.col(CATEGORY).cast(pl.String).alias(_KEY))
+    pairs = keys.unique().rename({_KEY: CATEGORY})
+    try:
+        reasons = explain(bundle.propensity, snapshot, pairs=pairs)
+    except InputError as error:
+        raise ScoringInputError(f"offers frame: {error}") from error
+    found = keys.join(
+        reasons.rename({CATEGORY: _KEY}),
+        on=[SUBSCRIBER_ID, _KEY],
+        how="left",
+        maintain_order="left",
+    )[REASONS]
+    return offers_frame.with_columns(found.alias(REASONS))
 
 
 def load_bundle(settings: Settings, name: str = MODEL_NAME) -> ModelBundle:

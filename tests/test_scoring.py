@@ -1,0 +1,221 @@
+"""Fast scoring on the shared tiny world: the pruned path equals the reference path (p_accept to
+1e-6, reasons exactly), eligible-only scoring is exactly a subset, reasons on demand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from benchmarks.scoring import reference_reasons, reference_score_offers
+from mia.ingest import raw_events, raw_state
+from mia.lake import Lake
+from mia.schema import CATEGORY, OFFER_ID, P_ACCEPT, REASONS, SUBSCRIBER_ID
+from mia.settings import Settings
+from models.blend import BLEND_FEATURES, candidate_features, candidate_inputs
+from models.reasons import explain, top_features
+from models.scoring import ScoringInputError, active_offers, add_reasons, score_offers
+
+AS_OF = dt.date(2026, 3, 4)  # training date; scoring on the last day of the tiny world
+NIGHT = dt.date(2026, 3, 11)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory, ingested_root) -> dict:
+    """A bundle trained on the tiny world and the last day's scoring inputs."""
+    from models.cf import build_interactions
+    from models.training import read_or_build_snapshot, train_models
+    from offers.eligibility import eligible_pairs
+
+    base = tmp_path_factory.mktemp("scoring")
+    root = base / "data"
+    shutil.copytree(ingested_root, root)
+    settings = Settings(
+        data_dir=root,
+        mlflow_uri=f"sqlite:///{base}/mlflow.db",
+        mlflow_artifacts=base / "artifacts",
+        num_threads=1,
+        train_snapshots=4,
+    )
+    lake = Lake(root)
+    bundle = train_models(lake, AS_OF, settings, register=False).bundle
+    bundle.version = "7"
+    events = raw_events(lake, "offer_events", NIGHT - dt.timedelta(days=89), NIGHT).collect()
+    catalog = raw_state(lake, "catalog", NIGHT)
+    snapshot = read_or_build_snapshot(lake, NIGHT, settings)
+    eligible = eligible_pairs(
+        raw_state(lake, "subscribers", NIGHT),
+        catalog,
+        raw_state(lake, "holdings", NIGHT),
+        events,
+        NIGHT,
+    )
+    return {
+        "bundle": bundle,
+        # Reverse order: scoring must not depend on the order it is given.
+        "snapshot": snapshot.sort(SUBSCRIBER_ID, descending=True),
+        "catalog": catalog,
+        "interactions": build_interactions(events, NIGHT, lookback_days=90),
+        "eligible": eligible,
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(night) -> pl.DataFrame:
+    return reference_score_offers(
+        night["bundle"], night["snapshot"], night["catalog"], night["interactions"]
+    )
+
+
+@pytest.fixture(scope="module")
+def full(night) -> pl.DataFrame:
+    return score_offers(night["bundle"], night["snapshot"], night["catalog"], night["interactions"])
+
+
+def test_fast_path_equals_reference(full, reference, night):
+    assert full.columns == reference.columns
+    assert full.height == reference.height == night["snapshot"].height * 65
+    for column in (SUBSCRIBER_ID, OFFER_ID, CATEGORY, "model_version"):
+        assert full[column].equals(reference[column])
+    np.testing.assert_allclose(full[P_ACCEPT].to_numpy(), reference[P_ACCEPT].to_numpy(), atol=1e-6)
+    assert full[REASONS].null_count() == 0
+    assert full[REASONS].equals(reference[REASONS])
+
+
+def test_scoring_is_deterministic_and_chunking_changes_nothing(full, night):
+    again = score_offers(
+        night["bundle"],
+        night["snapshot"],
+        night["catalog"],
+        night["interactions"],
+        chunk_subscribers=97,
+    )
+    assert again.equals(full)
+    assert again.write_ipc(None).getvalue() == full.write_ipc(None).getvalue()
+
+
+def test_eligible_scoring_is_exactly_the_eligible_subset(full, night):
+    eligible = night["eligible"]
+    assert 0 < eligible.height < full.height
+    pruned = score_offers(
+        night["bundle"],
+        night["snapshot"],
+        night["catalog"],
+        night["interactions"],
+        eligible=eligible.sample(fraction=1.0, shuffle=True, seed=3),  # any order
+        chunk_subscribers=250,
+    )
+    expected = full.join(eligible, on=[SUBSCRIBER_ID, OFFER_ID], how="semi")
+    assert pruned.height == eligible.height
+    assert pruned.equals(expected)
+
+
+def test_eligible_pairs_outside_the_night_are_dropped_and_repeats_scored_once(full, night):
+    first = full[SUBSCRIBER_ID].min()
+    eligible = pl.DataFrame(
+        {
+            SUBSCRIBER_ID: [first, first, first, -5, first],
+            OFFER_ID: ["music_trial", "music_trial", "no_such_offer", "music_trial", "esim_switch"],
+        }
+    )
+    pruned = score_offers(
+        night["bundle"],
+        night["snapshot"],
+        night["catalog"],
+        night["interactions"],
+        eligible=eligible,
+    )
+    expected = full.filter(
+        (pl.col(SUBSCRIBER_ID) == first) & pl.col(OFFER_ID).is_in(["esim_switch", "music_trial"])
+    )
+    assert expected.height == 2
+    assert pruned.equals(expected)
+    empty = score_offers(
+        night["bundle"],
+        night["snapshot"],
+        night["catalog"],
+        night["interactions"],
+        eligible=eligible.clear(),
+    )
+    assert empty.height == 0 and empty.columns == full.columns
+
+
+def test_add_reasons_on_published_rows_only(full, night):
+    without = score_offers(
+        night["bundle"], night["snapshot"], night["catalog"], night["interactions"], False
+    )
+    assert without[REASONS].null_count() == without.height
+    published = (
+        without.sort(P_ACCEPT, descending=True)
+        .group_by(SUBSCRIBER_ID, maintain_order=True)
+        .head(5)
+        .with_columns(pl.col(CATEGORY).cast(pl.Categorical))
+        .select(SUBSCRIBER_ID, OFFER_ID, CATEGORY, P_ACCEPT, REASONS)
+    )
+    explained = add_reasons(night["bundle"], night["snapshot"], published)
+    assert explained.columns == published.columns
+    assert explained.drop(REASONS).equals(published.drop(REASONS))
+    expected = published.drop(REASONS).join(
+        full.select(SUBSCRIBER_ID, OFFER_ID, REASONS), on=[SUBSCRIBER_ID, OFFER_ID], how="left"
+    )
+    assert explained[REASONS].equals(expected[REASONS])
+    assert explained[REASONS].null_count() == 0
+
+
+def test_add_reasons_refuses_subscribers_missing_from_the_snapshot(full, night):
+    rows = full.head(2).with_columns(pl.Series(SUBSCRIBER_ID, [-1, -2], dtype=pl.Int64))
+    with pytest.raises(ScoringInputError, match=r"subscriber_id.*\[-2, -1\]"):
+        add_reasons(night["bundle"], night["snapshot"], rows)
+    with pytest.raises(ScoringInputError, match="category"):
+        add_reasons(night["bundle"], night["snapshot"], full.head(2).drop(CATEGORY))
+
+
+def test_explain_pairs_equal_the_reference_rows(night):
+    model, snapshot = night["bundle"].propensity, night["snapshot"].head(200)
+    expected = reference_reasons(night["bundle"], snapshot)
+    assert explain(model, snapshot).equals(expected)
+    pairs = expected.sample(n=300, seed=5).select(SUBSCRIBER_ID, CATEGORY)
+    subset = explain(model, snapshot, pairs=pairs)
+    assert subset.equals(expected.join(pairs, on=[SUBSCRIBER_ID, CATEGORY], how="semi"))
+
+
+def test_candidate_matrix_equals_candidate_frame(night):
+    bundle, snapshot = night["bundle"], night["snapshot"].sort(SUBSCRIBER_ID).head(50)
+    offers = active_offers(night["catalog"], NIGHT + dt.timedelta(days=1))
+    offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
+    p_category = bundle.propensity.predict_matrix(snapshot)
+    cf = np.asarray(bundle.cf.score(snapshot[SUBSCRIBER_ID], offers[OFFER_ID]), dtype=np.float64)
+    frame = candidate_features(
+        snapshot[SUBSCRIBER_ID],
+        p_category,
+        bundle.propensity.categories_,
+        cf,
+        offers,
+        bundle.offer_stats,
+    )
+    inputs = candidate_inputs(
+        p_category, bundle.propensity.categories_, cf, offers, bundle.offer_stats
+    )
+    rows = np.repeat(np.arange(50), offers.height)
+    columns = np.tile(np.arange(offers.height), 50)
+    matrix = inputs.matrix(rows, columns)
+    assert np.array_equal(matrix, frame.select(BLEND_FEATURES).to_numpy())
+    assert np.array_equal(
+        bundle.blend.predict_matrix(matrix[::7]), bundle.blend.predict(frame[::7])
+    )
+
+
+def test_top_features_is_a_stable_descending_argsort():
+    rng = np.random.default_rng(0)
+    values = np.round(rng.normal(size=(500, 40)), 1)  # many ties
+    values[:, rng.random(40) < 0.5] = 0.0  # columns no tree uses
+    values[:3] = 0.0  # rows with nothing but zeros
+    values[3, [5, 9]] = -0.0
+    for count in (1, 3, 5):
+        expected = np.argsort(-values, axis=1, kind="stable")[:, :count]
+        assert np.array_equal(top_features(values, count), expected)
+    hand = np.array([[0.0, 2.0, 0.0, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert top_features(hand, 3).tolist() == [[1, 3, 0], [0, 1, 2]]
