@@ -9,7 +9,7 @@ from models.evaluate import evaluate_against_oracle, oracle_table
 from models.metrics import binary_metrics
 from models.propensity import CategoryPropensity
 from models.reasons import explain
-from models.scoring import MODEL_NAME, ModelBundle, load_bundle, score_offers
+from models.scoring import MODEL_NAME, ModelBundle, add_reasons, load_bundle, score_offers
 from models.training import TrainingReport, train_models
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ModelBundle",
     "OfferBlend",
     "TrainingReport",
+    "add_reasons",
     "binary_metrics",
     "evaluate_against_oracle",
     "explain",
