@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import polars as pl
 
@@ -35,8 +36,17 @@ from features.daily import (
     is_built,
 )
 from mia.errors import InputError
+from mia.hashing import shard_of
 from mia.ingest import raw_state
-from mia.lake import Lake, partition_files, scan_partitions, write_partition
+from mia.lake import (
+    Lake,
+    partition_files,
+    remove_path,
+    replace_path,
+    scan_partitions,
+    write_parquet,
+    write_partition,
+)
 from mia.schema import (
     APP_SCREENS,
     CATEGORIES,
@@ -445,24 +455,116 @@ def snapshot_inputs(
     return daily, state
 
 
+def shard_part(shard: int) -> str:
+    """File stem of one shard's rows inside a snapshot partition."""
+    return f"part-{shard:04d}"
+
+
+def shard_inputs(
+    daily: Mapping[str, pl.LazyFrame],
+    state: Mapping[str, pl.DataFrame],
+    shard: int,
+    n_shards: int,
+) -> tuple[dict[str, pl.LazyFrame], dict[str, pl.DataFrame]]:
+    """The rows of one shard of subscribers (mia.hashing.shard_of) of the snapshot inputs."""
+    if not 0 <= shard < n_shards:
+        raise SnapshotInputError(f"shard == {shard}, must be in [0, {n_shards}) (rule: shard).")
+    subscribers = state["subscribers"]
+    if n_shards == 1:
+        return dict(daily), dict(state)
+    members = shard_rows(subscribers, shard, n_shards)[SUBSCRIBER_ID]
+    keep = pl.col(SUBSCRIBER_ID).is_in(members.implode())
+    sharded_state = {
+        table: frame.filter(keep) if table != "catalog" else frame for table, frame in state.items()
+    }
+    return {table: frame.filter(keep) for table, frame in daily.items()}, sharded_state
+
+
 def build_snapshot(
-    lake: Lake, as_of: dt.date, settings: Settings | None = None, write: bool = True
+    lake: Lake,
+    as_of: dt.date,
+    settings: Settings | None = None,
+    write: bool = True,
+    shard: int | None = None,
 ) -> pl.DataFrame:
-    """The snapshot of `as_of` from the data root; written atomically to lake.snapshot(as_of)."""
-    windows = (settings or Settings()).windows
-    daily, state = snapshot_inputs(lake, as_of, windows)
-    snapshot = compute_snapshot(daily, state, as_of, windows)
+    """The snapshot of `as_of` from the data root; written atomically to lake.snapshot(as_of).
+
+    With `shard`, only the subscribers of that shard of `settings.n_shards` are computed and the
+    result is returned, not written (`write_snapshot_shard` stores it); the union of the shards
+    equals the whole snapshot.
+    """
+    settings = settings or Settings()
+    daily, state = snapshot_inputs(lake, as_of, settings.windows)
+    if shard is not None:
+        daily, state = shard_inputs(daily, state, shard, settings.n_shards)
+    snapshot = compute_snapshot(daily, state, as_of, settings.windows)
     logger.info(
-        "snapshot %s: %d subscribers, %d features", as_of, snapshot.height, snapshot.width - 2
+        "snapshot %s%s: %d subscribers, %d features",
+        as_of,
+        "" if shard is None else f" shard {shard}/{settings.n_shards}",
+        snapshot.height,
+        snapshot.width - 2,
     )
-    if write:
+    if write and shard is None:
         write_partition(snapshot, lake.snapshot(as_of))
     return snapshot
 
 
+def snapshot_work_dir(lake: Lake, as_of: dt.date) -> Path:
+    """Hidden folder where the shards of a snapshot are gathered before it is swapped in."""
+    target = lake.snapshot(as_of)
+    return target.parent / f".{target.name}.shards"
+
+
+def write_snapshot_shard(
+    lake: Lake, as_of: dt.date, settings: Settings, shard: int
+) -> tuple[Path, int]:
+    """Build one shard of the snapshot into the work folder; returns (file, rows)."""
+    snapshot = build_snapshot(lake, as_of, settings, write=False, shard=shard)
+    path = write_parquet(snapshot, snapshot_work_dir(lake, as_of) / f"{shard_part(shard)}.parquet")
+    return path, snapshot.height
+
+
+def publish_snapshot_shards(lake: Lake, as_of: dt.date, n_shards: int) -> Path:
+    """Swap the gathered shards in as lake.snapshot(as_of); raises when a shard is missing."""
+    work = snapshot_work_dir(lake, as_of)
+    expected = {f"{shard_part(shard)}.parquet" for shard in range(n_shards)}
+    found = {path.name for path in partition_files(work)}
+    if found != expected:
+        raise SnapshotInputError(
+            f"snapshot {as_of}: shards {sorted(expected - found)[:5]} missing and "
+            f"{sorted(found - expected)[:5]} unexpected in {work} (rule: one file per shard)."
+        )
+    replace_path(work, lake.snapshot(as_of))
+    return lake.snapshot(as_of)
+
+
+def clear_snapshot_shards(lake: Lake, as_of: dt.date) -> None:
+    """Remove shards left in the work folder by an earlier, interrupted run."""
+    remove_path(snapshot_work_dir(lake, as_of))
+
+
 def read_snapshot(lake: Lake, as_of: dt.date) -> pl.DataFrame:
-    """The stored snapshot of `as_of`; raises SnapshotInputError when it was never built."""
+    """The stored snapshot of `as_of` (all shards, by subscriber_id); raises when never built."""
     files = partition_files(lake.snapshot(as_of))
     if not files:
         raise SnapshotInputError(f"no snapshot for {as_of} in {lake.snapshot(as_of)}.")
-    return pl.read_parquet(files)
+    frame = pl.read_parquet(files)
+    return frame if len(files) == 1 else frame.sort(SUBSCRIBER_ID)
+
+
+def read_snapshot_shard(lake: Lake, as_of: dt.date, shard: int, n_shards: int) -> pl.DataFrame:
+    """One shard's rows of the stored snapshot of `as_of`: its own file when the snapshot was
+    stored with `n_shards` shards, else the whole snapshot filtered to the shard."""
+    files = partition_files(lake.snapshot(as_of))
+    own = lake.snapshot(as_of) / f"{shard_part(shard)}.parquet"
+    if len(files) == n_shards and own in files:
+        return pl.read_parquet(own)
+    return shard_rows(read_snapshot(lake, as_of), shard, n_shards)
+
+
+def shard_rows(frame: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
+    """Rows of `frame` whose subscriber falls in `shard` of `n_shards`."""
+    if n_shards == 1:
+        return frame
+    return frame.filter(pl.Series(shard_of(frame[SUBSCRIBER_ID], n_shards) == shard))

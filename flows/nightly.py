@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import steps
 from flows.publish import Staging, clear_stale_staging, publish
@@ -71,8 +72,24 @@ def daily_task(lake: Lake, as_of: dt.date, rebuild: list[dt.date]) -> list[dt.da
 
 @task(name="snapshot", cache_policy=NO_CACHE)
 def snapshot_task(lake: Lake, as_of: dt.date, settings: Settings) -> int:
-    """Build the point-in-time feature snapshot."""
+    """Build the point-in-time feature snapshot, shard after shard."""
     return steps.snapshot(lake, as_of, settings)
+
+
+@task(name="snapshot shard", cache_policy=NO_CACHE)
+def snapshot_shard_task(lake: Lake, as_of: dt.date, settings: Settings, shard: int) -> int:
+    """Build the snapshot rows of one shard of subscribers."""
+    return steps.snapshot_shard(lake, as_of, settings, shard)
+
+
+def sharded_snapshot(lake: Lake, as_of: dt.date, settings: Settings) -> int:
+    """The snapshot as one mapped task per shard, swapped in when every shard is built."""
+    steps.begin_snapshot(lake, as_of)
+    futures = snapshot_shard_task.map(lake, as_of, settings, list(range(settings.n_shards)))
+    wait(futures)
+    rows = sum(future.result() for future in futures)  # raises if any shard failed
+    steps.finish_snapshot(lake, as_of, settings)
+    return rows
 
 
 @task(name="train models", cache_policy=NO_CACHE)
@@ -123,7 +140,9 @@ def publish_task(staging: Staging, manifest: dict[str, Any]) -> str:
     return str(publish(staging, manifest))
 
 
-@flow(name="mia-nightly", log_prints=False)
+# Shards run one after another in a local run: each already uses every core (polars, LightGBM),
+# and one shard at a time is what keeps peak memory at the size of a shard.
+@flow(name="mia-nightly", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def nightly(
     date: str | None = None,
     data_dir: str | None = None,
@@ -131,8 +150,8 @@ def nightly(
     force_train: bool = False,
     config: str | None = None,
 ) -> dict[str, Any]:
-    """One night: ingest -> daily aggregates -> snapshot -> train if due -> score -> rank ->
-    audiences -> report -> publish."""
+    """One night: ingest -> daily aggregates -> snapshot (per shard) -> train if due -> score
+    (per shard) -> rank -> audiences -> report -> publish."""
     settings = _settings(data_dir, overrides, config)
     lake = Lake(settings.data_dir)
     as_of = parse_date(date) if date else default_as_of(settings)
@@ -145,7 +164,7 @@ def nightly(
         with _timed(timings, "daily"):
             daily_task(lake, as_of, ingested)
         with _timed(timings, "snapshot"):
-            subscribers = snapshot_task(lake, as_of, settings)
+            subscribers = sharded_snapshot(lake, as_of, settings)
         due, why = steps.training_due(settings, as_of)
         training: dict[str, Any] = {"trained": False, "note": why}
         if due or force_train:

@@ -17,9 +17,15 @@ import polars as pl
 
 from features.daily import build_daily
 from features.drift import drift_table
-from features.snapshot import build_snapshot
+from features.snapshot import (
+    clear_snapshot_shards,
+    publish_snapshot_shards,
+    read_snapshot,
+    read_snapshot_shard,
+    shard_rows,
+    write_snapshot_shard,
+)
 from mia.errors import InputError
-from mia.hashing import shard_of
 from mia.ingest import ingest_day, raw_events, raw_state
 from mia.lake import Lake, write_parquet
 from mia.schema import SUBSCRIBER_ID
@@ -74,29 +80,41 @@ def update_daily_aggregates(
     return built
 
 
+def begin_snapshot(lake: Lake, as_of: dt.date) -> None:
+    """Forget shards of `as_of` left by an interrupted run, before the shards are built."""
+    clear_snapshot_shards(lake, as_of)
+
+
+def snapshot_shard(lake: Lake, as_of: dt.date, settings: Settings, shard: int) -> int:
+    """Build one shard of the snapshot of `as_of` (not yet visible); returns its row count."""
+    return write_snapshot_shard(lake, as_of, settings, shard)[1]
+
+
+def finish_snapshot(lake: Lake, as_of: dt.date, settings: Settings) -> Path:
+    """Swap tonight's snapshot shards in as the snapshot of `as_of`."""
+    return publish_snapshot_shards(lake, as_of, settings.n_shards)
+
+
 def snapshot(lake: Lake, as_of: dt.date, settings: Settings) -> int:
-    """Build and store the feature snapshot of `as_of`; returns its row count."""
-    return build_snapshot(lake, as_of, settings=settings, write=True).height
-
-
-def read_snapshot(lake: Lake, as_of: dt.date) -> pl.DataFrame:
-    """The stored snapshot of `as_of`."""
-    files = sorted(lake.snapshot(as_of).glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no snapshot for {as_of} in {lake.snapshot(as_of)}")
-    return pl.read_parquet(files)
+    """Build and store the feature snapshot of `as_of`, shard by shard; returns its row count."""
+    begin_snapshot(lake, as_of)
+    rows = sum(snapshot_shard(lake, as_of, settings, shard) for shard in range(settings.n_shards))
+    finish_snapshot(lake, as_of, settings)
+    return rows
 
 
 def shard_filter(frame: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
     """Rows of `frame` whose subscriber falls in `shard`."""
-    if n_shards == 1:
-        return frame
-    mask = shard_of(frame[SUBSCRIBER_ID], n_shards) == shard
-    return frame.filter(pl.Series(mask))
+    return shard_rows(frame, shard, n_shards)
 
 
-def night_inputs(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, pl.DataFrame]:
-    """State tables and recent offer events that eligibility and scoring need."""
+def night_inputs(
+    lake: Lake, as_of: dt.date, settings: Settings, shard: int | None = None
+) -> dict[str, pl.DataFrame]:
+    """State tables and recent offer events that eligibility and scoring need.
+
+    With `shard`, subscribers, holdings and offer events keep only that shard's subscribers.
+    """
     subscribers = raw_state(lake, "subscribers", as_of)
     catalog = raw_state(lake, "catalog", as_of)
     if subscribers is None or catalog is None:
@@ -104,11 +122,16 @@ def night_inputs(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, pl
     holdings = raw_state(lake, "holdings", as_of)
     lookback = max(settings.windows)
     events = raw_events(lake, "offer_events", as_of - dt.timedelta(days=lookback - 1), as_of)
+    if shard is not None and settings.n_shards > 1:
+        subscribers = shard_filter(subscribers, shard, settings.n_shards)
+        members = pl.col(SUBSCRIBER_ID).is_in(subscribers[SUBSCRIBER_ID].implode())
+        holdings = holdings.filter(members) if holdings is not None else None
+        events = events.filter(members) if events is not None else None
     return {
         "subscribers": subscribers,
         "catalog": catalog,
         "holdings": holdings,
-        "offer_events": events.collect() if events is not None else None,
+        "offer_events": events.collect(engine="streaming") if events is not None else None,
     }
 
 
@@ -204,11 +227,10 @@ def score_shard(
     from models.scoring import load_bundle, score_offers
     from offers.eligibility import eligible_pairs
 
-    inputs = night_inputs(lake, as_of, settings)
-    subscribers = shard_filter(inputs["subscribers"], shard, settings.n_shards)
-    snapshot_frame = shard_filter(read_snapshot(lake, as_of), shard, settings.n_shards)
+    inputs = night_inputs(lake, as_of, settings, shard=shard)
+    snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
     eligible = eligible_pairs(
-        subscribers, inputs["catalog"], inputs["holdings"], inputs["offer_events"], as_of
+        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_events"], as_of
     )
     bundle = load_bundle(settings)
     interactions = (
@@ -216,17 +238,26 @@ def score_shard(
         if inputs["offer_events"] is not None
         else None
     )
-    scores = score_offers(bundle, snapshot_frame, inputs["catalog"], interactions)
-    candidates = scores.join(eligible, on=[SUBSCRIBER_ID, "offer_id"], how="semi")
+    # Reasons are added after ranking, for the published rows only: SHAP is the costly part.
+    candidates = score_offers(
+        bundle, snapshot_frame, inputs["catalog"], interactions, with_reasons=False,
+        eligible=eligible,
+    ).join(eligible, on=[SUBSCRIBER_ID, "offer_id"], how="semi")  # fmt: skip
     path = write_parquet(candidates, directory / f"shard-{shard:04d}.parquet")
     return ShardResult(shard, path, candidates.height, snapshot_frame.height)
 
 
-def read_candidates(shards: list[ShardResult]) -> pl.DataFrame:
-    """All shards' candidates, in subscriber, offer order."""
-    return pl.concat([pl.read_parquet(shard.path) for shard in shards]).sort(
-        SUBSCRIBER_ID, "offer_id"
-    )
+def scan_candidates(shards: list[ShardResult]) -> pl.LazyFrame:
+    """All shards' candidates, lazily (in no particular order)."""
+    return pl.scan_parquet([shard.path for shard in sorted(shards, key=lambda s: s.shard)])
+
+
+def offer_groups(offer_ids: list[str], n_groups: int) -> list[list[str]]:
+    """Sorted offer ids cut into at most `n_groups` contiguous groups of near-equal size."""
+    ordered = sorted(offer_ids)
+    n_groups = max(1, min(n_groups, len(ordered)))
+    size = -(-len(ordered) // n_groups) if ordered else 0
+    return [ordered[start : start + size] for start in range(0, len(ordered), size or 1)]
 
 
 def groups_for(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame:
@@ -240,56 +271,88 @@ def groups_for(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame:
 def rank(
     lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shards: list[ShardResult]
 ) -> dict[str, Any]:
-    """Ranked offers under the contact policy, written to the staged offers folder."""
-    from offers.rank import rank_offers
+    """Ranked offers under the contact policy, written to the staged offers folder.
 
-    candidates = read_candidates(shards)
+    The policy runs shard by shard; capacity and exploration are settled across all shards.
+    """
+    from offers.rank import rank_offers_by_shard
+
+    def shard_frames():
+        for shard in sorted(shards, key=lambda result: result.shard):
+            candidates = pl.read_parquet(shard.path)
+            yield candidates, candidates.select(SUBSCRIBER_ID, "offer_id")
+
     catalog = raw_state(lake, "catalog", as_of)
     groups = groups_for(lake, as_of, settings)
-    offers = rank_offers(
-        candidates,
-        candidates.select(SUBSCRIBER_ID, "offer_id"),
-        catalog,
-        groups,
-        settings,
-        run_id=staging.run_id,
-    )
+    offers = rank_offers_by_shard(shard_frames(), catalog, groups, settings, run_id=staging.run_id)
+    offers = with_reasons(lake, as_of, settings, offers)
     write_offers(offers, staging.product("offers"))
+    versions = scan_candidates(shards).select(pl.col("model_version").unique().drop_nulls())
     return {
         "offers_rows": offers.height,
         "subscribers_with_offers": offers[SUBSCRIBER_ID].n_unique(),
         "control_subscribers": int((groups["group"] == "control").sum()),
-        "model_versions": sorted(candidates["model_version"].unique().drop_nulls().to_list()),
+        "model_versions": sorted(versions.collect()["model_version"].to_list()),
     }
+
+
+def with_reasons(
+    lake: Lake, as_of: dt.date, settings: Settings, offers: pl.DataFrame
+) -> pl.DataFrame:
+    """The ranked offers with their reasons in words, computed shard by shard."""
+    from models.scoring import add_reasons, load_bundle
+
+    bundle = load_bundle(settings)
+    parts = []
+    for shard in range(settings.n_shards):
+        rows = shard_filter(offers, shard, settings.n_shards)
+        if rows.height:
+            snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
+            parts.append(add_reasons(bundle, snapshot_frame, rows))
+    if not parts:
+        return offers
+    return pl.concat(parts).sort(SUBSCRIBER_ID, "rank")
 
 
 def audiences(
     lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shards: list[ShardResult]
 ) -> dict[str, Any]:
-    """Audience CSVs per offer with control flags, written to the staged audiences folder."""
-    from offers.audience import audience_summary, build_audiences, write_audiences
+    """Audience CSVs per offer with control flags, written to the staged audiences folder.
+
+    Audiences are per offer, so they are built for one group of offers at a time (as many groups
+    as shards), each from every shard's candidates of those offers.
+    """
+    from offers.audience import build_audiences, write_audiences_in_parts
     from offers.lift import organic_baseline
 
-    candidates = read_candidates(shards)
-    inputs = night_inputs(lake, as_of, settings)
+    catalog = raw_state(lake, "catalog", as_of)
+    subscribers = raw_state(lake, "subscribers", as_of)
+    if subscribers is None or catalog is None:
+        raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
     groups = groups_for(lake, as_of, settings)
+    start = as_of - dt.timedelta(days=max(settings.windows) - 1)
+    events = raw_events(lake, "offer_events", start, as_of)
     baseline = None
-    if inputs["offer_events"] is not None:
-        start = as_of - dt.timedelta(days=max(settings.windows) - 1)
-        baseline = organic_baseline(
-            inputs["offer_events"], inputs["catalog"], inputs["subscribers"], groups, start, as_of
-        )
-    built = build_audiences(
-        candidates,
-        candidates.select(SUBSCRIBER_ID, "offer_id"),
-        inputs["catalog"],
-        groups,
-        settings,
-        generated_at=as_of.isoformat(),
-        baseline=baseline,
-    )
-    summary = audience_summary(built, inputs["catalog"])
-    write_audiences(built, summary, staging.product("audiences"))
+    if events is not None:
+        baseline = organic_baseline(events, catalog, subscribers, groups, start, as_of)
+    # Reasons are not part of audiences: never read them.
+    scores = scan_candidates(shards).select(SUBSCRIBER_ID, "offer_id", "p_accept", "model_version")
+    offer_ids = scores.select(pl.col("offer_id").unique()).collect()["offer_id"].to_list()
+
+    def parts():
+        for offers in offer_groups(offer_ids, settings.n_shards):
+            part = scores.filter(pl.col("offer_id").is_in(offers))
+            yield build_audiences(
+                part,
+                part.select(SUBSCRIBER_ID, "offer_id"),
+                catalog,
+                groups,
+                settings,
+                generated_at=as_of.isoformat(),
+                baseline=baseline,
+            )
+
+    summary = write_audiences_in_parts(parts(), catalog, staging.product("audiences"))
     return {
         "audience_offers": summary.height,
         "audience_rows": int(summary["audience_size"].sum()) if summary.height else 0,

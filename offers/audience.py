@@ -21,7 +21,7 @@ import hashlib
 import logging
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import polars as pl
@@ -230,27 +230,70 @@ def write_audiences(
     audiences: Mapping[str, pl.DataFrame], summary: pl.DataFrame, directory: Path | str
 ) -> Path:
     """Write <safe offer id>.csv per offer and summary.csv (with a `file` column), atomically."""
-    directory = Path(directory)
     require_columns(summary, "summary", SUMMARY_COLUMNS)
     if sorted(summary[OFFER_ID].to_list()) != sorted(audiences):
         raise OffersInputError(
             "summary: column offer_id, rule: the same offers as the audiences; "
             f"summary has {summary.height}, audiences have {len(audiences)}."
         )
-    names = {offer_id: safe_file_name(offer_id) for offer_id in sorted(audiences)}
-    if len({name.casefold() for name in names.values()}) != len(names):
-        raise RunError(f"audience file names collide: {sorted(names.values())}")
-    with atomic_path(directory) as temporary:
+    with atomic_path(Path(directory)) as temporary:
         temporary.mkdir(parents=True)
-        for offer_id, name in names.items():
-            _write_csv(audiences[offer_id].select(AUDIENCE_COLUMNS), temporary / f"{name}.csv")
-        files = pl.Series(FILE_COLUMN, [f"{names[o]}.csv" for o in summary[OFFER_ID]], pl.String)
-        _write_csv(
-            summary.select(SUMMARY_COLUMNS).with_columns(files).sort(OFFER_ID),
-            temporary / SUMMARY_FILE,
-        )
+        names = _write_audience_files(audiences, temporary)
+        _write_summary(summary, names, temporary)
     logger.info("wrote %d audience files to %s", len(names), directory)
-    return directory
+    return Path(directory)
+
+
+def write_audiences_in_parts(
+    parts: Iterable[Mapping[str, pl.DataFrame]], catalog: Frame, directory: Path | str
+) -> pl.DataFrame:
+    """Write audiences that arrive in parts of disjoint offers (e.g. `build_audiences` on groups
+    of offers), one part in memory at a time; the same files as `write_audiences` on their union.
+
+    Returns the summary of all parts.
+    """
+    names: dict[str, str] = {}
+    summaries = []
+    with atomic_path(Path(directory)) as temporary:
+        temporary.mkdir(parents=True)
+        for part in parts:
+            repeated = sorted(set(part) & set(names))
+            if repeated:
+                raise OffersInputError(
+                    f"audiences: column offer_id, rule: each offer in one part; {repeated[:5]} "
+                    "appear twice."
+                )
+            names.update(_write_audience_files(part, temporary, taken=names))
+            summaries.append(audience_summary(part, catalog))
+        summary = (
+            pl.concat(summaries).sort(OFFER_ID) if summaries else audience_summary({}, catalog)
+        )
+        _write_summary(summary, names, temporary)
+    logger.info("wrote %d audience files to %s", len(names), directory)
+    return summary
+
+
+def _write_audience_files(
+    audiences: Mapping[str, pl.DataFrame],
+    directory: Path,
+    taken: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Write one CSV per offer; returns offer_id -> file stem. Raises when stems collide."""
+    names = {offer_id: safe_file_name(offer_id) for offer_id in sorted(audiences)}
+    every = [*(taken or {}).values(), *names.values()]
+    if len({name.casefold() for name in every}) != len(every):
+        raise RunError(f"audience file names collide: {sorted(every)}")
+    for offer_id, name in names.items():
+        _write_csv(audiences[offer_id].select(AUDIENCE_COLUMNS), directory / f"{name}.csv")
+    return names
+
+
+def _write_summary(summary: pl.DataFrame, names: Mapping[str, str], directory: Path) -> None:
+    files = pl.Series(FILE_COLUMN, [f"{names[o]}.csv" for o in summary[OFFER_ID]], pl.String)
+    _write_csv(
+        summary.select(SUMMARY_COLUMNS).with_columns(files).sort(OFFER_ID),
+        directory / SUMMARY_FILE,
+    )
 
 
 def read_summary(directory: Path | str) -> pl.DataFrame:

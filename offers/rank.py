@@ -27,8 +27,9 @@ Control and uncovered subscribers get no rows. The same inputs give the same fra
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
+import numpy as np
 import polars as pl
 
 from mia.hashing import stable_hash, unit_interval
@@ -216,15 +217,25 @@ def _over_capacity(selected: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _select(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
+    return select_offers(
+        candidates, settings.top_k, settings.max_per_category, settings.diversity_positions
+    )
+
+
 def apply_contact_policy(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     """Ranked offers under K, M, diversity and capacity (see the module docstring)."""
+    return resolve_capacity(_select(candidates, settings), candidates, settings)
 
-    def select(frame: pl.DataFrame) -> pl.DataFrame:
-        return select_offers(
-            frame, settings.top_k, settings.max_per_category, settings.diversity_positions
-        )
 
-    selected = select(candidates)
+def resolve_capacity(
+    selected: pl.DataFrame, candidates: pl.DataFrame, settings: Settings
+) -> pl.DataFrame:
+    """Rule 5 on `selected` (select_offers output): re-select subscribers who lose a capped offer.
+
+    `candidates` needs to hold only the subscribers whose selection holds a capped offer: no one
+    else can lose an offer, in any round.
+    """
     for round_number in range(1, MAX_CAPACITY_ROUNDS + 1):
         losers = _over_capacity(selected)
         if losers.is_empty():
@@ -232,7 +243,7 @@ def apply_contact_policy(candidates: pl.DataFrame, settings: Settings) -> pl.Dat
         logger.debug("capacity round %d: %d pair(s) over capacity", round_number, losers.height)
         candidates = candidates.join(losers, on=[SUBSCRIBER_ID, OFFER_ID], how="anti")
         affected = losers.select(SUBSCRIBER_ID).unique()
-        reselected = select(candidates.join(affected, on=SUBSCRIBER_ID, how="semi"))
+        reselected = _select(candidates.join(affected, on=SUBSCRIBER_ID, how="semi"), settings)
         selected = pl.concat([selected.join(affected, on=SUBSCRIBER_ID, how="anti"), reselected])
     else:
         losers = _over_capacity(selected)
@@ -247,6 +258,11 @@ def apply_contact_policy(candidates: pl.DataFrame, settings: Settings) -> pl.Dat
     return selected.sort(SUBSCRIBER_ID, RANK)
 
 
+def _explorer_mask(ids: pl.Series, settings: Settings, salt: str) -> np.ndarray:
+    """True for the subscribers drawn to explore another category tonight."""
+    return unit_interval(ids, salt + ":explorers") < settings.exploration_share
+
+
 def explore(
     selected: pl.DataFrame, candidates: pl.DataFrame, settings: Settings, salt: str
 ) -> pl.DataFrame:
@@ -255,9 +271,7 @@ def explore(
     if settings.exploration_share <= 0 or selected.is_empty():
         return flagged
     subscribers = selected[SUBSCRIBER_ID].unique().sort()
-    explorers = subscribers.filter(
-        pl.Series(unit_interval(subscribers, salt + ":explorers") < settings.exploration_share)
-    )
+    explorers = subscribers.filter(pl.Series(_explorer_mask(subscribers, settings, salt)))
     pool = (
         candidates.filter(pl.col(SUBSCRIBER_ID).is_in(explorers.implode()))
         .filter(pl.col(CAPACITY).is_null())
@@ -316,8 +330,56 @@ def rank_offers(
     """
     candidates = scored_candidates(scores, eligible, catalog, groups, settings).filter(targeted())
     ranked = explore(
-        apply_contact_policy(candidates, settings), candidates, settings, f"explore:{run_id}"
+        apply_contact_policy(candidates, settings), candidates, settings, _explore_salt(run_id)
     )
+    return _offers_frame(ranked, run_id, model_versions)
+
+
+def rank_offers_by_shard(
+    shards: Iterable[tuple[Frame, Frame]],
+    catalog: Frame,
+    groups: Frame,
+    settings: Settings,
+    run_id: str,
+    model_versions: Mapping[str, str] | None = None,
+) -> pl.DataFrame:
+    """`rank_offers` over (scores, eligible) pairs of disjoint sets of subscribers, one at a time.
+
+    The per-subscriber policy runs shard by shard; only the selections and the candidates of
+    subscribers who may need them later (those holding a capped offer, and the explorers) are kept
+    for the global capacity and exploration passes. Same frame as `rank_offers` on the union.
+    """
+    salt = _explore_salt(run_id)
+    catalog_frame = lazy(catalog).collect()
+    groups_frame = lazy(groups).collect()
+    selections, kept = [], []
+    for scores, eligible in shards:
+        candidates = scored_candidates(
+            scores, eligible, catalog_frame, groups_frame, settings
+        ).filter(targeted())
+        selected = _select(candidates, settings)
+        capped = selected.filter(pl.col(CAPACITY).is_not_null())[SUBSCRIBER_ID].unique()
+        needed = pl.col(SUBSCRIBER_ID).is_in(capped.implode())
+        if settings.exploration_share > 0:
+            needed = needed | pl.Series(_explorer_mask(candidates[SUBSCRIBER_ID], settings, salt))
+        selections.append(selected)
+        kept.append(candidates.filter(needed))
+    if not selections:
+        raise OffersInputError("shards: rule: at least one shard of scores; got none.")
+    candidates = pl.concat(kept)
+    ranked = explore(
+        resolve_capacity(pl.concat(selections), candidates, settings), candidates, settings, salt
+    )
+    return _offers_frame(ranked, run_id, model_versions)
+
+
+def _explore_salt(run_id: str) -> str:
+    return f"explore:{run_id}"
+
+
+def _offers_frame(
+    ranked: pl.DataFrame, run_id: str, model_versions: Mapping[str, str] | None
+) -> pl.DataFrame:
     fallback = _version_label(model_versions)
     result = ranked.select(
         pl.col(SUBSCRIBER_ID),

@@ -1,0 +1,392 @@
+"""Scale benchmark: the nightly increment of Mia at growing subscriber counts.
+
+For each size, a data root is prepared once under benchmarks/results/ (git-ignored):
+
+- the base world is simulated once (`mia.simulate`, `--base` subscribers x `--days` days), every
+  day but the last ingested and aggregated; larger sizes are that world replicated with disjoint
+  subscriber ids (replica r has id + r x ID_STRIDE), day by day, for raw/, daily/ and the last
+  day's delivery, which is quicker than simulating millions of subscribers on a small machine;
+- one model is trained once on the base world as of the day before the last (`train_snapshots`
+  4) and registered in an MLflow store that every size shares, so that the measured night finds a
+  fresh champion and does not train;
+- the snapshot of the day before the last is built, so that the night computes feature drift.
+
+Then the nightly increment of the last day (ingest -> daily -> snapshot -> score -> rank ->
+audiences -> report -> publish, the Prefect flow `flows.nightly.nightly`) runs `--repeats` times,
+each in a fresh subprocess whose process tree is sampled for peak RSS; the night's outputs are
+removed between repeats. Medians are printed as a Markdown table with per-step times (from the
+manifest's durations_seconds), and the log-log slope of time against subscribers.
+
+    python -m benchmarks.scale --subscribers 100000 300000 1000000 --days 90 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from mia.ingest import ingest_day
+from mia.lake import Lake, atomic_path, remove_path
+from mia.schema import SUBSCRIBER_ID
+from mia.settings import Settings
+from mia.simulate import SimulationConfig, generate_days
+
+logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+START = dt.date(2026, 1, 1)
+SEED = 2026
+READY = "READY"
+ID_STRIDE = 10_000_000  # replica r of subscriber s gets id s + r * ID_STRIDE
+SUBSCRIBERS_PER_SHARD = 200_000
+TRAIN_SNAPSHOTS = 4
+STEPS = ("ingest", "daily", "snapshot", "score", "rank", "audiences", "report", "publish")
+SAMPLE_SECONDS = 0.2
+# What a night reads of the days before it: daily aggregates, state tables (yesterday's snapshot
+# needs holdings), the offer events of the last 90 days (eligibility, lift) and the list of
+# ingested days. Raw usage, payments, app events and transfers of past days are read only to
+# build their daily aggregates, so they are not copied.
+REPLICATED = (
+    "daily",
+    "raw/subscribers",
+    "raw/offer_events",
+    "raw/catalog",
+    "raw/holdings",
+)
+
+
+# ---------------------------------------------------------------------------- the worlds
+
+
+def world_dir(subscribers: int, days: int) -> Path:
+    """Cache folder of one benchmark world."""
+    return RESULTS / f"scale-{subscribers}x{days}"
+
+
+def last_day(days: int) -> dt.date:
+    """The day whose nightly increment is measured."""
+    return START + dt.timedelta(days=days - 1)
+
+
+def mlflow_overrides(days: int) -> dict[str, str]:
+    """Settings of the shared MLflow store of the benchmark (one champion for every size)."""
+    store = RESULTS / f"scale-mlflow-{days}"
+    return {
+        "mlflow_uri": f"sqlite:///{store}/mlflow.db",
+        "mlflow_artifacts": str(store / "artifacts"),
+        "train_snapshots": str(TRAIN_SNAPSHOTS),
+    }
+
+
+def night_settings(root: Path, days: int, n_shards: int = 1) -> Settings:
+    """Settings of the benchmark on one data root."""
+    overrides = mlflow_overrides(days)
+    return Settings(
+        data_dir=root,
+        mlflow_uri=overrides["mlflow_uri"],
+        mlflow_artifacts=Path(overrides["mlflow_artifacts"]),
+        train_snapshots=TRAIN_SNAPSHOTS,
+        n_shards=n_shards,
+    )
+
+
+def generate_world(subscribers: int, days: int) -> Path:
+    """Simulate the world once (incoming/ of every day) and ingest every day but the last."""
+    directory = world_dir(subscribers, days)
+    root = directory / "data"
+    if (directory / READY).exists():
+        return root
+    lake = Lake(root)
+    config = SimulationConfig(subscribers=subscribers, days=days, start=START, seed=SEED)
+    begin = time.perf_counter()
+    for number, (date, tables) in enumerate(generate_days(config), start=1):
+        if not lake.incoming(date).exists():
+            with atomic_path(lake.incoming(date)) as folder:
+                folder.mkdir(parents=True)
+                for name, frame in tables.items():
+                    frame.write_parquet(folder / f"{name}.parquet", compression="zstd")
+        if number < days:
+            ingest_day(lake, date)
+        logger.info("%s: day %d/%d after %.0f s", root, number, days, time.perf_counter() - begin)
+    (directory / READY).write_text(f"{time.perf_counter() - begin:.1f}\n")
+    return root
+
+
+def _replicated(frame: pl.DataFrame, copies: int) -> pl.DataFrame:
+    if SUBSCRIBER_ID not in frame.columns or copies == 1:
+        return frame
+    return pl.concat(
+        [frame.with_columns(pl.col(SUBSCRIBER_ID) + copy * ID_STRIDE) for copy in range(copies)]
+    )
+
+
+def _replicate_tree(source: Path, target: Path, copies: int, skip: str = "") -> None:
+    """Every Parquet file below `source`, replicated, at the same place below `target`."""
+    for path in sorted(source.rglob("*.parquet")):
+        parts = path.relative_to(source).parts
+        if any(part.startswith(".") for part in parts) or (skip and skip in parts):
+            continue
+        out = target / path.relative_to(source)
+        if out.exists():
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as temporary:
+            _replicated(pl.read_parquet(path), copies).write_parquet(
+                temporary, compression="zstd", statistics=True
+            )
+
+
+def prepare_base(base: int, days: int) -> Path:
+    """The base world: simulated, ingested and aggregated up to the day before the last, with a
+    registered champion trained as of that day."""
+    from features.daily import build_daily_range
+    from flows.steps import MODEL_NAME, TRAINED_AS_OF_TAG
+    from models.registry import champion_info
+    from models.training import train_models
+
+    root = generate_world(base, days)
+    lake = Lake(root)
+    before = last_day(days) - dt.timedelta(days=1)
+    build_daily_range(lake, START, before)
+    settings = night_settings(root, days)
+    info = champion_info(MODEL_NAME, settings)
+    if info is None or info.get("tags", {}).get(TRAINED_AS_OF_TAG) != before.isoformat():
+        started = time.perf_counter()
+        train_models(lake, before, settings)
+        logger.info("champion trained as of %s in %.0f s", before, time.perf_counter() - started)
+    return root
+
+
+def prepare_size(subscribers: int, base: int, days: int) -> Path:
+    """Data root of one size, ready for the nightly increment of the last day."""
+    from flows import steps
+
+    base_root = prepare_base(base, days)
+    if subscribers % base:
+        raise SystemExit(f"--subscribers {subscribers} must be a multiple of --base {base}.")
+    copies = subscribers // base
+    directory = world_dir(subscribers, days) if copies > 1 else world_dir(base, days)
+    root = directory / "data"
+    marker = directory / f"{READY}-night"
+    if not marker.exists():
+        started = time.perf_counter()
+        if copies > 1:
+            skip = f"date={last_day(days).isoformat()}"  # the measured night writes it
+            for part in REPLICATED:
+                _replicate_tree(base_root / part, root / part, copies, skip=skip)
+            incoming = Lake(base_root).incoming(last_day(days))
+            _replicate_tree(incoming, Lake(root).incoming(last_day(days)), copies)
+        settings = night_settings(root, days, n_shards_for(subscribers))
+        steps.snapshot(Lake(root), last_day(days) - dt.timedelta(days=1), settings)
+        marker.write_text(f"{time.perf_counter() - started:.1f}\n")
+        logger.info("%d subscribers ready in %.0f s", subscribers, time.perf_counter() - started)
+    return root
+
+
+def n_shards_for(subscribers: int) -> int:
+    """Default shard count: about SUBSCRIBERS_PER_SHARD subscribers per shard."""
+    return max(1, math.ceil(subscribers / SUBSCRIBERS_PER_SHARD))
+
+
+def clear_night(root: Path, date: dt.date) -> None:
+    """Remove what the night of `date` wrote, so that the next repeat does the same work."""
+    lake = Lake(root)
+    for table in [path.name for path in (root / "raw").iterdir()]:
+        remove_path(lake.raw(table, date))
+    for table in [path.name for path in (root / "daily").iterdir()]:
+        remove_path(lake.daily(table, date))
+    for path in (lake.snapshot(date), lake.offers(date), lake.audiences(date), lake.reports(date)):
+        remove_path(path)
+    for leftover in root.glob("**/.*tmp-*"):
+        remove_path(leftover)
+    staging = root / "staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def _tree_rss(process) -> int:
+    import psutil
+
+    total = 0
+    try:
+        family = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for member in family:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def run_child(root: Path, date: dt.date, n_shards: int, days: int) -> dict[str, float]:
+    """One nightly increment in a fresh subprocess: wall time, peak tree RSS, step durations."""
+    import psutil
+
+    home = RESULTS / "prefect-home"  # one Prefect database for every run: migrated once
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale",
+        "--child",
+        str(root),
+        "--date",
+        date.isoformat(),
+        "--n-shards",
+        str(n_shards),
+        "--days",
+        str(days),
+    ]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    watched = psutil.Process(process.pid)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _tree_rss(watched))
+        time.sleep(SAMPLE_SECONDS)
+    wall = time.perf_counter() - started
+    output = process.stdout.read() if process.stdout else ""
+    if process.returncode:
+        raise RuntimeError(f"nightly child failed with exit {process.returncode}")
+    result = json.loads(output.strip().splitlines()[-1])
+    return {"process_seconds": wall, "peak_rss_gb": peak / 2**30, **result}
+
+
+def child(root: Path, date: dt.date, n_shards: int, days: int) -> None:
+    """Inside the subprocess: run the nightly flow and print its timings as one JSON line."""
+    import resource
+
+    from flows.nightly import nightly
+
+    overrides = {**mlflow_overrides(days), "n_shards": str(n_shards)}
+    started = time.perf_counter()
+    manifest = nightly(date=date.isoformat(), data_dir=str(root), overrides=overrides)
+    flow_seconds = time.perf_counter() - started
+    if manifest["models"]["trained_tonight"]:
+        raise RuntimeError("the benchmark night trained a model; the champion is not fresh")
+    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    sys.stdout.write(
+        json.dumps(
+            {
+                "flow_seconds": flow_seconds,
+                "own_peak_rss_gb": own_peak,
+                "subscribers": manifest["rows"]["subscribers"],
+                "offers": manifest["rows"]["offers"],
+                "audience_rows": manifest["rows"]["audience_rows"],
+                **{f"step_{name}": value for name, value in manifest["durations_seconds"].items()},
+            }
+        )
+        + "\n"
+    )
+
+
+def measure(subscribers: int, base: int, days: int, repeats: int, n_shards: int | None) -> dict:
+    """Medians over `repeats` nightly increments of one size."""
+    root = prepare_size(subscribers, base, days)
+    shards = n_shards or n_shards_for(subscribers)
+    date = last_day(days)
+    runs = []
+    for repeat in range(repeats):
+        clear_night(root, date)
+        runs.append(run_child(root, date, shards, days))
+        logger.info("%d subscribers, run %d: %s", subscribers, repeat + 1, runs[-1])
+    for run in runs:
+        run["steps_seconds"] = sum(run.get(f"step_{name}", 0.0) for name in STEPS)
+    medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    return {"size": subscribers, "n_shards": shards, "repeats": repeats, **medians}
+
+
+def exponent(sizes: list[float], seconds: list[float]) -> float:
+    """Least-squares slope of log(seconds) against log(sizes)."""
+    if len(sizes) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table of the measured sizes."""
+    header = ["subscribers", "shards", "flow (s)", "steps (s)", *STEPS, "peak RSS (GB)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for row in rows:
+        cells = [
+            f"{row['size']:,}",
+            str(row["n_shards"]),
+            f"{row['flow_seconds']:.0f}",
+            f"{row['steps_seconds']:.0f}",
+            *[_seconds(row.get(f"step_{name}")) for name in STEPS],
+            f"{row['peak_rss_gb']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--base", type=int, default=100_000, help="simulated subscribers")
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n-shards", type=int, default=None, help="default: 1 per 200k")
+    parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--date", type=dt.date.fromisoformat, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.child is not None:
+        child(args.child, args.date, args.n_shards, args.days)
+        return
+    for subscribers in sorted(args.subscribers):
+        prepare_size(subscribers, args.base, args.days)
+    if args.prepare_only:
+        return
+    rows = []
+    for subscribers in sorted(args.subscribers):
+        rows.append(measure(subscribers, args.base, args.days, args.repeats, args.n_shards))
+        (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if rows:
+        sizes = [row["size"] for row in rows]
+        slopes = {
+            key: exponent(sizes, [row[key] for row in rows])
+            for key in ("flow_seconds", "steps_seconds", "peak_rss_gb")
+        }
+        sys.stdout.write(
+            table(rows)
+            + "\n\nlog-log slopes against subscribers: "
+            + ", ".join(f"{key} {value:.2f}" for key, value in slopes.items())
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Sharded nightly work: snapshots, ranking and audiences give the unsharded result."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from benchmarks.scale import exponent, n_shards_for
+from features.daily import build_daily_range
+from features.snapshot import (
+    SnapshotInputError,
+    build_snapshot,
+    read_snapshot,
+    read_snapshot_shard,
+    shard_rows,
+    snapshot_work_dir,
+    write_snapshot_shard,
+)
+from flows import steps
+from mia.hashing import shard_of
+from mia.lake import Lake
+from mia.settings import Settings
+from offers.audience import (
+    audience_summary,
+    build_audiences,
+    write_audiences,
+    write_audiences_in_parts,
+)
+from offers.groups import assign_groups
+from offers.rank import rank_offers, rank_offers_by_shard
+from tests.conftest import TINY_LAST_DAY, TINY_START, night_overrides
+
+# ---------------------------------------------------------------------------- snapshots
+
+
+@pytest.fixture(scope="module")
+def aggregated_root(tmp_path_factory, ingested_root) -> Path:
+    """The tiny world with daily aggregates up to its last day (read-only)."""
+    root = tmp_path_factory.mktemp("aggregated") / "data"
+    shutil.copytree(ingested_root, root)
+    build_daily_range(Lake(root), TINY_START, TINY_LAST_DAY)
+    return root
+
+
+def test_union_of_snapshot_shards_is_the_unsharded_snapshot(aggregated_root):
+    lake = Lake(aggregated_root)
+    whole = build_snapshot(lake, TINY_LAST_DAY, Settings(), write=False)
+    settings = Settings(n_shards=3)
+    shards = [build_snapshot(lake, TINY_LAST_DAY, settings, write=False, shard=s) for s in range(3)]
+    assert all(shard.height > 0 for shard in shards)
+    for number, shard in enumerate(shards):
+        assert (shard_of(shard["subscriber_id"], 3) == number).all()
+        assert shard["subscriber_id"].is_sorted()
+    assert pl.concat(shards).sort("subscriber_id").equals(whole)
+    assert sum(shard.height for shard in shards) == whole.height
+
+
+def test_sharded_snapshot_is_stored_one_file_per_shard_and_read_whole(aggregated_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(aggregated_root, root)
+    lake = Lake(root)
+    whole = build_snapshot(lake, TINY_LAST_DAY, Settings(), write=False)
+    rows = steps.snapshot(lake, TINY_LAST_DAY, Settings(n_shards=3))
+    assert rows == whole.height
+    files = sorted(path.name for path in lake.snapshot(TINY_LAST_DAY).iterdir())
+    assert files == ["part-0000.parquet", "part-0001.parquet", "part-0002.parquet"]
+    assert not snapshot_work_dir(lake, TINY_LAST_DAY).exists()
+    assert read_snapshot(lake, TINY_LAST_DAY).equals(whole)
+    # A shard reads its own file, or filters a snapshot stored with another shard count.
+    for n_shards in (3, 2):
+        for shard in range(n_shards):
+            expected = shard_rows(whole, shard, n_shards)
+            got = read_snapshot_shard(lake, TINY_LAST_DAY, shard, n_shards)
+            assert got.sort("subscriber_id").equals(expected)
+
+
+def test_missing_shard_is_never_swapped_in(aggregated_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(aggregated_root, root)
+    lake = Lake(root)
+    settings = Settings(n_shards=3)
+    steps.begin_snapshot(lake, TINY_LAST_DAY)
+    write_snapshot_shard(lake, TINY_LAST_DAY, settings, 0)
+    write_snapshot_shard(lake, TINY_LAST_DAY, settings, 2)
+    with pytest.raises(SnapshotInputError, match=r"part-0001\.parquet"):
+        steps.finish_snapshot(lake, TINY_LAST_DAY, settings)
+    assert not lake.snapshot(TINY_LAST_DAY).exists()
+    steps.begin_snapshot(lake, TINY_LAST_DAY)  # a new run starts from no shards
+    assert not snapshot_work_dir(lake, TINY_LAST_DAY).exists()
+
+
+def test_shard_out_of_range_is_bad_input(aggregated_root):
+    with pytest.raises(SnapshotInputError, match=r"shard == 3, must be in \[0, 3\)"):
+        build_snapshot(Lake(aggregated_root), TINY_LAST_DAY, Settings(n_shards=3), shard=3)
+
+
+# ---------------------------------------------------------------------------- offers
+
+CATALOG = pl.DataFrame(
+    {
+        "offer_id": ["a1", "a2", "b1", "b2", "c1", "d1"],
+        "category": ["data_addon", "data_addon", "roaming", "roaming", "music", "voice_pack"],
+        "value": [1.0, 2.0, 1.5, 1.0, 3.0, 0.5],
+        "capacity": [None, 4, None, 3, 2, None],
+    },
+    schema={
+        "offer_id": pl.String,
+        "category": pl.String,
+        "value": pl.Float64,
+        "capacity": pl.Int64,
+    },
+)
+
+
+def random_scores(subscribers: int, seed: int) -> pl.DataFrame:
+    """Scores of a random subset of (subscriber, offer) pairs."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(1, subscribers + 1), CATALOG.height)
+    offers = np.tile(CATALOG["offer_id"].to_numpy(), subscribers)
+    keep = rng.random(ids.size) < 0.7
+    return pl.DataFrame(
+        {
+            "subscriber_id": ids[keep],
+            "offer_id": offers[keep],
+            "p_accept": rng.random(int(keep.sum())).round(3),  # rounded: ties happen
+            "reasons": [f"r{i}" for i in range(int(keep.sum()))],
+            "model_version": "v1",
+        }
+    )
+
+
+def by_shard(scores: pl.DataFrame, n_shards: int) -> list[pl.DataFrame]:
+    return [shard_rows(scores, shard, n_shards) for shard in range(n_shards)]
+
+
+@pytest.mark.parametrize("n_shards", [1, 3, 7])
+def test_ranking_by_shard_equals_one_pass(n_shards):
+    settings = Settings(min_probability=0.05, exploration_share=0.3, top_k=2)
+    scores = random_scores(60, seed=n_shards)
+    groups = assign_groups(scores["subscriber_id"].unique(), settings)
+    eligible = scores.select("subscriber_id", "offer_id")
+    whole = rank_offers(scores, eligible, CATALOG, groups, settings, run_id="r1")
+    shards = [
+        (part, part.select("subscriber_id", "offer_id")) for part in by_shard(scores, n_shards)
+    ]
+    sharded = rank_offers_by_shard(shards, CATALOG, groups, settings, run_id="r1")
+    assert sharded.equals(whole)
+    # The case is not trivial: capacity binds and some subscribers explore.
+    capped = whole.join(CATALOG, on="offer_id").filter(pl.col("capacity").is_not_null())
+    counts = capped.group_by("offer_id", "capacity").len()
+    assert (counts["len"] == counts["capacity"]).any()
+    assert whole["explore"].any()
+
+
+def test_ranking_by_shard_needs_a_shard():
+    from offers.eligibility import OffersInputError
+
+    groups = assign_groups([1], Settings())
+    with pytest.raises(OffersInputError, match="at least one shard"):
+        rank_offers_by_shard([], CATALOG, groups, Settings(), run_id="r1")
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_audiences_written_in_parts_equal_one_pass(tmp_path):
+    settings = Settings(min_probability=0.05)
+    scores = random_scores(80, seed=5)
+    groups = assign_groups(scores["subscriber_id"].unique(), settings)
+
+    def build(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        return build_audiences(
+            frame,
+            frame.select("subscriber_id", "offer_id"),
+            CATALOG,
+            groups,
+            settings,
+            generated_at="2026-03-10",
+        )
+
+    whole = build(scores)
+    write_audiences(whole, audience_summary(whole, CATALOG), tmp_path / "one")
+    parts = [
+        build(scores.filter(pl.col("offer_id").is_in(offers)))
+        for offers in steps.offer_groups(scores["offer_id"].unique().to_list(), 4)
+    ]
+    summary = write_audiences_in_parts(parts, CATALOG, tmp_path / "parts")
+    assert summary.equals(audience_summary(whole, CATALOG))
+    assert _files(tmp_path / "parts") == _files(tmp_path / "one")
+
+
+def test_offer_groups_cover_every_offer_once():
+    offers = [f"o{i:02d}" for i in range(10)]
+    groups = steps.offer_groups(list(reversed(offers)), 3)
+    assert groups == [offers[0:4], offers[4:8], offers[8:10]]
+    assert steps.offer_groups(offers[:2], 5) == [["o00"], ["o01"]]
+    assert steps.offer_groups([], 3) == []
+
+
+# ---------------------------------------------------------------------------- the night
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_sharded_night_publishes_the_unsharded_outputs(night_run, tmp_path):
+    from flows.nightly import nightly
+
+    root = tmp_path / "run"
+    shutil.copytree(night_run.root, root)
+    manifest = nightly(
+        date=TINY_LAST_DAY.isoformat(),
+        data_dir=str(root / "data"),
+        overrides={**night_overrides(root), "n_shards": 3},
+    )
+    assert manifest["settings"]["n_shards"] == 3
+    assert not manifest["models"]["trained_tonight"]
+    lake, reference = Lake(root / "data"), Lake(night_run.data_dir)
+    assert len(list(lake.snapshot(TINY_LAST_DAY).glob("*.parquet"))) == 3
+    assert read_snapshot(lake, TINY_LAST_DAY).equals(read_snapshot(reference, TINY_LAST_DAY))
+    for folder in ("offers", "audiences"):
+        ours = getattr(lake, folder)(TINY_LAST_DAY)
+        theirs = getattr(reference, folder)(TINY_LAST_DAY)
+        names = sorted(path.name for path in theirs.iterdir() if path.name != "manifest.json")
+        assert names
+        for name in names:
+            assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------------------- benchmark helpers
+
+
+def test_benchmark_helpers():
+    assert [n_shards_for(n) for n in (1, 200_000, 200_001, 1_000_000)] == [1, 1, 2, 5]
+    assert exponent([1e5, 1e6], [10.0, 100.0]) == pytest.approx(1.0)
+    assert exponent([1e5, 3e5, 1e6], [5.0, 5.0 * 3**0.8, 5.0 * 10**0.8]) == pytest.approx(0.8)
