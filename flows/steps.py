@@ -26,16 +26,16 @@ from features.snapshot import (
     write_snapshot_shard,
 )
 from mia.errors import InputError
-from mia.ingest import ingest_day, raw_events, raw_state
+from mia.ingest import ingest_day, manifest_path, raw_events, raw_state
 from mia.lake import Lake, write_parquet
 from mia.schema import SUBSCRIBER_ID
 from mia.settings import Settings
+from models.scoring import MODEL_NAME
+from models.training import TRAINED_AS_OF_TAG
 
 logger = logging.getLogger(__name__)
 
 OFFERS_FILE = "offers.parquet"
-MODEL_NAME = "mia-offers"
-TRAINED_AS_OF_TAG = "trained_as_of"
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,6 @@ def snapshot(lake: Lake, as_of: dt.date, settings: Settings) -> int:
     return rows
 
 
-def shard_filter(frame: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
-    """Rows of `frame` whose subscriber falls in `shard`."""
-    return shard_rows(frame, shard, n_shards)
-
-
 def night_inputs(
     lake: Lake, as_of: dt.date, settings: Settings, shard: int | None = None
 ) -> dict[str, pl.DataFrame]:
@@ -123,7 +118,7 @@ def night_inputs(
     lookback = max(settings.windows)
     events = raw_events(lake, "offer_events", as_of - dt.timedelta(days=lookback - 1), as_of)
     if shard is not None and settings.n_shards > 1:
-        subscribers = shard_filter(subscribers, shard, settings.n_shards)
+        subscribers = shard_rows(subscribers, shard, settings.n_shards)
         members = pl.col(SUBSCRIBER_ID).is_in(subscribers[SUBSCRIBER_ID].implode())
         holdings = holdings.filter(members) if holdings is not None else None
         events = events.filter(members) if events is not None else None
@@ -133,11 +128,6 @@ def night_inputs(
         "holdings": holdings,
         "offer_events": events.collect(engine="streaming") if events is not None else None,
     }
-
-
-def model_versions(bundle: Any) -> dict[str, str]:
-    """Versions of the models inside a loaded bundle."""
-    return dict(getattr(bundle, "versions", {}) or {"bundle": getattr(bundle, "version", "")})
 
 
 def feature_drift(lake: Lake, as_of: dt.date, columns: list[str]) -> pl.DataFrame | None:
@@ -200,7 +190,7 @@ def run_id(lake: Lake, as_of: dt.date, settings: Settings) -> str:
     from models.registry import champion_info
 
     info = champion_info(MODEL_NAME, settings) or {}
-    manifest = lake.root / "raw" / "_ingest" / f"date={as_of.isoformat()}" / "manifest.json"
+    manifest = manifest_path(lake, as_of)
     return run_id_for(
         as_of,
         {
@@ -305,7 +295,7 @@ def with_reasons(
     bundle = load_bundle(settings)
     parts = []
     for shard in range(settings.n_shards):
-        rows = shard_filter(offers, shard, settings.n_shards)
+        rows = shard_rows(offers, shard, settings.n_shards)
         if rows.height:
             snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
             parts.append(add_reasons(bundle, snapshot_frame, rows))
@@ -440,7 +430,7 @@ def manifest(
     from models.registry import champion_info
 
     raw_rows = {}
-    ingest_manifest = lake.root / "raw" / "_ingest" / f"date={as_of.isoformat()}" / "manifest.json"
+    ingest_manifest = manifest_path(lake, as_of)
     if ingest_manifest.exists():
         import json
 

@@ -71,8 +71,8 @@ def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[st
         raise ContractError(_with_location(violations, source))
 
     # The manifest marks a complete day: withdrawn first, written again only at the end.
-    manifest_path = _manifest_path(lake, date)
-    remove_path(manifest_path)
+    day_manifest = manifest_path(lake, date)
+    remove_path(day_manifest)
     for table, result in results.items():
         write_partition(result.frame, lake.raw(table, date))
     for table in TABLES:
@@ -80,7 +80,7 @@ def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[st
         if table not in results and stale.exists():
             logger.info("removing %s: its table is not in the new delivery", stale)
             remove_path(stale)
-    write_json(_manifest(date, files, results, ignored, skipped), manifest_path)
+    write_json(_manifest(date, files, results, ignored, skipped), day_manifest)
     counts = {table: result.frame.height for table, result in results.items()}
     logger.info("%s: ingested %s", date, counts)
     return counts
@@ -150,10 +150,11 @@ def raw_state(lake: Lake, table: str, date: dt.date) -> pl.DataFrame | None:
 
 def ingested_dates(lake: Lake) -> list[dt.date]:
     """Days whose delivery was ingested completely (their manifest exists)."""
-    return [day for day in lake.dates("raw", MANIFEST_DIR) if _manifest_path(lake, day).exists()]
+    return [day for day in lake.dates("raw", MANIFEST_DIR) if manifest_path(lake, day).exists()]
 
 
-def _manifest_path(lake: Lake, date: dt.date) -> Path:
+def manifest_path(lake: Lake, date: dt.date) -> Path:
+    """Where the ingest manifest of `date` lives (it exists once the day is fully ingested)."""
     return lake.root / "raw" / MANIFEST_DIR / f"date={date.isoformat()}" / MANIFEST_FILE
 
 
