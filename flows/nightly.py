@@ -70,12 +70,6 @@ def daily_task(lake: Lake, as_of: dt.date, rebuild: list[dt.date]) -> list[dt.da
     return steps.update_daily_aggregates(lake, as_of, rebuild=set(rebuild))
 
 
-@task(name="snapshot", cache_policy=NO_CACHE)
-def snapshot_task(lake: Lake, as_of: dt.date, settings: Settings) -> int:
-    """Build the point-in-time feature snapshot, shard after shard."""
-    return steps.snapshot(lake, as_of, settings)
-
-
 @task(name="snapshot shard", cache_policy=NO_CACHE)
 def snapshot_shard_task(lake: Lake, as_of: dt.date, settings: Settings, shard: int) -> int:
     """Build the snapshot rows of one shard of subscribers."""
@@ -219,7 +213,7 @@ def train(
     with run_lock(lake.root, owner=f"train {as_of}"):
         ingested = ingest_task(lake, as_of)
         daily_task(lake, as_of, ingested)
-        snapshot_task(lake, as_of, settings)
+        sharded_snapshot(lake, as_of, settings)
         return train_task(lake, as_of, settings)
 
 
@@ -247,7 +241,7 @@ def backfill(
             ingested = ingest_task(lake, day)
             daily_task(lake, day, ingested)
             if snapshots:
-                snapshot_task(lake, day, settings)
+                sharded_snapshot(lake, day, settings)
             done.append(day.isoformat())
             day += dt.timedelta(days=1)
     return done
