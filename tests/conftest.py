@@ -95,6 +95,24 @@ def night_overrides(root: Path) -> dict[str, str]:
     }
 
 
+def training_world(base: Path, ingested_root: Path):
+    """A private copy of the ingested tiny world under `base`, with settings to train on it
+    (MLflow store under `base`, one thread, a short history)."""
+    from mia.lake import Lake
+    from mia.settings import Settings
+
+    root = base / "data"
+    shutil.copytree(ingested_root, root)
+    settings = Settings(
+        data_dir=root,
+        mlflow_uri=f"sqlite:///{base}/mlflow.db",
+        mlflow_artifacts=base / "artifacts",
+        num_threads=1,
+        train_snapshots=4,
+    )
+    return Lake(root), settings
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API for every flow test of the session."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import shutil
 
 import polars as pl
 import pytest
@@ -19,6 +18,7 @@ from models.evaluate import (
     oracle_table,
     top_k_metrics,
 )
+from tests.conftest import training_world
 
 AS_OF = dt.date(2026, 3, 4)
 
@@ -108,16 +108,7 @@ def test_evaluate_against_oracle_on_the_tiny_world(tmp_path, ingested_root):
     from models.registry import tracking
     from models.training import train_models
 
-    root = tmp_path / "data"
-    shutil.copytree(ingested_root, root)
-    settings = Settings(
-        data_dir=root,
-        mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
-        mlflow_artifacts=tmp_path / "artifacts",
-        num_threads=1,
-        train_snapshots=4,
-    )
-    lake = Lake(root)
+    lake, settings = training_world(tmp_path, ingested_root)
     report = train_models(lake, AS_OF, settings, register=False)
     result = evaluate_against_oracle(lake, AS_OF, settings, bundle=report.bundle)
     assert result["oracle.categories_evaluated"] >= 1

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 
 import numpy as np
 import polars as pl
@@ -12,12 +11,11 @@ import pytest
 
 from benchmarks.scoring import reference_reasons, reference_score_offers
 from mia.ingest import raw_events, raw_state
-from mia.lake import Lake
 from mia.schema import CATEGORY, OFFER_ID, P_ACCEPT, REASONS, SUBSCRIBER_ID
-from mia.settings import Settings
 from models.blend import BLEND_FEATURES, candidate_features, candidate_inputs
 from models.reasons import explain, top_features
 from models.scoring import ScoringInputError, active_offers, add_reasons, score_offers
+from tests.conftest import training_world
 
 AS_OF = dt.date(2026, 3, 4)  # training date; scoring on the last day of the tiny world
 NIGHT = dt.date(2026, 3, 11)
@@ -31,16 +29,7 @@ def night(tmp_path_factory, ingested_root) -> dict:
     from offers.eligibility import eligible_pairs
 
     base = tmp_path_factory.mktemp("scoring")
-    root = base / "data"
-    shutil.copytree(ingested_root, root)
-    settings = Settings(
-        data_dir=root,
-        mlflow_uri=f"sqlite:///{base}/mlflow.db",
-        mlflow_artifacts=base / "artifacts",
-        num_threads=1,
-        train_snapshots=4,
-    )
-    lake = Lake(root)
+    lake, settings = training_world(base, ingested_root)
     bundle = train_models(lake, AS_OF, settings, register=False).bundle
     bundle.version = "7"
     events = raw_events(lake, "offer_events", NIGHT - dt.timedelta(days=89), NIGHT).collect()

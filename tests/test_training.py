@@ -4,7 +4,6 @@ and a champion loaded in a fresh process scoring a new snapshot."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from models.training import (
     snapshot_dates,
     train_models,
 )
+from tests.conftest import training_world
 
 AS_OF = dt.date(2026, 3, 4)  # the tiny world runs 2026-01-01 .. 2026-03-11
 
@@ -34,16 +34,7 @@ AS_OF = dt.date(2026, 3, 4)  # the tiny world runs 2026-01-01 .. 2026-03-11
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, ingested_root) -> tuple[Lake, Settings]:
     base = tmp_path_factory.mktemp("training")
-    root = base / "data"
-    shutil.copytree(ingested_root, root)
-    settings = Settings(
-        data_dir=root,
-        mlflow_uri=f"sqlite:///{base}/mlflow.db",
-        mlflow_artifacts=base / "artifacts",
-        num_threads=1,
-        train_snapshots=4,
-    )
-    return Lake(root), settings
+    return training_world(base, ingested_root)
 
 
 @pytest.fixture(scope="module")
