@@ -39,8 +39,8 @@ import numpy as np
 import polars as pl
 
 from mia.ingest import ingest_day
-from mia.lake import Lake, atomic_path, remove_path
-from mia.schema import SUBSCRIBER_ID
+from mia.lake import Lake, atomic_path, remove_path, write_parquet
+from mia.schema import SHARD_KEY, SUBSCRIBER_ID
 from mia.settings import Settings
 from mia.simulate import SimulationConfig, generate_days
 
@@ -133,8 +133,11 @@ def _replicated(frame: pl.DataFrame, copies: int) -> pl.DataFrame:
     )
 
 
-def _replicate_tree(source: Path, target: Path, copies: int, skip: str = "") -> None:
-    """Every Parquet file below `source`, replicated, at the same place below `target`."""
+def _replicate_tree(
+    source: Path, target: Path, copies: int, skip: str = "", by_shard: bool = True
+) -> None:
+    """Every Parquet file below `source`, replicated, at the same place below `target`; stored
+    by shard key like the lake's own partitions (not for the drop zone)."""
     for path in sorted(source.rglob("*.parquet")):
         parts = path.relative_to(source).parts
         if any(part.startswith(".") for part in parts) or (skip and skip in parts):
@@ -143,10 +146,8 @@ def _replicate_tree(source: Path, target: Path, copies: int, skip: str = "") -> 
         if out.exists():
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as temporary:
-            _replicated(pl.read_parquet(path), copies).write_parquet(
-                temporary, compression="zstd", statistics=True
-            )
+        frame = pl.read_parquet(path).select(pl.exclude(SHARD_KEY))
+        write_parquet(_replicated(frame, copies), out, by_shard=by_shard)
 
 
 def prepare_base(base: int, days: int) -> Path:
@@ -188,7 +189,7 @@ def prepare_size(subscribers: int, base: int, days: int) -> Path:
             for part in REPLICATED:
                 _replicate_tree(base_root / part, root / part, copies, skip=skip)
             incoming = Lake(base_root).incoming(last_day(days))
-            _replicate_tree(incoming, Lake(root).incoming(last_day(days)), copies)
+            _replicate_tree(incoming, Lake(root).incoming(last_day(days)), copies, by_shard=False)
         settings = night_settings(root, days, n_shards_for(subscribers))
         steps.snapshot(Lake(root), last_day(days) - dt.timedelta(days=1), settings)
         marker.write_text(f"{time.perf_counter() - started:.1f}\n")

@@ -298,7 +298,7 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
                     f"in {lake.root / 'raw' / 'catalog'}."
                 )
         aggregate = aggregate_table(table, events, date, catalog=catalog)
-        write_partition(aggregate, lake.daily(table, date))
+        write_partition(aggregate, lake.daily(table, date), by_shard=True)
         logger.info("daily aggregate %s %s: %d subscribers", table, date, aggregate.height)
         built = True
     return built

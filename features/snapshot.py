@@ -40,6 +40,7 @@ from mia.hashing import shard_of
 from mia.ingest import raw_state
 from mia.lake import (
     Lake,
+    Shard,
     partition_files,
     remove_path,
     replace_path,
@@ -411,11 +412,15 @@ def compute_snapshot(
 
 
 def snapshot_inputs(
-    lake: Lake, as_of: dt.date, windows: Sequence[int] = DEFAULT_WINDOWS
+    lake: Lake,
+    as_of: dt.date,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    shard: Shard | None = None,
 ) -> tuple[dict[str, pl.LazyFrame], dict[str, pl.DataFrame]]:
     """Daily aggregates of the window ending with `as_of` and state tables as of `as_of`.
 
-    Reads no partition after `as_of`. Raises when a required table has no daily aggregates up to
+    With `shard` (shard, n_shards), only that shard's subscribers. Reads no partition after
+    `as_of`. Raises when a required table has no daily aggregates up to
     `as_of`, or when an ingested day of the window has not been aggregated yet.
     """
     windows = check_windows(windows)
@@ -442,11 +447,11 @@ def snapshot_inputs(
                 f"{table}: ingested days {[str(day) for day in pending[:5]]} (of {len(pending)}) "
                 f"have no daily aggregates; run features.daily.build_daily_range up to {as_of}."
             )
-        scan = scan_partitions(lake.root / "daily" / table, first_day, as_of)
+        scan = scan_partitions(lake.root / "daily" / table, first_day, as_of, shard=shard)
         daily[table] = scan if scan is not None else empty_daily(table)
     state: dict[str, pl.DataFrame] = {}
     for table in ("subscribers", "catalog", "holdings"):
-        frame = raw_state(lake, table, as_of)
+        frame = raw_state(lake, table, as_of, shard=shard)
         if frame is None:
             if table in REQUIRED_TABLES:
                 raise SnapshotInputError(f"{table}: nothing ingested up to {as_of}.")
@@ -458,26 +463,6 @@ def snapshot_inputs(
 def shard_part(shard: int) -> str:
     """File stem of one shard's rows inside a snapshot partition."""
     return f"part-{shard:04d}"
-
-
-def shard_inputs(
-    daily: Mapping[str, pl.LazyFrame],
-    state: Mapping[str, pl.DataFrame],
-    shard: int,
-    n_shards: int,
-) -> tuple[dict[str, pl.LazyFrame], dict[str, pl.DataFrame]]:
-    """The rows of one shard of subscribers (mia.hashing.shard_of) of the snapshot inputs."""
-    if not 0 <= shard < n_shards:
-        raise SnapshotInputError(f"shard == {shard}, must be in [0, {n_shards}) (rule: shard).")
-    subscribers = state["subscribers"]
-    if n_shards == 1:
-        return dict(daily), dict(state)
-    members = shard_rows(subscribers, shard, n_shards)[SUBSCRIBER_ID]
-    keep = pl.col(SUBSCRIBER_ID).is_in(members.implode())
-    sharded_state = {
-        table: frame.filter(keep) if table != "catalog" else frame for table, frame in state.items()
-    }
-    return {table: frame.filter(keep) for table, frame in daily.items()}, sharded_state
 
 
 def build_snapshot(
@@ -494,9 +479,12 @@ def build_snapshot(
     equals the whole snapshot.
     """
     settings = settings or Settings()
-    daily, state = snapshot_inputs(lake, as_of, settings.windows)
-    if shard is not None:
-        daily, state = shard_inputs(daily, state, shard, settings.n_shards)
+    if shard is not None and not 0 <= shard < settings.n_shards:
+        raise SnapshotInputError(
+            f"shard == {shard}, must be in [0, {settings.n_shards}) (rule: shard)."
+        )
+    part = None if shard is None else (shard, settings.n_shards)
+    daily, state = snapshot_inputs(lake, as_of, settings.windows, shard=part)
     snapshot = compute_snapshot(daily, state, as_of, settings.windows)
     logger.info(
         "snapshot %s%s: %d subscribers, %d features",

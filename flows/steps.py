@@ -22,10 +22,10 @@ from features.snapshot import (
     publish_snapshot_shards,
     read_snapshot,
     read_snapshot_shard,
-    shard_rows,
     write_snapshot_shard,
 )
 from mia.errors import InputError
+from mia.hashing import shard_of
 from mia.ingest import ingest_day, manifest_path, raw_events, raw_state
 from mia.lake import Lake, write_parquet
 from mia.schema import SUBSCRIBER_ID
@@ -108,20 +108,17 @@ def night_inputs(
 ) -> dict[str, pl.DataFrame]:
     """State tables and recent offer events that eligibility and scoring need.
 
-    With `shard`, subscribers, holdings and offer events keep only that shard's subscribers.
+    With `shard`, subscribers, holdings and offer events hold only that shard's subscribers.
     """
-    subscribers = raw_state(lake, "subscribers", as_of)
+    part = None if shard is None else (shard, settings.n_shards)
+    subscribers = raw_state(lake, "subscribers", as_of, shard=part)
     catalog = raw_state(lake, "catalog", as_of)
     if subscribers is None or catalog is None:
         raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
-    holdings = raw_state(lake, "holdings", as_of)
+    holdings = raw_state(lake, "holdings", as_of, shard=part)
     lookback = max(settings.windows)
-    events = raw_events(lake, "offer_events", as_of - dt.timedelta(days=lookback - 1), as_of)
-    if shard is not None and settings.n_shards > 1:
-        subscribers = shard_rows(subscribers, shard, settings.n_shards)
-        members = pl.col(SUBSCRIBER_ID).is_in(subscribers[SUBSCRIBER_ID].implode())
-        holdings = holdings.filter(members) if holdings is not None else None
-        events = events.filter(members) if events is not None else None
+    start = as_of - dt.timedelta(days=lookback - 1)
+    events = raw_events(lake, "offer_events", start, as_of, shard=part)
     return {
         "subscribers": subscribers,
         "catalog": catalog,
@@ -292,15 +289,14 @@ def with_reasons(
     """The ranked offers with their reasons in words, computed shard by shard."""
     from models.scoring import add_reasons, load_bundle
 
-    bundle = load_bundle(settings)
-    parts = []
-    for shard in range(settings.n_shards):
-        rows = shard_rows(offers, shard, settings.n_shards)
-        if rows.height:
-            snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
-            parts.append(add_reasons(bundle, snapshot_frame, rows))
-    if not parts:
+    if offers.is_empty():
         return offers
+    bundle = load_bundle(settings)
+    numbers = pl.Series("_shard", shard_of(offers[SUBSCRIBER_ID], settings.n_shards))
+    parts = []
+    for (shard,), rows in offers.with_columns(numbers).partition_by("_shard", as_dict=True).items():
+        snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
+        parts.append(add_reasons(bundle, snapshot_frame, rows.drop("_shard")))
     return pl.concat(parts).sort(SUBSCRIBER_ID, "rank")
 
 

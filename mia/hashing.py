@@ -35,11 +35,37 @@ def unit_interval(ids: np.ndarray | pl.Series, salt: str) -> np.ndarray:
     return (stable_hash(ids, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def shard_of(ids: np.ndarray | pl.Series, n_shards: int, salt: str = "mia-shards-v1") -> np.ndarray:
+SHARD_SALT = "mia-shards-v1"
+SHARD_KEY_BITS = 16
+SHARD_KEYS = 1 << SHARD_KEY_BITS
+
+
+def shard_key(ids: np.ndarray | pl.Series) -> np.ndarray:
+    """Stable 16-bit key per id (uint16); shards are contiguous ranges of keys."""
+    return (stable_hash(ids, SHARD_SALT) >> np.uint64(64 - SHARD_KEY_BITS)).astype(np.uint16)
+
+
+def _check_shards(n_shards: int) -> None:
+    if not 1 <= n_shards <= SHARD_KEYS:
+        raise ValueError(f"n_shards == {n_shards}, must be in [1, {SHARD_KEYS}].")
+
+
+def shard_of(ids: np.ndarray | pl.Series, n_shards: int) -> np.ndarray:
     """Shard number in [0, n_shards) per id, stable across runs and subscriber counts."""
-    if n_shards < 1:
-        raise ValueError(f"n_shards == {n_shards}, must be >= 1.")
-    return (stable_hash(ids, salt) % np.uint64(n_shards)).astype(np.int64)
+    _check_shards(n_shards)
+    return (shard_key(ids).astype(np.int64) * n_shards) >> SHARD_KEY_BITS
+
+
+def shard_key_range(shard: int, n_shards: int) -> tuple[int, int]:
+    """[low, high) of the shard keys of `shard`: its ids are exactly those with a key inside.
+
+    Data stored sorted by shard key (mia.lake.keyed_by_shard) is read per shard by skipping
+    every Parquet row group outside this range, so a shard costs its own rows only.
+    """
+    _check_shards(n_shards)
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard == {shard}, must be in [0, {n_shards}).")
+    return -(-shard * SHARD_KEYS // n_shards), -(-(shard + 1) * SHARD_KEYS // n_shards)
 
 
 def control_mask(ids: np.ndarray | pl.Series, salt: str, control_share: float) -> np.ndarray:

@@ -29,7 +29,9 @@ from mia.contracts import (
 from mia.errors import InputError
 from mia.lake import (
     Lake,
+    Shard,
     partition_files,
+    read_partition,
     remove_path,
     scan_partitions,
     write_json,
@@ -74,7 +76,7 @@ def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[st
     day_manifest = manifest_path(lake, date)
     remove_path(day_manifest)
     for table, result in results.items():
-        write_partition(result.frame, lake.raw(table, date))
+        write_partition(result.frame, lake.raw(table, date), by_shard=True)
     for table in TABLES:
         stale = lake.raw(table, date)
         if table not in results and stale.exists():
@@ -118,25 +120,31 @@ def find_delivery(source: Path) -> tuple[dict[str, Path], list[str], list[Violat
 
 
 def raw_events(
-    lake: Lake, table: str, start: dt.date | None, end: dt.date | None
+    lake: Lake, table: str, start: dt.date | None, end: dt.date | None, shard: Shard | None = None
 ) -> pl.LazyFrame | None:
     """Raw partitions of an event table with dates in [start, end], plus a `date` column.
 
     None when the table was never delivered; an empty frame when no partition is in range.
+    With `shard` (shard, n_shards), only that shard's subscribers are read.
     """
     if table not in EVENT_TABLES:
         raise InputError(f"table == {table!r}, must be an event table: {list(EVENT_TABLES)}.")
     base = lake.root / "raw" / table
     if not lake.dates("raw", table):
         return None
-    scan = scan_partitions(base, start, end)
+    scan = scan_partitions(base, start, end, shard=shard)
     if scan is None:
         return pl.LazyFrame(schema={**TABLES[table].polars_schema, DATE: pl.Date})
     return scan
 
 
-def raw_state(lake: Lake, table: str, date: dt.date) -> pl.DataFrame | None:
-    """A state table as delivered on `date`, or its latest delivery before; None if none."""
+def raw_state(
+    lake: Lake, table: str, date: dt.date, shard: Shard | None = None
+) -> pl.DataFrame | None:
+    """A state table as delivered on `date`, or its latest delivery before; None if none.
+
+    With `shard` (shard, n_shards), only that shard's subscribers are read.
+    """
     if table not in STATE_TABLES:
         raise InputError(f"table == {table!r}, must be a state table: {list(STATE_TABLES)}.")
     delivered = [day for day in lake.dates("raw", table) if day <= date]
@@ -145,7 +153,7 @@ def raw_state(lake: Lake, table: str, date: dt.date) -> pl.DataFrame | None:
     files = partition_files(lake.raw(table, delivered[-1]))
     if not files:
         return pl.DataFrame(schema=TABLES[table].polars_schema)
-    return pl.concat([pl.read_parquet(file) for file in files], how="vertical")
+    return read_partition(files, shard)
 
 
 def ingested_dates(lake: Lake) -> list[dt.date]:

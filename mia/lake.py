@@ -20,10 +20,14 @@ from typing import Any
 import polars as pl
 
 from mia.errors import RunError
+from mia.hashing import shard_key, shard_key_range
+from mia.schema import SHARD_KEY, SUBSCRIBER_ID
 
 logger = logging.getLogger(__name__)
 
 PARQUET_COMPRESSION = "zstd"
+# Row groups of shard-keyed partitions: small enough that one shard's read skips most of a day.
+KEYED_ROW_GROUP_ROWS = 65_536
 LOCK_FILE = ".mia.lock"
 
 
@@ -137,23 +141,64 @@ def remove_path(path: Path | str) -> None:
         path.unlink()
 
 
-def write_parquet(frame: pl.DataFrame, path: Path | str) -> Path:
-    """Write a frame to a Parquet file atomically (zstd, statistics on)."""
+def write_parquet(frame: pl.DataFrame, path: Path | str, by_shard: bool = False) -> Path:
+    """Write a frame to a Parquet file atomically (zstd, statistics on).
+
+    With `by_shard`, rows are stored sorted by their subscriber's shard key (`keyed_by_shard`),
+    in row groups that let `scan_partitions` and `read_partition` read one shard cheaply.
+    """
     path = Path(path)
+    options: dict[str, Any] = {}
+    if by_shard and SUBSCRIBER_ID in frame.columns:
+        frame = keyed_by_shard(frame)
+        options["row_group_size"] = KEYED_ROW_GROUP_ROWS
     with atomic_path(path) as temporary:
-        frame.write_parquet(temporary, compression=PARQUET_COMPRESSION, statistics=True)
+        frame.write_parquet(temporary, compression=PARQUET_COMPRESSION, statistics=True, **options)
     return path
 
 
-def write_partition(frame: pl.DataFrame, directory: Path | str, name: str = "part-0") -> Path:
-    """Replace a whole partition directory with one Parquet file, atomically."""
+def write_partition(
+    frame: pl.DataFrame, directory: Path | str, name: str = "part-0", by_shard: bool = False
+) -> Path:
+    """Replace a whole partition directory with one Parquet file (`write_parquet`), atomically."""
     directory = Path(directory)
     with atomic_path(directory) as temporary:
         temporary.mkdir(parents=True)
-        frame.write_parquet(
-            temporary / f"{name}.parquet", compression=PARQUET_COMPRESSION, statistics=True
-        )
+        write_parquet(frame, temporary / f"{name}.parquet", by_shard=by_shard)
     return directory
+
+
+def keyed_by_shard(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with the SHARD_KEY of its subscribers, stably sorted by it."""
+    keys = shard_key(frame[SUBSCRIBER_ID].fill_null(0))
+    return frame.with_columns(pl.Series(SHARD_KEY, keys)).sort(SHARD_KEY, maintain_order=True)
+
+
+Shard = tuple[int, int]  # (shard, n_shards)
+
+
+def only_shard(scan: pl.LazyFrame, shard: Shard | None) -> pl.LazyFrame:
+    """The rows of `scan` whose subscriber is in `shard`, without the SHARD_KEY column.
+
+    On files stored `by_shard` the filter is a key range, which skips the row groups of other
+    shards; on others the key is computed from subscriber_id.
+    """
+    names = scan.collect_schema().names()
+    if shard is not None and shard[1] > 1 and SUBSCRIBER_ID in names:
+        if SHARD_KEY not in names:
+            scan = scan.with_columns(
+                pl.col(SUBSCRIBER_ID)
+                .map_batches(lambda ids: pl.Series(shard_key(ids)), return_dtype=pl.UInt16)
+                .alias(SHARD_KEY)
+            )
+        low, high = shard_key_range(*shard)
+        scan = scan.filter(pl.col(SHARD_KEY).is_between(low, high, closed="left"))
+    return scan.select(pl.exclude(SHARD_KEY))
+
+
+def read_partition(files: list[Path], shard: Shard | None = None) -> pl.DataFrame:
+    """The rows of the Parquet `files` of one partition (of one shard), without SHARD_KEY."""
+    return only_shard(pl.scan_parquet(files), shard).collect()
 
 
 def write_json(payload: Any, path: Path | str) -> Path:
@@ -176,16 +221,20 @@ def scan_partitions(
     base: Path | str,
     start: dt.date | None = None,
     end: dt.date | None = None,
-    schema: dict[str, pl.DataType] | None = None,
+    shard: Shard | None = None,
 ) -> pl.LazyFrame | None:
-    """Lazily scan `base/date=D/*.parquet` for D in [start, end], adding a `date` column."""
+    """Lazily scan `base/date=D/*.parquet` for D in [start, end], adding a `date` column.
+
+    With `shard`, only that shard's subscribers (`only_shard`); SHARD_KEY is never returned.
+    """
     lake = Lake(Path(base))
     frames = []
     for date in lake.dates():
         if (start is not None and date < start) or (end is not None and date > end):
             continue
         for file in partition_files(Path(base) / f"date={date.isoformat()}"):
-            frames.append(pl.scan_parquet(file).with_columns(pl.lit(date).alias("date")))
+            scan = only_shard(pl.scan_parquet(file), shard)
+            frames.append(scan.with_columns(pl.lit(date).alias("date")))
     if not frames:
         return None
     return pl.concat(frames, how="diagonal_relaxed")

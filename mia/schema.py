@@ -12,6 +12,8 @@ import polars as pl
 
 # Column names shared across layers.
 SUBSCRIBER_ID = "subscriber_id"
+# Stored next to subscriber_id in raw and daily partitions, which are sorted by it (mia.lake).
+SHARD_KEY = "_shard_key"
 OFFER_ID = "offer_id"
 PRODUCT_ID = "product_id"
 CATEGORY = "category"

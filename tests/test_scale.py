@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
+from polars.testing import assert_frame_equal
 
 from benchmarks.scale import exponent, n_shards_for
 from features.daily import build_daily_range
@@ -21,8 +23,16 @@ from features.snapshot import (
     write_snapshot_shard,
 )
 from flows import steps
-from mia.hashing import shard_of
-from mia.lake import Lake
+from mia.hashing import shard_key, shard_key_range, shard_of
+from mia.lake import (
+    KEYED_ROW_GROUP_ROWS,
+    Lake,
+    partition_files,
+    read_partition,
+    scan_partitions,
+    write_partition,
+)
+from mia.schema import SHARD_KEY
 from mia.settings import Settings
 from offers.audience import (
     audience_summary,
@@ -33,6 +43,57 @@ from offers.audience import (
 from offers.groups import assign_groups
 from offers.rank import rank_offers, rank_offers_by_shard
 from tests.conftest import TINY_LAST_DAY, TINY_START, night_overrides
+
+# ---------------------------------------------------------------------------- shard keys
+
+
+@pytest.mark.parametrize("n_shards", [1, 2, 3, 7, 100])
+def test_a_shard_is_exactly_its_range_of_shard_keys(n_shards):
+    ids = np.arange(1, 50_001)
+    keys, shards = shard_key(ids), shard_of(ids, n_shards)
+    ranges = [shard_key_range(shard, n_shards) for shard in range(n_shards)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 2**16
+    assert all(ranges[i][1] == ranges[i + 1][0] for i in range(n_shards - 1))
+    for shard, (low, high) in enumerate(ranges):
+        assert np.array_equal((keys >= low) & (keys < high), shards == shard)
+    # Shards are balanced: none is more than 10% off its share (50,000 ids is plenty).
+    assert np.bincount(shards, minlength=n_shards).max() <= 1.1 * ids.size / n_shards
+
+
+def test_shard_numbers_out_of_range_are_refused():
+    with pytest.raises(ValueError, match=r"n_shards == 0, must be in \[1, 65536\]"):
+        shard_of(np.arange(3), 0)
+    with pytest.raises(ValueError, match=r"shard == 2, must be in \[0, 2\)"):
+        shard_key_range(2, 2)
+
+
+def test_partitions_stored_by_shard_key_are_read_one_shard_at_a_time(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = 3 * KEYED_ROW_GROUP_ROWS
+    frame = pl.DataFrame(
+        {"subscriber_id": rng.integers(1, 100_000, rows), "value": rng.random(rows)}
+    )
+    keyed = Lake(tmp_path / "keyed")
+    plain = Lake(tmp_path / "plain")  # written without keys: the reader computes them
+    for day in (TINY_START, TINY_LAST_DAY):
+        write_partition(frame, keyed.raw("usage", day), by_shard=True)
+        write_partition(frame, plain.raw("usage", day))
+    # Row groups hold disjoint, ascending key ranges, so a shard's read skips the others.
+    metadata = pq.ParquetFile(partition_files(keyed.raw("usage", TINY_START))[0]).metadata
+    assert metadata.num_row_groups == 3
+    column = metadata.schema.names.index(SHARD_KEY)
+    bounds = [metadata.row_group(g).column(column).statistics for g in range(3)]
+    assert all(bounds[g].max <= bounds[g + 1].min for g in range(2))
+    whole = pl.concat([frame.with_columns(date=pl.lit(day)) for day in (TINY_START, TINY_LAST_DAY)])
+    for lake in (keyed, plain):
+        assert scan_partitions(lake.root / "raw" / "usage").collect().columns == whole.columns
+        for shard in range(3):
+            got = scan_partitions(lake.root / "raw" / "usage", shard=(shard, 3)).collect()
+            expected = shard_rows(whole, shard, 3)
+            assert_frame_equal(got, expected, check_row_order=False)
+            one_day = read_partition(partition_files(lake.raw("usage", TINY_START)), (shard, 3))
+            assert_frame_equal(one_day, shard_rows(frame, shard, 3), check_row_order=False)
+
 
 # ---------------------------------------------------------------------------- snapshots
 
