@@ -53,7 +53,7 @@ READY = "READY"
 ID_STRIDE = 10_000_000  # replica r of subscriber s gets id s + r * ID_STRIDE
 SUBSCRIBERS_PER_SHARD = 200_000
 TRAIN_SNAPSHOTS = 4
-STEPS = ("ingest", "daily", "snapshot", "score", "rank", "audiences", "report", "publish")
+STEPS = ("ingest", "daily", "snapshot", "score", "rank", "reasons", "audiences", "report")
 SAMPLE_SECONDS = 0.2
 # What a night reads of the days before it: daily aggregates, state tables (yesterday's snapshot
 # needs holdings), the offer events of the last 90 days (eligibility, lift) and the list of

@@ -76,12 +76,17 @@ def snapshot_shard_task(lake: Lake, as_of: dt.date, settings: Settings, shard: i
     return steps.snapshot_shard(lake, as_of, settings, shard)
 
 
+def wait_all(futures: Any) -> list[Any]:
+    """The results of mapped task futures, once all are done; raises if any task failed."""
+    wait(futures)
+    return [future.result() for future in futures]
+
+
 def sharded_snapshot(lake: Lake, as_of: dt.date, settings: Settings) -> int:
     """The snapshot as one mapped task per shard, swapped in when every shard is built."""
     steps.begin_snapshot(lake, as_of)
     futures = snapshot_shard_task.map(lake, as_of, settings, list(range(settings.n_shards)))
-    wait(futures)
-    rows = sum(future.result() for future in futures)  # raises if any shard failed
+    rows = sum(wait_all(futures))
     steps.finish_snapshot(lake, as_of, settings)
     return rows
 
@@ -106,6 +111,14 @@ def rank_task(
 ) -> dict:
     """Contact policy and top-K offers per subscriber."""
     return steps.rank(lake, as_of, settings, staging, shards)
+
+
+@task(name="explain shard", cache_policy=NO_CACHE)
+def explain_shard_task(
+    lake: Lake, as_of: dt.date, settings: Settings, staging: Staging, shard: int
+) -> int:
+    """Reasons in words for the ranked offers of one shard."""
+    return steps.explain_shard(lake, as_of, settings, staging, shard)
 
 
 @task(name="audiences", cache_policy=NO_CACHE)
@@ -145,7 +158,7 @@ def nightly(
     config: str | None = None,
 ) -> dict[str, Any]:
     """One night: ingest -> daily aggregates -> snapshot (per shard) -> train if due -> score
-    (per shard) -> rank -> audiences -> report -> publish."""
+    (per shard) -> rank -> reasons (per shard) -> audiences -> report -> publish."""
     settings = _settings(data_dir, overrides, config)
     lake = Lake(settings.data_dir)
     as_of = parse_date(date) if date else default_as_of(settings)
@@ -166,14 +179,18 @@ def nightly(
             with _timed(timings, "train"):
                 training = train_task(lake, as_of, settings)
         staging = Staging(lake, as_of, steps.run_id(lake, as_of, settings), timings)
+        shard_numbers = list(range(settings.n_shards))
         with _timed(timings, "score"):
-            futures = score_shard_task.map(
-                lake, as_of, settings, list(range(settings.n_shards)), staging.work("candidates")
+            shards = wait_all(
+                score_shard_task.map(
+                    lake, as_of, settings, shard_numbers, staging.work("candidates")
+                )
             )
-            wait(futures)
-            shards = [future.result() for future in futures]  # raises if any shard failed
         with _timed(timings, "rank"):
             ranked = rank_task(lake, as_of, settings, staging, shards)
+        with _timed(timings, "reasons"):
+            wait_all(explain_shard_task.map(lake, as_of, settings, staging, shard_numbers))
+            steps.gather_offers(settings, staging)
         with _timed(timings, "audiences"):
             audience = audiences_task(lake, as_of, settings, staging, shards)
         facts = {"subscribers": subscribers, "training": training, **ranked, **audience}

@@ -230,7 +230,7 @@ def score_shard(
         bundle, snapshot_frame, inputs["catalog"], interactions, with_reasons=False,
         eligible=eligible,
     ).join(eligible, on=[SUBSCRIBER_ID, "offer_id"], how="semi")  # fmt: skip
-    path = write_parquet(candidates, directory / f"shard-{shard:04d}.parquet")
+    path = write_parquet(candidates, shard_file(directory, shard))
     return ShardResult(shard, path, candidates.height, snapshot_frame.height)
 
 
@@ -255,12 +255,18 @@ def groups_for(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame:
     return assign_groups(subscribers[SUBSCRIBER_ID], settings)
 
 
+def shard_file(directory: Path, shard: int) -> Path:
+    """File of one shard's rows in a staging work folder."""
+    return directory / f"shard-{shard:04d}.parquet"
+
+
 def rank(
     lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shards: list[ShardResult]
 ) -> dict[str, Any]:
-    """Ranked offers under the contact policy, written to the staged offers folder.
+    """Ranked offers under the contact policy, stored per shard in the `ranked` work folder.
 
     The policy runs shard by shard; capacity and exploration are settled across all shards.
+    Reasons follow per shard (`explain_shard`), in parallel where the task runner allows.
     """
     from offers.rank import rank_offers_by_shard
 
@@ -272,8 +278,11 @@ def rank(
     catalog = raw_state(lake, "catalog", as_of)
     groups = groups_for(lake, as_of, settings)
     offers = rank_offers_by_shard(shard_frames(), catalog, groups, settings, run_id=staging.run_id)
-    offers = with_reasons(lake, as_of, settings, offers)
-    write_offers(offers, staging.product("offers"))
+    numbers = pl.Series("_shard", shard_of(offers[SUBSCRIBER_ID], settings.n_shards))
+    parts = offers.with_columns(numbers).partition_by("_shard", as_dict=True, include_key=False)
+    directory = staging.work("ranked")
+    for shard in range(settings.n_shards):
+        write_parquet(parts.get((shard,), offers.clear()), shard_file(directory, shard))
     versions = scan_candidates(shards).select(pl.col("model_version").unique().drop_nulls())
     return {
         "offers_rows": offers.height,
@@ -283,21 +292,27 @@ def rank(
     }
 
 
-def with_reasons(
-    lake: Lake, as_of: dt.date, settings: Settings, offers: pl.DataFrame
-) -> pl.DataFrame:
-    """The ranked offers with their reasons in words, computed shard by shard."""
+def explain_shard(lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shard: int) -> int:
+    """One shard's ranked offers with their reasons in words, in the `explained` work folder.
+
+    SHAP, the costly part of scoring, runs here for the published rows only. Returns the rows.
+    """
     from models.scoring import add_reasons, load_bundle
 
-    if offers.is_empty():
-        return offers
-    bundle = load_bundle(settings)
-    numbers = pl.Series("_shard", shard_of(offers[SUBSCRIBER_ID], settings.n_shards))
-    parts = []
-    for (shard,), rows in offers.with_columns(numbers).partition_by("_shard", as_dict=True).items():
+    offers = pl.read_parquet(shard_file(staging.work("ranked"), shard))
+    if offers.height:
         snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
-        parts.append(add_reasons(bundle, snapshot_frame, rows.drop("_shard")))
-    return pl.concat(parts).sort(SUBSCRIBER_ID, "rank")
+        offers = add_reasons(load_bundle(settings), snapshot_frame, offers)
+    write_parquet(offers, shard_file(staging.work("explained"), shard))
+    return offers.height
+
+
+def gather_offers(settings: Settings, staging: Any) -> Path:
+    """Every shard's explained offers as the night's offers file, by subscriber_id and rank."""
+    directory = staging.work("explained")
+    files = [shard_file(directory, shard) for shard in range(settings.n_shards)]
+    offers = pl.scan_parquet(files).sort(SUBSCRIBER_ID, "rank").collect(engine="streaming")
+    return write_offers(offers, staging.product("offers"))
 
 
 def audiences(

@@ -63,7 +63,9 @@ def test_nightly_publishes_offers_audiences_report_and_manifest(night_run):
     assert manifest["rows"]["offers"] == offers.height > 0
     assert manifest["models"]["champion_version"] == "1"
     assert manifest["run_id"] == offers["run_id"].unique().item()
-    steps_timed = {"ingest", "snapshot", "train", "score", "rank", "audiences"}
+    # Every published offer says why, in words (added per shard after ranking).
+    assert offers["reasons"].null_count() == 0 and (offers["reasons"].str.len_chars() > 10).all()
+    steps_timed = {"ingest", "snapshot", "train", "score", "rank", "reasons", "audiences"}
     assert set(manifest["durations_seconds"]) >= steps_timed
     assert published_dates(lake) == [TINY_LAST_DAY]
 
