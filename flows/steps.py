@@ -230,7 +230,8 @@ def score_shard(
         bundle, snapshot_frame, inputs["catalog"], interactions, with_reasons=False,
         eligible=eligible,
     ).join(eligible, on=[SUBSCRIBER_ID, "offer_id"], how="semi")  # fmt: skip
-    path = write_parquet(candidates, shard_file(directory, shard))
+    # Sorted by offer: audiences read one group of offers from every shard's file.
+    path = write_parquet(candidates, shard_file(directory, shard), sorted_by="offer_id")
     return ShardResult(shard, path, candidates.height, snapshot_frame.height)
 
 

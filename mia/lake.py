@@ -26,8 +26,8 @@ from mia.schema import SHARD_KEY, SUBSCRIBER_ID
 logger = logging.getLogger(__name__)
 
 PARQUET_COMPRESSION = "zstd"
-# Row groups of shard-keyed partitions: small enough that one shard's read skips most of a day.
-KEYED_ROW_GROUP_ROWS = 65_536
+# Row groups of sorted files: small enough that a read of one key range skips most of a file.
+ROW_GROUP_ROWS = 65_536
 LOCK_FILE = ".mia.lock"
 
 
@@ -141,17 +141,23 @@ def remove_path(path: Path | str) -> None:
         path.unlink()
 
 
-def write_parquet(frame: pl.DataFrame, path: Path | str, by_shard: bool = False) -> Path:
+def write_parquet(
+    frame: pl.DataFrame, path: Path | str, by_shard: bool = False, sorted_by: str | None = None
+) -> Path:
     """Write a frame to a Parquet file atomically (zstd, statistics on).
 
-    With `by_shard`, rows are stored sorted by their subscriber's shard key (`keyed_by_shard`),
-    in row groups that let `scan_partitions` and `read_partition` read one shard cheaply.
+    With `by_shard`, rows are stored sorted by their subscriber's shard key (`keyed_by_shard`);
+    with `sorted_by`, sorted by that column. Either way in row groups of ROW_GROUP_ROWS, whose
+    statistics let a filtered scan (one shard, some offers) skip the rest of the file.
     """
     path = Path(path)
     options: dict[str, Any] = {}
     if by_shard and SUBSCRIBER_ID in frame.columns:
         frame = keyed_by_shard(frame)
-        options["row_group_size"] = KEYED_ROW_GROUP_ROWS
+        options["row_group_size"] = ROW_GROUP_ROWS
+    elif sorted_by is not None:
+        frame = frame.sort(sorted_by, maintain_order=True)
+        options["row_group_size"] = ROW_GROUP_ROWS
     with atomic_path(path) as temporary:
         frame.write_parquet(temporary, compression=PARQUET_COMPRESSION, statistics=True, **options)
     return path

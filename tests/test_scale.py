@@ -25,7 +25,7 @@ from features.snapshot import (
 from flows import steps
 from mia.hashing import shard_key, shard_key_range, shard_of
 from mia.lake import (
-    KEYED_ROW_GROUP_ROWS,
+    ROW_GROUP_ROWS,
     Lake,
     partition_files,
     read_partition,
@@ -69,7 +69,7 @@ def test_shard_numbers_out_of_range_are_refused():
 
 def test_partitions_stored_by_shard_key_are_read_one_shard_at_a_time(tmp_path):
     rng = np.random.default_rng(5)
-    rows = 3 * KEYED_ROW_GROUP_ROWS
+    rows = 3 * ROW_GROUP_ROWS
     frame = pl.DataFrame(
         {"subscriber_id": rng.integers(1, 100_000, rows), "value": rng.random(rows)}
     )
