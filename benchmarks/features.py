@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from benchmarks.common import READY, RESULTS, SEED, START
 from features.catalog import (
     DEFAULT_WINDOWS,
     feature_names,
@@ -53,14 +54,10 @@ from mia.schema import (
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
-START = dt.date(2026, 1, 1)
-SEED = 2026
 TABLES = ("usage", "payments", "app_events")
 STATE = {"subscribers"}
 ENGINES = ("mia", "duckdb", "pandas")
 WINDOWS = DEFAULT_WINDOWS
-READY = "READY"
 
 # Mean events per subscriber per day, and the mix of usage kinds.
 USAGE_RATE, PAYMENT_RATE, APP_RATE = 4.0, 0.08, 2.0

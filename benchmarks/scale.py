@@ -38,19 +38,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from benchmarks.common import READY, RESULTS, SEED, START, replicated
 from mia.ingest import ingest_day
 from mia.lake import Lake, atomic_path, remove_path, write_parquet
-from mia.schema import SHARD_KEY, SUBSCRIBER_ID
+from mia.schema import SHARD_KEY
 from mia.settings import Settings
 from mia.simulate import SimulationConfig, generate_days
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
-START = dt.date(2026, 1, 1)
-SEED = 2026
-READY = "READY"
-ID_STRIDE = 10_000_000  # replica r of subscriber s gets id s + r * ID_STRIDE
 SUBSCRIBERS_PER_SHARD = 200_000
 TRAIN_SNAPSHOTS = 4
 STEPS = ("ingest", "daily", "snapshot", "score", "rank", "reasons", "audiences", "report")
@@ -125,14 +121,6 @@ def generate_world(subscribers: int, days: int) -> Path:
     return root
 
 
-def _replicated(frame: pl.DataFrame, copies: int) -> pl.DataFrame:
-    if SUBSCRIBER_ID not in frame.columns or copies == 1:
-        return frame
-    return pl.concat(
-        [frame.with_columns(pl.col(SUBSCRIBER_ID) + copy * ID_STRIDE) for copy in range(copies)]
-    )
-
-
 def _replicate_tree(
     source: Path, target: Path, copies: int, skip: str = "", by_shard: bool = True
 ) -> None:
@@ -147,7 +135,7 @@ def _replicate_tree(
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         frame = pl.read_parquet(path).select(pl.exclude(SHARD_KEY))
-        write_parquet(_replicated(frame, copies), out, by_shard=by_shard)
+        write_parquet(replicated(frame, copies), out, by_shard=by_shard)
 
 
 def prepare_base(base: int, days: int) -> Path:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from benchmarks.common import READY, RESULTS, SEED, START, replicated
 from mia.ingest import ingest_day, raw_events, raw_state
 from mia.lake import Lake
 from mia.schema import CATEGORY, OFFER_ID, P_ACCEPT, REASONS, SUBSCRIBER_ID
@@ -55,11 +56,6 @@ from models.scoring import (
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
-START = dt.date(2026, 1, 1)
-SEED = 2026
-READY = "READY"
-ID_STRIDE = 100_000_000  # replica r of subscriber s gets id s + r * ID_STRIDE
 VARIANTS = ("before", "after")
 
 
@@ -121,11 +117,8 @@ def replicate(frame: pl.DataFrame, subscribers: int) -> pl.DataFrame:
     """Rows of the first `subscribers` ids of `frame` replicated with new ids (id + r * stride)."""
     ids = frame[SUBSCRIBER_ID].unique().sort()
     copies = -(-subscribers // ids.len())
-    replicas = [
-        frame.with_columns(pl.col(SUBSCRIBER_ID) + replica * ID_STRIDE) for replica in range(copies)
-    ]
-    keep = pl.concat([ids + replica * ID_STRIDE for replica in range(copies)]).head(subscribers)
-    return pl.concat(replicas).filter(pl.col(SUBSCRIBER_ID).is_in(keep.implode()))
+    keep = replicated(ids.to_frame(), copies)[SUBSCRIBER_ID].head(subscribers)
+    return replicated(frame, copies).filter(pl.col(SUBSCRIBER_ID).is_in(keep.implode()))
 
 
 def load_inputs(path: Path, subscribers: int) -> dict[str, Any]:

@@ -54,6 +54,14 @@ DateOption = Annotated[str, typer.Option("--date", help="Run date, YYYY-MM-DD.")
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="Settings file (default: ./mia.toml if present).")
 ]
+DaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        help="Address of a Dask scheduler: shard tasks run there, and categories with at least "
+        "dask_train_rows training rows train there with lightgbm.dask.",
+    ),
+]
 
 
 def _settings(data_dir: Path | None, config: Path | None = None, **overrides: Any) -> Settings:
@@ -199,9 +207,7 @@ def nightly(
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
     shards: Annotated[int | None, typer.Option(min=1, help="Subscriber shards.")] = None,
-    dask: Annotated[
-        str | None, typer.Option("--dask", help="Address of a Dask scheduler to run shards on.")
-    ] = None,
+    dask: DaskOption = None,
     force_train: Annotated[bool, typer.Option(help="Retrain even if models are fresh.")] = False,
 ) -> None:
     """Run one night end to end and publish offers, audiences and a report."""
@@ -234,15 +240,17 @@ def train(
     date: DateOption,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
+    dask: DaskOption = None,
 ) -> None:
     """Train, evaluate and register models as of DATE; promote only through the quality gate."""
     from flows.nightly import train as train_flow
 
-    settings = _settings(data_dir, config)
+    settings = _settings(data_dir, config, dask_address=dask)
     result = _run_flow(
         train_flow,
         date=_date(date).isoformat(),
         data_dir=str(settings.data_dir),
+        overrides=_overrides(dask_address=dask),
         config=str(config) if config else None,
     )
     out.print(result.get("note", "trained"))

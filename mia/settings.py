@@ -56,6 +56,8 @@ class Settings:
     # Scale
     n_shards: int = 1
     dask_address: str | None = None
+    # With dask_address: categories with at least this many training rows train on the cluster.
+    dask_train_rows: int = 1_000_000
     # Schedule
     schedule_cron: str = "0 3 * * *"
     timezone: str = "UTC"
@@ -65,7 +67,8 @@ class Settings:
         _check_range("top_k", self.top_k, low=1)
         _check_range("max_per_category", self.max_per_category, low=1)
         _check_range("num_threads", self.num_threads, low=1)
-        _check_range("n_shards", self.n_shards, low=1)
+        _check_range("n_shards", self.n_shards, low=1, high=65536)
+        _check_range("dask_train_rows", self.dask_train_rows, low=1)
         _check_range("train_snapshots", self.train_snapshots, low=3)
         _check_range("snapshot_step_days", self.snapshot_step_days, low=1)
         _check_range("control_share", self.control_share, low=0.0, high=0.9)

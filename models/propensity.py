@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -175,6 +176,8 @@ class CategoryPropensity:
         prior_strength: float = 50.0,
         num_threads: int = 2,
         random_state: int = 7,
+        dask_address: str | None = None,
+        dask_min_rows: int = 1_000_000,
     ) -> None:
         self.categories = categories
         self.feature_names = feature_names
@@ -192,6 +195,8 @@ class CategoryPropensity:
         self.prior_strength = prior_strength
         self.num_threads = num_threads
         self.random_state = random_state
+        self.dask_address = dask_address
+        self.dask_min_rows = dask_min_rows
 
     def get_params(self) -> dict[str, object]:
         """Constructor arguments, as given (for tracking)."""
@@ -290,26 +295,12 @@ class CategoryPropensity:
                 logger.info("category %s: prior %.4f (%s)", category, prior, reason)
                 rows.append(_summary_row(category, PRIOR, yt, yv, 0, prior, reason))
                 continue
-            booster = lgb.train(
-                self._booster_params(category_index),
-                lgb.Dataset(
-                    x_train[in_train],
-                    yt,
-                    feature_name=list(encoding.names),
-                    categorical_feature=encoding.categorical_indices,
-                    free_raw_data=True,
-                ),
-                num_boost_round=self.num_boost_round,
-                valid_sets=[
-                    lgb.Dataset(
-                        x_valid[in_valid],
-                        yv,
-                        feature_name=list(encoding.names),
-                        categorical_feature=encoding.categorical_indices,
-                    )
-                ],
-                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
-            )
+            train_set, valid_set = (x_train[in_train], yt), (x_valid[in_valid], yv)
+            params = self._booster_params(category_index)
+            if self.dask_address and yt.size >= self.dask_min_rows:
+                booster = self._fit_on_cluster(params, train_set, valid_set, encoding)
+            else:
+                booster = self._fit_here(params, train_set, valid_set, encoding)
             margin = booster.predict(x_valid[in_valid], raw_score=True)
             self.boosters_[category] = booster
             self.calibrators_[category] = _Calibrator(self.calibration).fit(margin, yv)
@@ -323,6 +314,67 @@ class CategoryPropensity:
             rows.append(_summary_row(category, MODEL, yt, yv, booster.best_iteration, prior, ""))
         self.summary_ = pl.DataFrame(rows, schema=_SUMMARY_SCHEMA, orient="row")
         return self
+
+    def _fit_here(
+        self,
+        params: dict[str, object],
+        train_set: tuple[np.ndarray, np.ndarray],
+        valid_set: tuple[np.ndarray, np.ndarray],
+        encoding: FeatureEncoding,
+    ) -> lgb.Booster:
+        """One category's booster, trained in this process with early stopping."""
+        names, categorical = list(encoding.names), encoding.categorical_indices
+        return lgb.train(
+            params,
+            lgb.Dataset(
+                *train_set, feature_name=names, categorical_feature=categorical, free_raw_data=True
+            ),
+            num_boost_round=self.num_boost_round,
+            valid_sets=[
+                lgb.Dataset(*valid_set, feature_name=names, categorical_feature=categorical)
+            ],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+
+    def _fit_on_cluster(
+        self,
+        params: dict[str, object],
+        train_set: tuple[np.ndarray, np.ndarray],
+        valid_set: tuple[np.ndarray, np.ndarray],
+        encoding: FeatureEncoding,
+    ) -> lgb.Booster:
+        """One large category's booster, trained with lightgbm.dask on the `dask_address` cluster.
+
+        The rows are split evenly over the workers (data-parallel trees). lightgbm.dask has no
+        early stopping, so all rounds are trained and the model is cut at the round that early
+        stopping would have chosen on the validation rows (`early_stopped_round`).
+        """
+        import dask.array as da
+        from distributed import Client
+        from lightgbm import DaskLGBMClassifier
+
+        x, y = train_set
+        with Client(self.dask_address) as client:
+            workers = max(1, len(client.scheduler_info()["workers"]))
+            chunk = -(-len(y) // workers)
+            estimator = DaskLGBMClassifier(
+                client=client,
+                n_estimators=self.num_boost_round,
+                tree_learner="data",
+                **{key: value for key, value in params.items() if key != "objective"},
+            )
+            estimator.fit(
+                da.from_array(x, chunks=(chunk, x.shape[1])),
+                da.from_array(y, chunks=chunk),
+                feature_name=list(encoding.names),
+                categorical_feature=encoding.categorical_indices,
+            )
+            trained = estimator.to_local().booster_
+        best = early_stopped_round(trained, *valid_set, self.early_stopping_rounds)
+        booster = lgb.Booster(model_str=trained.model_to_string(num_iteration=best))
+        booster.best_iteration = best
+        logger.info("trained on the Dask cluster: %d rows, %d workers", len(y), workers)
+        return booster
 
     @property
     def fallback_categories_(self) -> list[str]:
@@ -412,6 +464,23 @@ _SUMMARY_SCHEMA = {
     "prior": pl.Float64,
     "reason": pl.String,
 }
+
+
+def early_stopped_round(booster: lgb.Booster, x: np.ndarray, y: np.ndarray, patience: int) -> int:
+    """The round early stopping picks on (x, y): the first with the lowest log loss, scanning
+    until `patience` rounds bring no improvement."""
+    margin = np.zeros(len(y))
+    best, best_loss = 1, math.inf
+    for round_number in range(1, booster.num_trees() + 1):
+        margin += booster.predict(
+            x, start_iteration=round_number - 1, num_iteration=1, raw_score=True
+        )
+        loss = float(np.mean(np.logaddexp(0.0, margin) - y * margin))
+        if loss < best_loss:
+            best, best_loss = round_number, loss
+        elif round_number - best >= patience:
+            break
+    return best
 
 
 def _summary_row(category, kind, yt, yv, trees, prior, reason) -> tuple:

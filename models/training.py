@@ -200,6 +200,8 @@ def propensity_model(settings: Settings) -> CategoryPropensity:
         min_positives=settings.min_positives,
         num_threads=settings.num_threads,
         random_state=settings.seed,
+        dask_address=settings.dask_address,
+        dask_min_rows=settings.dask_train_rows,
     )
 
 

@@ -11,7 +11,12 @@ import pytest
 
 from mia.errors import InputError
 from models import metrics
-from models.propensity import CategoryPropensity, FeatureEncoding, training_frame
+from models.propensity import (
+    CategoryPropensity,
+    FeatureEncoding,
+    early_stopped_round,
+    training_frame,
+)
 from models.reasons import PRIOR_REASON, explain
 
 T1 = dt.date(2026, 2, 1)
@@ -90,6 +95,45 @@ def test_models_learn_signal_and_rare_category_falls_back(fitted, frames):
         assert part["p_category"].mean() == pytest.approx(part["label"].mean(), abs=0.02)
     prior_rows = scored.filter(pl.col("category") == "roaming")["p_category"]
     assert prior_rows.n_unique() == 1
+
+
+def test_large_categories_train_on_a_dask_cluster(fitted, frames, caplog):
+    from distributed import LocalCluster
+
+    train, valid = frames
+    params = {**fitted.get_params(), "dask_min_rows": 2000}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        with caplog.at_level("INFO", logger="models.propensity"):
+            params["dask_address"] = cluster.scheduler_address
+            clustered = CategoryPropensity(**params)
+            clustered.fit(train, valid)
+    # data_addon and esim (about 2,700 training rows each) train on the cluster's 2 workers.
+    assert caplog.text.count("trained on the Dask cluster") == 2
+    assert clustered.fallback_categories_ == ["roaming"]
+    labels = valid.select("subscriber_id", "category", "label")
+    local, remote = (
+        model.predict(valid).join(labels, on=["subscriber_id", "category"])
+        for model in (fitted, clustered)
+    )
+    for category in ("data_addon", "esim"):
+        booster = clustered.boosters_[category]
+        # Cut where early stopping would have stopped: no trees past the best round.
+        assert 1 <= booster.best_iteration == booster.num_trees() <= params["num_boost_round"]
+        aucs = [
+            metrics.roc_auc(part["label"], part["p_category"])
+            for part in (frame.filter(pl.col("category") == category) for frame in (local, remote))
+        ]
+        assert aucs[1] == pytest.approx(aucs[0], abs=0.02)
+
+
+def test_early_stopped_round_is_where_validation_loss_bottoms_out(fitted, frames):
+    _, valid = frames
+    part = valid.filter(pl.col("category") == "data_addon")
+    booster = fitted.boosters_["data_addon"]
+    x, y = fitted.encoding_.matrix(part), part["label"].cast(pl.Float64).to_numpy()
+    # The local booster was early-stopped on these very rows: the same round is found again.
+    assert early_stopped_round(booster, x, y, patience=40) == booster.best_iteration
+    assert early_stopped_round(booster, x, y, patience=1) <= booster.best_iteration
 
 
 def test_predict_shape_order_and_determinism(fitted, frames):

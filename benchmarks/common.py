@@ -1,0 +1,26 @@
+"""What the benchmarks share: where results are cached, the simulated calendar and seed, and how
+a simulated world is replicated with disjoint subscriber ids."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+
+from mia.schema import SUBSCRIBER_ID
+
+RESULTS = Path(__file__).resolve().parent / "results"  # git-ignored
+START = dt.date(2026, 1, 1)
+SEED = 2026
+READY = "READY"  # marker file of a cached world that is complete
+ID_STRIDE = 10_000_000  # replica r of subscriber s gets id s + r * ID_STRIDE
+
+
+def replicated(frame: pl.DataFrame, copies: int) -> pl.DataFrame:
+    """`copies` copies of `frame`, copy r with subscriber ids shifted by r * ID_STRIDE."""
+    if SUBSCRIBER_ID not in frame.columns or copies == 1:
+        return frame
+    return pl.concat(
+        [frame.with_columns(pl.col(SUBSCRIBER_ID) + copy * ID_STRIDE) for copy in range(copies)]
+    )
