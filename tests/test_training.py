@@ -22,6 +22,7 @@ from models.training import (
     TrainingInputError,
     als_grid,
     plain_types,
+    propensity_model,
     read_or_build_snapshot,
     snapshot_dates,
     train_models,
@@ -192,3 +193,9 @@ def test_not_enough_history_is_refused(world):
     lake, settings = world
     with pytest.raises(TrainingInputError, match="needs at least 3 snapshots"):
         train_models(lake, dt.date(2026, 1, 20), settings, register=False)
+
+
+def test_a_dask_address_sends_large_categories_to_the_cluster():
+    model = propensity_model(Settings(dask_address="tcp://scheduler:8786", dask_train_rows=5000))
+    assert (model.dask_address, model.dask_min_rows) == ("tcp://scheduler:8786", 5000)
+    assert propensity_model(Settings()).dask_address is None  # trains here
