@@ -269,9 +269,7 @@ def run_child(root: Path, date: dt.date, n_shards: int, days: int) -> dict[str, 
 
 def child(root: Path, date: dt.date, n_shards: int, days: int) -> None:
     """Inside the subprocess: run the nightly flow and print its timings as one JSON line."""
-    import resource
-
-    from flows.nightly import nightly
+    from flows.nightly import nightly, peak_rss_gb
 
     overrides = {**mlflow_overrides(days), "n_shards": str(n_shards)}
     started = time.perf_counter()
@@ -279,16 +277,16 @@ def child(root: Path, date: dt.date, n_shards: int, days: int) -> None:
     flow_seconds = time.perf_counter() - started
     if manifest["models"]["trained_tonight"]:
         raise RuntimeError("the benchmark night trained a model; the champion is not fresh")
-    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     sys.stdout.write(
         json.dumps(
             {
                 "flow_seconds": flow_seconds,
-                "own_peak_rss_gb": own_peak,
+                "own_peak_rss_gb": peak_rss_gb(),
                 "subscribers": manifest["rows"]["subscribers"],
                 "offers": manifest["rows"]["offers"],
                 "audience_rows": manifest["rows"]["audience_rows"],
                 **{f"step_{name}": value for name, value in manifest["durations_seconds"].items()},
+                **{f"rss_{name}": value for name, value in manifest["peak_rss_gb_after"].items()},
             }
         )
         + "\n"

@@ -41,6 +41,7 @@ from mia.ingest import raw_state
 from mia.lake import (
     Lake,
     Shard,
+    only_shard,
     partition_files,
     remove_path,
     replace_path,
@@ -532,23 +533,32 @@ def clear_snapshot_shards(lake: Lake, as_of: dt.date) -> None:
     remove_path(snapshot_work_dir(lake, as_of))
 
 
-def read_snapshot(lake: Lake, as_of: dt.date) -> pl.DataFrame:
-    """The stored snapshot of `as_of` (all shards, by subscriber_id); raises when never built."""
+def read_snapshot(lake: Lake, as_of: dt.date, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """The stored snapshot of `as_of` (all shards, by subscriber_id), or only `columns` of it
+    (with subscriber_id); raises when never built."""
+    frame = scan_snapshot(lake, as_of)
+    if columns is not None:
+        frame = frame.select(SUBSCRIBER_ID, *[name for name in columns if name != SUBSCRIBER_ID])
+    return frame.collect().sort(SUBSCRIBER_ID)
+
+
+def scan_snapshot(lake: Lake, as_of: dt.date) -> pl.LazyFrame:
+    """The stored snapshot of `as_of`, lazily (in no particular order); raises when never built."""
     files = partition_files(lake.snapshot(as_of))
     if not files:
         raise SnapshotInputError(f"no snapshot for {as_of} in {lake.snapshot(as_of)}.")
-    frame = pl.read_parquet(files)
-    return frame if len(files) == 1 else frame.sort(SUBSCRIBER_ID)
+    return pl.scan_parquet(files)
 
 
 def read_snapshot_shard(lake: Lake, as_of: dt.date, shard: int, n_shards: int) -> pl.DataFrame:
     """One shard's rows of the stored snapshot of `as_of`: its own file when the snapshot was
-    stored with `n_shards` shards, else the whole snapshot filtered to the shard."""
+    stored with `n_shards` shards, else the snapshot's rows of that shard (one pass, streamed)."""
     files = partition_files(lake.snapshot(as_of))
     own = lake.snapshot(as_of) / f"{shard_part(shard)}.parquet"
     if len(files) == n_shards and own in files:
         return pl.read_parquet(own)
-    return shard_rows(read_snapshot(lake, as_of), shard, n_shards)
+    rows = only_shard(scan_snapshot(lake, as_of), (shard, n_shards))
+    return rows.collect(engine="streaming").sort(SUBSCRIBER_ID)
 
 
 def shard_rows(frame: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:

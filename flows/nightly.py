@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,13 +41,25 @@ def _settings(
     )
 
 
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GiB (0 where the platform has no figure)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes there, KiB here
+
+
 @contextmanager
-def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], step: str, memory: dict[str, float]) -> Iterator[None]:
+    """Record the step's wall time, and this process's peak memory so far once it ends."""
     started = time.perf_counter()
     try:
         yield
     finally:
         timings[step] = round(time.perf_counter() - started, 3)
+        memory[step] = round(peak_rss_gb(), 3)
 
 
 def default_as_of(settings: Settings, today: dt.date | None = None) -> dt.date:
@@ -166,38 +179,39 @@ def nightly(
     with run_lock(lake.root, owner=f"nightly {as_of}"):
         clear_stale_staging(lake)
         timings: dict[str, float] = {}
-        with _timed(timings, "ingest"):
+        memory: dict[str, float] = {}  # peak RSS of the flow process after each step
+        with _timed(timings, "ingest", memory):
             ingested = ingest_task(lake, as_of)
-        with _timed(timings, "daily"):
+        with _timed(timings, "daily", memory):
             daily_task(lake, as_of, ingested)
-        with _timed(timings, "snapshot"):
+        with _timed(timings, "snapshot", memory):
             subscribers = sharded_snapshot(lake, as_of, settings)
         due, why = steps.training_due(settings, as_of)
         training: dict[str, Any] = {"trained": False, "note": why}
         if due or force_train:
             log.info("training: %s", why if due else "forced")
-            with _timed(timings, "train"):
+            with _timed(timings, "train", memory):
                 training = train_task(lake, as_of, settings)
-        staging = Staging(lake, as_of, steps.run_id(lake, as_of, settings), timings)
+        staging = Staging(lake, as_of, steps.run_id(lake, as_of, settings), timings, memory)
         shard_numbers = list(range(settings.n_shards))
-        with _timed(timings, "score"):
+        with _timed(timings, "score", memory):
             shards = wait_all(
                 score_shard_task.map(
                     lake, as_of, settings, shard_numbers, staging.work("candidates")
                 )
             )
-        with _timed(timings, "rank"):
+        with _timed(timings, "rank", memory):
             ranked = rank_task(lake, as_of, settings, staging, shards)
-        with _timed(timings, "reasons"):
+        with _timed(timings, "reasons", memory):
             wait_all(explain_shard_task.map(lake, as_of, settings, staging, shard_numbers))
             steps.gather_offers(settings, staging)
-        with _timed(timings, "audiences"):
+        with _timed(timings, "audiences", memory):
             audience = audiences_task(lake, as_of, settings, staging, shards)
         facts = {"subscribers": subscribers, "training": training, **ranked, **audience}
-        with _timed(timings, "report"):
+        with _timed(timings, "report", memory):
             facts["mlflow_nightly_run_id"] = report_task(lake, as_of, settings, staging, facts)
         manifest = steps.manifest(lake, as_of, settings, staging, facts, ingested)
-        with _timed(timings, "publish"):
+        with _timed(timings, "publish", memory):
             path = publish_task(staging, manifest)
     log.info("published %s: %s", as_of, path)
     return json.loads(Path(path).read_text())

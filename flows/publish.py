@@ -34,6 +34,7 @@ class Staging:
     as_of: dt.date
     run_id: str
     durations: dict[str, float] = field(default_factory=dict)
+    peak_memory: dict[str, float] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -85,7 +86,12 @@ def publish(staging: Staging, manifest: dict[str, Any]) -> Path:
         if not (staging.root / product).is_dir():
             raise FileNotFoundError(f"staged product {product!r} is missing in {staging.root}")
     write_json(
-        {**manifest, "status": "published", "durations_seconds": staging.durations},
+        {
+            **manifest,
+            "status": "published",
+            "durations_seconds": staging.durations,
+            "peak_rss_gb_after": staging.peak_memory,
+        },
         staging.root / "offers" / MANIFEST,
     )
     # Offers go last: a manifest in place means the audiences and report of that night are too.

@@ -22,6 +22,7 @@ from features.snapshot import (
     publish_snapshot_shards,
     read_snapshot,
     read_snapshot_shard,
+    scan_snapshot,
     write_snapshot_shard,
 )
 from mia.errors import InputError
@@ -132,7 +133,11 @@ def feature_drift(lake: Lake, as_of: dt.date, columns: list[str]) -> pl.DataFram
     earlier = [date for date in lake.dates("features") if date < as_of]
     if not earlier:
         return None
-    return drift_table(read_snapshot(lake, earlier[-1]), read_snapshot(lake, as_of), columns)
+    before = scan_snapshot(lake, earlier[-1]).collect_schema()
+    shared = [column for column in columns if column in before]  # features may come and go
+    return drift_table(
+        read_snapshot(lake, earlier[-1], shared), read_snapshot(lake, as_of, shared), shared
+    )
 
 
 def write_offers(offers: pl.DataFrame, directory: Path) -> Path:
@@ -374,22 +379,28 @@ def report(
     from flows.report import ReportInputs, write_report
     from offers.audience import read_summary
 
-    offers = pl.read_parquet(staging.root / "offers" / OFFERS_FILE)
+    # Only what the report shows: it must not hold a night's whole offers or snapshot.
+    offers = pl.read_parquet(
+        staging.root / "offers" / OFFERS_FILE,
+        columns=[SUBSCRIBER_ID, "category", "rank", "p_accept"],
+    )
     previous_scores = None
     earlier = [date for date in published_dates(lake) if date < as_of]
     if earlier:
-        previous = pl.read_parquet(lake.offers(earlier[-1]) / OFFERS_FILE)
+        previous = pl.read_parquet(
+            lake.offers(earlier[-1]) / OFFERS_FILE, columns=["rank", "p_accept"]
+        )
         previous_scores = previous.filter(pl.col("rank") == 1)["p_accept"]
-    snapshot_frame = read_snapshot(lake, as_of)
+    snapshot = scan_snapshot(lake, as_of)
     numeric = [
         name
-        for name, dtype in snapshot_frame.schema.items()
+        for name, dtype in snapshot.collect_schema().items()
         if dtype.is_numeric() and name != SUBSCRIBER_ID
     ]
+    spreads = snapshot.select(pl.col(numeric).cast(pl.Float64).std().fill_null(0.0))
+    spread = spreads.collect(engine="streaming").row(0, named=True)
     # The most variable features are the ones whose drift says most about the population.
-    spread = sorted(
-        numeric, key=lambda name: (-(snapshot_frame[name].cast(pl.Float64).std() or 0.0), name)
-    )[:KEY_DRIFT_FEATURES]
+    key_features = sorted(numeric, key=lambda name: (-spread[name], name))[:KEY_DRIFT_FEATURES]
     training = facts.get("training", {})
     inputs = ReportInputs(
         as_of=as_of,
@@ -399,7 +410,7 @@ def report(
         model_metrics=training.get("metrics", {}),
         model_versions={MODEL_NAME: ",".join(facts.get("model_versions", []))},
         training_note=training.get("note", ""),
-        feature_drift=feature_drift(lake, as_of, sorted(spread)),
+        feature_drift=feature_drift(lake, as_of, sorted(key_features)),
         previous_scores=previous_scores,
         subscribers=int(facts.get("subscribers", 0)),
         control_subscribers=int(facts.get("control_subscribers", 0)),

@@ -67,6 +67,12 @@ def test_nightly_publishes_offers_audiences_report_and_manifest(night_run):
     assert offers["reasons"].null_count() == 0 and (offers["reasons"].str.len_chars() > 10).all()
     steps_timed = {"ingest", "snapshot", "train", "score", "rank", "reasons", "audiences"}
     assert set(manifest["durations_seconds"]) >= steps_timed
+    # Peak memory of the flow process after each timed step: known, and never going down.
+    memory = manifest["peak_rss_gb_after"]
+    assert set(memory) == set(manifest["durations_seconds"])
+    order = ["ingest", "daily", "snapshot", "train", "score", "rank", "reasons", "audiences"]
+    in_order = [memory[step] for step in order]
+    assert 0 < in_order[0] and in_order == sorted(in_order)
     assert published_dates(lake) == [TINY_LAST_DAY]
 
     summary = pl.read_csv(lake.audiences(TINY_LAST_DAY) / "summary.csv")
