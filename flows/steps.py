@@ -276,10 +276,9 @@ def rank(
     """
     from offers.rank import rank_offers_by_shard
 
-    def shard_frames():
+    def shard_frames():  # score_shard scored eligible pairs only
         for shard in sorted(shards, key=lambda result: result.shard):
-            candidates = pl.read_parquet(shard.path)
-            yield candidates, candidates.select(SUBSCRIBER_ID, "offer_id")
+            yield pl.read_parquet(shard.path), None
 
     catalog = raw_state(lake, "catalog", as_of)
     groups = groups_for(lake, as_of, settings)
@@ -348,10 +347,9 @@ def audiences(
 
     def parts():
         for offers in offer_groups(offer_ids, settings.n_shards):
-            part = scores.filter(pl.col("offer_id").is_in(offers))
             yield build_audiences(
-                part,
-                part.select(SUBSCRIBER_ID, "offer_id"),
+                scores.filter(pl.col("offer_id").is_in(offers)),
+                None,  # score_shard scored eligible pairs only
                 catalog,
                 groups,
                 settings,

@@ -143,7 +143,7 @@ def _baseline_rates(baseline: Frame | None, settings: Settings) -> pl.LazyFrame:
 
 def build_audiences(
     scores: Frame,
-    eligible: Frame,
+    eligible: Frame | None,
     catalog: Frame,
     groups: Frame,
     settings: Settings,
@@ -151,6 +151,8 @@ def build_audiences(
     baseline: Frame | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Per scored offer (sorted by offer_id), its ranked audience with the control rows flagged.
+
+    `eligible` None: every scored pair is eligible (see offers.rank.scored_candidates).
 
     `baseline` (offer_id, control_n, control_rate; e.g. from offers.lift.organic_baseline) turns
     on uplift ranking for offers whose control group holds >= settings.uplift_min_control.

@@ -101,11 +101,22 @@ def _check_scores(scores: Frame) -> pl.LazyFrame:
         | pl.col(P_ACCEPT).is_nan()
         | ~pl.col(P_ACCEPT).is_between(0.0, 1.0)
     )
+    # One integer per pair is far cheaper to count than a struct of an id and a string; it is
+    # exact while ids are in [0, 2^43) and there are fewer than 2^20 offers, else the struct is.
+    offer_code = pl.col(OFFER_ID).cast(pl.Categorical).to_physical().cast(pl.Int64)
+    exact = (pl.col(SUBSCRIBER_ID).min() >= 0) & (pl.col(SUBSCRIBER_ID).max() < 1 << 43)
     counts = frame.select(
         not_probability.sum().alias("bad"),
         pl.len().alias("rows"),
-        pl.struct(SUBSCRIBER_ID, OFFER_ID).n_unique().alias("pairs"),
+        (exact & (offer_code.max() < 1 << 20)).alias("exact"),
+        (pl.col(SUBSCRIBER_ID).cast(pl.Int64) * (1 << 20) + offer_code).n_unique().alias("pairs"),
     ).collect()
+    if not counts["exact"].item():
+        counts = counts.with_columns(
+            frame.select(pl.struct(SUBSCRIBER_ID, OFFER_ID).n_unique().alias("pairs"))
+            .collect()
+            .to_series()
+        )
     if counts["bad"].item():
         bad = frame.filter(not_probability).head(5).collect()
         raise OffersInputError(
@@ -128,14 +139,16 @@ def _check_scores(scores: Frame) -> pl.LazyFrame:
 
 
 def scored_candidates(
-    scores: Frame, eligible: Frame, catalog: Frame, groups: Frame, settings: Settings
+    scores: Frame, eligible: Frame | None, catalog: Frame, groups: Frame, settings: Settings
 ) -> pl.DataFrame:
     """Eligible scored pairs with catalog value, capacity, group, coverage and expected value.
 
-    Pairs with p_accept below settings.min_probability are dropped; both groups are kept.
+    `eligible` None means every scored pair is eligible (scores computed for eligible pairs
+    only). Pairs with p_accept below settings.min_probability are dropped; both groups are kept.
     """
     frame = _check_scores(scores)
-    require_columns(eligible, "eligible", (SUBSCRIBER_ID, OFFER_ID))
+    if eligible is not None:
+        require_columns(eligible, "eligible", (SUBSCRIBER_ID, OFFER_ID))
     require_columns(catalog, "catalog", (OFFER_ID, CATEGORY, VALUE, CAPACITY))
     offers = (
         lazy(catalog)
@@ -153,10 +166,11 @@ def scored_candidates(
             f"scores: column offer_id, rule: every scored offer is in the catalog; "
             f"{unknown.height} offer(s) are not, e.g. {sorted(unknown[OFFER_ID].to_list())[:5]}."
         )
-    pairs = lazy(eligible).select(SUBSCRIBER_ID, OFFER_ID).unique()
+    if eligible is not None:
+        pairs = lazy(eligible).select(SUBSCRIBER_ID, OFFER_ID).unique()
+        frame = frame.join(pairs, on=[SUBSCRIBER_ID, OFFER_ID], how="semi")
     candidates = (
-        frame.join(pairs, on=[SUBSCRIBER_ID, OFFER_ID], how="semi")
-        .filter(pl.col(P_ACCEPT) >= settings.min_probability)
+        frame.filter(pl.col(P_ACCEPT) >= settings.min_probability)
         .join(offers, on=OFFER_ID, how="inner")
         .join(check_groups(groups).lazy(), on=SUBSCRIBER_ID, how="left")
         .with_columns(
@@ -336,14 +350,15 @@ def rank_offers(
 
 
 def rank_offers_by_shard(
-    shards: Iterable[tuple[Frame, Frame]],
+    shards: Iterable[tuple[Frame, Frame | None]],
     catalog: Frame,
     groups: Frame,
     settings: Settings,
     run_id: str,
     model_versions: Mapping[str, str] | None = None,
 ) -> pl.DataFrame:
-    """`rank_offers` over (scores, eligible) pairs of disjoint sets of subscribers, one at a time.
+    """`rank_offers` over (scores, eligible) pairs of disjoint sets of subscribers, one at a time
+    (eligible None: every scored pair is eligible).
 
     The per-subscriber policy runs shard by shard; only the selections and the candidates of
     subscribers who may need them later (those holding a capped offer, and the explorers) are kept
