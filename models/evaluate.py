@@ -123,6 +123,22 @@ def held_offers(
     )
 
 
+def check_champion_predates(settings: Settings, as_of: dt.date) -> None:
+    """Refuse a champion trained after `as_of`: it has seen the outcomes it would be judged on."""
+    from models.registry import champion_info
+    from models.scoring import MODEL_NAME
+    from models.training import TRAINED_AS_OF_TAG
+
+    info = champion_info(MODEL_NAME, settings) or {}
+    trained = info.get("tags", {}).get(TRAINED_AS_OF_TAG)
+    if trained and dt.date.fromisoformat(trained) > as_of:
+        raise TrainingInputError(
+            f"champion v{info['version']} of {MODEL_NAME} was trained as of {trained}, after "
+            f"{as_of}: it has seen the offers evaluated after {as_of}. Train as of {as_of} "
+            f"first (mia train --date {as_of}) or evaluate a date on or after {trained}."
+        )
+
+
 def evaluate_against_oracle(
     lake: Lake,
     as_of: dt.date,
@@ -142,6 +158,7 @@ def evaluate_against_oracle(
     from models.cf import build_interactions
 
     if bundle is None:
+        check_champion_predates(settings, as_of)
         bundle = load_bundle(settings)
     lookback = max(settings.windows)
     horizon_end = as_of + dt.timedelta(days=settings.horizon_days)

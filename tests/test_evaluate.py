@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from mia.lake import Lake
-from mia.settings import Settings
+from mia.settings import Settings, load_settings
 from models.evaluate import (
     category_auc_metrics,
     evaluate_against_oracle,
@@ -18,7 +18,8 @@ from models.evaluate import (
     oracle_table,
     top_k_metrics,
 )
-from tests.conftest import training_world
+from models.training import TrainingInputError
+from tests.conftest import TINY_LAST_DAY, training_world
 
 AS_OF = dt.date(2026, 3, 4)
 
@@ -130,3 +131,10 @@ def test_evaluate_against_oracle_on_the_tiny_world(tmp_path, ingested_root):
             [client.get_experiment_by_name(settings.experiment).experiment_id]
         )
     assert runs[0].data.metrics["top1.capture"] == pytest.approx(result["top1.capture"])
+
+
+def test_a_champion_trained_after_the_date_is_not_evaluated(night_run):
+    settings = load_settings(data_dir=night_run.data_dir, **night_run.overrides)
+    earlier = TINY_LAST_DAY - dt.timedelta(days=7)
+    with pytest.raises(TrainingInputError, match=f"trained as of {TINY_LAST_DAY}, after {earlier}"):
+        evaluate_against_oracle(Lake(night_run.data_dir), earlier, settings)
