@@ -26,7 +26,6 @@ from features.snapshot import (
     write_snapshot_shard,
 )
 from mia.errors import InputError
-from mia.hashing import shard_of
 from mia.ingest import ingest_day, manifest_path, raw_events, raw_state
 from mia.lake import Lake, write_parquet
 from mia.schema import SUBSCRIBER_ID
@@ -276,22 +275,21 @@ def rank(
     """
     from offers.rank import rank_offers_by_shard
 
-    def shard_frames():  # score_shard scored eligible pairs only
-        for shard in sorted(shards, key=lambda result: result.shard):
-            yield pl.read_parquet(shard.path), None
-
+    ordered = sorted(shards, key=lambda result: result.shard)
+    # Read lazily: ranking reads a shard again for the subscribers who lose a capped offer.
+    frames = [(pl.scan_parquet(shard.path), None) for shard in ordered]  # eligible pairs only
     catalog = raw_state(lake, "catalog", as_of)
     groups = groups_for(lake, as_of, settings)
-    offers = rank_offers_by_shard(shard_frames(), catalog, groups, settings, run_id=staging.run_id)
-    numbers = pl.Series("_shard", shard_of(offers[SUBSCRIBER_ID], settings.n_shards))
-    parts = offers.with_columns(numbers).partition_by("_shard", as_dict=True, include_key=False)
+    ranked = rank_offers_by_shard(frames, catalog, groups, settings, run_id=staging.run_id)
     directory = staging.work("ranked")
-    for shard in range(settings.n_shards):
-        write_parquet(parts.get((shard,), offers.clear()), shard_file(directory, shard))
+    rows = subscribers = 0
+    for shard, offers in zip(ordered, ranked, strict=True):
+        write_parquet(offers, shard_file(directory, shard.shard))
+        rows, subscribers = rows + offers.height, subscribers + offers[SUBSCRIBER_ID].n_unique()
     versions = scan_candidates(shards).select(pl.col("model_version").unique().drop_nulls())
     return {
-        "offers_rows": offers.height,
-        "subscribers_with_offers": offers[SUBSCRIBER_ID].n_unique(),
+        "offers_rows": rows,
+        "subscribers_with_offers": subscribers,
         "control_subscribers": int((groups["group"] == "control").sum()),
         "model_versions": sorted(versions.collect()["model_version"].to_list()),
     }

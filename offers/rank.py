@@ -27,7 +27,9 @@ Control and uncovered subscribers get no rows. The same inputs give the same fra
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -277,6 +279,14 @@ def _explorer_mask(ids: pl.Series, settings: Settings, salt: str) -> np.ndarray:
     return unit_interval(ids, salt + ":explorers") < settings.exploration_share
 
 
+def _explorers(selected: pl.DataFrame, settings: Settings, salt: str) -> pl.Series:
+    """The subscribers of `selected` drawn to explore another category tonight (sorted)."""
+    subscribers = selected[SUBSCRIBER_ID].unique().sort()
+    if settings.exploration_share <= 0:
+        return subscribers.clear()
+    return subscribers.filter(pl.Series(_explorer_mask(subscribers, settings, salt)))
+
+
 def explore(
     selected: pl.DataFrame, candidates: pl.DataFrame, settings: Settings, salt: str
 ) -> pl.DataFrame:
@@ -284,8 +294,7 @@ def explore(
     flagged = selected.with_columns(pl.lit(False).alias(EXPLORE))
     if settings.exploration_share <= 0 or selected.is_empty():
         return flagged
-    subscribers = selected[SUBSCRIBER_ID].unique().sort()
-    explorers = subscribers.filter(pl.Series(_explorer_mask(subscribers, settings, salt)))
+    explorers = _explorers(selected, settings, salt)
     pool = (
         candidates.filter(pl.col(SUBSCRIBER_ID).is_in(explorers.implode()))
         .filter(pl.col(CAPACITY).is_null())
@@ -350,42 +359,103 @@ def rank_offers(
 
 
 def rank_offers_by_shard(
-    shards: Iterable[tuple[Frame, Frame | None]],
+    shards: Sequence[tuple[Frame, Frame | None]],
     catalog: Frame,
     groups: Frame,
     settings: Settings,
     run_id: str,
     model_versions: Mapping[str, str] | None = None,
-) -> pl.DataFrame:
-    """`rank_offers` over (scores, eligible) pairs of disjoint sets of subscribers, one at a time
-    (eligible None: every scored pair is eligible).
+) -> Iterator[pl.DataFrame]:
+    """`rank_offers` over (scores, eligible) pairs of disjoint sets of subscribers: the offers of
+    each shard in turn (eligible None: every scored pair is eligible).
 
-    The per-subscriber policy runs shard by shard; only the selections and the candidates of
-    subscribers who may need them later (those holding a capped offer, and the explorers) are kept
-    for the global capacity and exploration passes. Same frame as `rank_offers` on the union.
+    The union of the frames equals `rank_offers` on the union of the shards. Memory stays at the
+    size of one shard: the per-subscriber policy runs shard by shard and each shard's selection
+    waits on disk; only the selected pairs of capped offers are held for the global capacity
+    pass, and the subscribers who lose one are re-selected from their shard's scores (read again,
+    so LazyFrames over files serve well). Exploration then runs shard by shard: it never offers a
+    capped offer, so it does not interact with capacity.
     """
+    if not shards:
+        raise OffersInputError("shards: rule: at least one shard of scores; got none.")
     salt = _explore_salt(run_id)
     catalog_frame = lazy(catalog).collect()
     groups_frame = lazy(groups).collect()
-    selections, kept = [], []
-    for scores, eligible in shards:
-        candidates = scored_candidates(
-            scores, eligible, catalog_frame, groups_frame, settings
-        ).filter(targeted())
-        selected = _select(candidates, settings)
-        capped = selected.filter(pl.col(CAPACITY).is_not_null())[SUBSCRIBER_ID].unique()
-        needed = pl.col(SUBSCRIBER_ID).is_in(capped.implode())
-        if settings.exploration_share > 0:
-            needed = needed | pl.Series(_explorer_mask(candidates[SUBSCRIBER_ID], settings, salt))
-        selections.append(selected)
-        kept.append(candidates.filter(needed))
-    if not selections:
-        raise OffersInputError("shards: rule: at least one shard of scores; got none.")
-    candidates = pl.concat(kept)
-    ranked = explore(
-        resolve_capacity(pl.concat(selections), candidates, settings), candidates, settings, salt
+
+    def candidates_of(index: int, subscribers: pl.Series) -> pl.DataFrame:
+        scores, eligible = shards[index]
+        members = pl.col(SUBSCRIBER_ID).is_in(subscribers.implode())
+        scores = lazy(scores).filter(members)
+        eligible = lazy(eligible).filter(members) if eligible is not None else None
+        frame = scored_candidates(scores, eligible, catalog_frame, groups_frame, settings)
+        return frame.filter(targeted())
+
+    with tempfile.TemporaryDirectory(prefix="mia-rank-") as folder:
+        paths = [Path(folder) / f"selected-{index}.parquet" for index in range(len(shards))]
+        capped = []
+        for index, (scores, eligible) in enumerate(shards):
+            candidates = scored_candidates(
+                scores, eligible, catalog_frame, groups_frame, settings
+            ).filter(targeted())
+            selected = _select(candidates, settings)
+            selected.write_parquet(paths[index])
+            capped.append(_capped(selected, index))
+        held = pl.concat(capped)
+        lost = held.clear().select(SUBSCRIBER_ID, OFFER_ID)
+        for round_number in range(1, MAX_CAPACITY_ROUNDS + 1):
+            losers = _over_capacity(held)
+            if losers.is_empty():
+                break
+            logger.debug("capacity round %d: %d pair(s) over capacity", round_number, len(losers))
+            lost = pl.concat([lost, losers])
+            affected = held.join(losers.select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID)
+            for (index,), rows in affected.partition_by(_SHARD, as_dict=True).items():
+                ids = rows[SUBSCRIBER_ID].unique()
+                candidates = candidates_of(index, ids).join(
+                    lost, on=[SUBSCRIBER_ID, OFFER_ID], how="anti"
+                )
+                reselected = _select(candidates, settings)
+                others = pl.read_parquet(paths[index]).join(
+                    ids.to_frame(), on=SUBSCRIBER_ID, how="anti"
+                )
+                pl.concat([others, reselected]).write_parquet(paths[index])
+                held = pl.concat(
+                    [
+                        held.join(ids.to_frame(), on=SUBSCRIBER_ID, how="anti"),
+                        _capped(reselected, index),
+                    ]
+                )
+        else:
+            losers = _over_capacity(held)
+            logger.warning(
+                "capacity still exceeded after %d rounds; dropping %d pair(s) without refill",
+                MAX_CAPACITY_ROUNDS,
+                losers.height,
+            )
+            lost = pl.concat([lost, losers])
+        for index, path in enumerate(paths):
+            selected = pl.read_parquet(path).join(lost, on=[SUBSCRIBER_ID, OFFER_ID], how="anti")
+            selected = selected.sort(SUBSCRIBER_ID, RANK).with_columns(
+                pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(SUBSCRIBER_ID).alias(RANK)
+            )
+            candidates = candidates_of(index, _explorers(selected, settings, salt))
+            ranked = explore(selected, candidates, settings, salt)
+            yield _offers_frame(ranked, run_id, model_versions)
+
+
+_SHARD = "_shard"
+
+
+def _capped(selected: pl.DataFrame, index: int) -> pl.DataFrame:
+    """The selected pairs of capped offers, narrow, tagged with their shard's position."""
+    return selected.filter(pl.col(CAPACITY).is_not_null()).select(
+        SUBSCRIBER_ID,
+        OFFER_ID,
+        OFFER_ORDER,
+        EXPECTED_VALUE,
+        CAPACITY,
+        pl.lit(index, dtype=pl.Int64).alias(_SHARD),
     )
-    return _offers_frame(ranked, run_id, model_versions)
 
 
 def _explore_salt(run_id: str) -> str:

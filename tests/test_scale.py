@@ -208,8 +208,16 @@ def test_ranking_by_shard_equals_one_pass(n_shards):
     shards = [
         (part, part.select("subscriber_id", "offer_id")) for part in by_shard(scores, n_shards)
     ]
-    sharded = rank_offers_by_shard(shards, CATALOG, groups, settings, run_id="r1")
-    assert sharded.equals(whole)
+    frames = list(rank_offers_by_shard(shards, CATALOG, groups, settings, run_id="r1"))
+    # One frame per shard, holding that shard's subscribers only; together the one-pass result.
+    assert len(frames) == n_shards
+    for number, frame in enumerate(frames):
+        assert (shard_of(frame["subscriber_id"], n_shards) == number).all()
+    assert pl.concat(frames).sort("subscriber_id", "rank").equals(whole)
+    # Lazy scores of eligible pairs only (eligible None), as the nightly step passes them.
+    lazy_shards = [(part.lazy(), None) for part, _ in shards]
+    again = rank_offers_by_shard(lazy_shards, CATALOG, groups, settings, run_id="r1")
+    assert pl.concat(list(again)).sort("subscriber_id", "rank").equals(whole)
     # The case is not trivial: capacity binds and some subscribers explore.
     capped = whole.join(CATALOG, on="offer_id").filter(pl.col("capacity").is_not_null())
     counts = capped.group_by("offer_id", "capacity").len()
@@ -222,7 +230,7 @@ def test_ranking_by_shard_needs_a_shard():
 
     groups = assign_groups([1], Settings())
     with pytest.raises(OffersInputError, match="at least one shard"):
-        rank_offers_by_shard([], CATALOG, groups, Settings(), run_id="r1")
+        list(rank_offers_by_shard([], CATALOG, groups, Settings(), run_id="r1"))
 
 
 def _files(directory: Path) -> dict[str, bytes]:
