@@ -31,7 +31,6 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from mia.hashing import stable_hash, unit_interval
@@ -241,17 +240,7 @@ def _select(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
 
 def apply_contact_policy(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     """Ranked offers under K, M, diversity and capacity (see the module docstring)."""
-    return resolve_capacity(_select(candidates, settings), candidates, settings)
-
-
-def resolve_capacity(
-    selected: pl.DataFrame, candidates: pl.DataFrame, settings: Settings
-) -> pl.DataFrame:
-    """Rule 5 on `selected` (select_offers output): re-select subscribers who lose a capped offer.
-
-    `candidates` needs to hold only the subscribers whose selection holds a capped offer: no one
-    else can lose an offer, in any round.
-    """
+    selected = _select(candidates, settings)
     for round_number in range(1, MAX_CAPACITY_ROUNDS + 1):
         losers = _over_capacity(selected)
         if losers.is_empty():
@@ -274,17 +263,11 @@ def resolve_capacity(
     return selected.sort(SUBSCRIBER_ID, RANK)
 
 
-def _explorer_mask(ids: pl.Series, settings: Settings, salt: str) -> np.ndarray:
-    """True for the subscribers drawn to explore another category tonight."""
-    return unit_interval(ids, salt + ":explorers") < settings.exploration_share
-
-
 def _explorers(selected: pl.DataFrame, settings: Settings, salt: str) -> pl.Series:
     """The subscribers of `selected` drawn to explore another category tonight (sorted)."""
     subscribers = selected[SUBSCRIBER_ID].unique().sort()
-    if settings.exploration_share <= 0:
-        return subscribers.clear()
-    return subscribers.filter(pl.Series(_explorer_mask(subscribers, settings, salt)))
+    drawn = unit_interval(subscribers, salt + ":explorers") < settings.exploration_share
+    return subscribers.filter(pl.Series(drawn))
 
 
 def explore(
@@ -382,22 +365,21 @@ def rank_offers_by_shard(
     catalog_frame = lazy(catalog).collect()
     groups_frame = lazy(groups).collect()
 
-    def candidates_of(index: int, subscribers: pl.Series) -> pl.DataFrame:
+    def candidates_of(index: int, subscribers: pl.Series | None = None) -> pl.DataFrame:
+        """Targeted candidates of one shard, or of only `subscribers` of it."""
         scores, eligible = shards[index]
-        members = pl.col(SUBSCRIBER_ID).is_in(subscribers.implode())
-        scores = lazy(scores).filter(members)
-        eligible = lazy(eligible).filter(members) if eligible is not None else None
+        if subscribers is not None:
+            members = pl.col(SUBSCRIBER_ID).is_in(subscribers.implode())
+            scores = lazy(scores).filter(members)
+            eligible = lazy(eligible).filter(members) if eligible is not None else None
         frame = scored_candidates(scores, eligible, catalog_frame, groups_frame, settings)
         return frame.filter(targeted())
 
     with tempfile.TemporaryDirectory(prefix="mia-rank-") as folder:
         paths = [Path(folder) / f"selected-{index}.parquet" for index in range(len(shards))]
         capped = []
-        for index, (scores, eligible) in enumerate(shards):
-            candidates = scored_candidates(
-                scores, eligible, catalog_frame, groups_frame, settings
-            ).filter(targeted())
-            selected = _select(candidates, settings)
+        for index in range(len(shards)):
+            selected = _select(candidates_of(index), settings)
             selected.write_parquet(paths[index])
             capped.append(_capped(selected, index))
         held = pl.concat(capped)
