@@ -27,7 +27,7 @@ from features.snapshot import (
 )
 from mia.errors import InputError
 from mia.ingest import ingest_day, manifest_path, raw_events, raw_state
-from mia.lake import Lake, write_parquet
+from mia.lake import Lake, merge_sorted_parquet, write_parquet
 from mia.schema import SUBSCRIBER_ID
 from mia.settings import Settings
 from models.scoring import MODEL_NAME
@@ -137,11 +137,6 @@ def feature_drift(lake: Lake, as_of: dt.date, columns: list[str]) -> pl.DataFram
     return drift_table(
         read_snapshot(lake, earlier[-1], shared), read_snapshot(lake, as_of, shared), shared
     )
-
-
-def write_offers(offers: pl.DataFrame, directory: Path) -> Path:
-    """Store the ranked offers of a night in its staging folder."""
-    return write_parquet(offers, directory / OFFERS_FILE)
 
 
 def training_due(settings: Settings, as_of: dt.date) -> tuple[bool, str]:
@@ -306,16 +301,20 @@ def explain_shard(lake: Lake, as_of: dt.date, settings: Settings, staging: Any, 
     if offers.height:
         snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
         offers = add_reasons(load_bundle(settings), snapshot_frame, offers)
-    write_parquet(offers, shard_file(staging.work("explained"), shard))
+    # Sorted in row groups, so that gathering the shards holds a part of them at a time.
+    write_parquet(offers, shard_file(staging.work("explained"), shard), sorted_by=SUBSCRIBER_ID)
     return offers.height
 
 
 def gather_offers(settings: Settings, staging: Any) -> Path:
-    """Every shard's explained offers as the night's offers file, by subscriber_id and rank."""
+    """Every shard's explained offers as the night's offers file, by subscriber_id and rank.
+
+    Merged part by part (`merge_sorted_parquet`): memory does not grow with the subscribers.
+    """
     directory = staging.work("explained")
     files = [shard_file(directory, shard) for shard in range(settings.n_shards)]
-    offers = pl.scan_parquet(files).sort(SUBSCRIBER_ID, "rank").collect(engine="streaming")
-    return write_offers(offers, staging.product("offers"))
+    path = staging.product("offers") / OFFERS_FILE
+    return merge_sorted_parquet(files, path, by=[SUBSCRIBER_ID, "rank"])
 
 
 def audiences(

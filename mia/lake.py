@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 PARQUET_COMPRESSION = "zstd"
 # Row groups of sorted files: small enough that a read of one key range skips most of a file.
 ROW_GROUP_ROWS = 65_536
+# Rows that merge_sorted_parquet sorts in memory at once: its memory bound, whatever the total.
+MERGE_PART_ROWS = 1_000_000
 LOCK_FILE = ".mia.lock"
 
 
@@ -172,6 +176,67 @@ def write_partition(
         temporary.mkdir(parents=True)
         write_parquet(frame, temporary / f"{name}.parquet", by_shard=by_shard)
     return directory
+
+
+def merge_sorted_parquet(
+    files: list[Path], path: Path | str, by: list[str], part_rows: int = MERGE_PART_ROWS
+) -> Path:
+    """The rows of Parquet `files` as one file sorted by `by`, written atomically, part by part.
+
+    The range of `by[0]` is cut at row-group maxima (Parquet statistics) into parts of about
+    `part_rows` rows. Each part is read alone (the statistics skip the other row groups), sorted
+    and staged; the staged parts then stream into `path` in order. The result is the union sorted
+    by `by` whatever the files; memory stays at one part's size when each file is sorted by
+    `by[0]` in row groups of ROW_GROUP_ROWS (`write_parquet(..., sorted_by=by[0])`).
+    """
+    path = Path(path)
+    scan = pl.scan_parquet(files)
+    bounds = [None, *_key_cuts(files, by[0], part_rows), None]
+    with atomic_path(path) as temporary:
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.parts-", dir=path.parent) as folder:
+            parts = []
+            for number, (low, high) in enumerate(itertools.pairwise(bounds)):
+                part = scan
+                if low is not None:
+                    part = part.filter(pl.col(by[0]) > low)
+                if high is not None:  # nulls sort first, so they belong to the first part
+                    part = part.filter((pl.col(by[0]) <= high) | pl.col(by[0]).is_null())
+                parts.append(Path(folder) / f"part-{number:06d}.parquet")
+                part.sort(by, maintain_order=True).collect().write_parquet(parts[-1])
+            pl.scan_parquet(parts).sink_parquet(
+                temporary,
+                compression=PARQUET_COMPRESSION,
+                statistics=True,
+                row_group_size=ROW_GROUP_ROWS,
+            )
+    return path
+
+
+def _key_cuts(files: list[Path], key: str, part_rows: int) -> list[Any]:
+    """Values of `key` that cut the files' rows into ranges of about `part_rows` rows each.
+
+    Taken from row-group maxima; none (one range) when a file has no statistics for `key`.
+    """
+    import pyarrow.parquet as pq
+
+    maxima = []
+    for file in files:
+        metadata = pq.ParquetFile(file).metadata
+        column = metadata.schema.names.index(key)
+        for number in range(metadata.num_row_groups):
+            group = metadata.row_group(number)
+            statistics = group.column(column).statistics
+            if statistics is None or not statistics.has_min_max:
+                return []
+            maxima.append((statistics.max, group.num_rows))
+    cuts: list[Any] = []
+    rows = 0
+    for value, group_rows in sorted(maxima):
+        rows += group_rows
+        if rows >= part_rows and (not cuts or value > cuts[-1]):
+            cuts.append(value)
+            rows = 0
+    return cuts
 
 
 def keyed_by_shard(frame: pl.DataFrame) -> pl.DataFrame:

@@ -27,6 +27,8 @@ from mia.hashing import shard_key, shard_key_range, shard_of
 from mia.lake import (
     ROW_GROUP_ROWS,
     Lake,
+    _key_cuts,
+    merge_sorted_parquet,
     partition_files,
     read_partition,
     scan_partitions,
@@ -93,6 +95,74 @@ def test_partitions_stored_by_shard_key_are_read_one_shard_at_a_time(tmp_path):
             assert_frame_equal(got, expected, check_row_order=False)
             one_day = read_partition(partition_files(lake.raw("usage", TINY_START)), (shard, 3))
             assert_frame_equal(one_day, shard_rows(frame, shard, 3), check_row_order=False)
+
+
+def _offer_files(folder: Path, rows_per_group: int = 50) -> list[Path]:
+    """Three files of offers of disjoint subscribers, as shards write them, plus an empty one."""
+    rng = np.random.default_rng(11)
+    ids = rng.permutation(np.arange(1, 301))
+    files = []
+    for number, mine in enumerate(np.array_split(ids, 3)):
+        per = rng.integers(1, 6, mine.size)
+        frame = pl.DataFrame(
+            {
+                "subscriber_id": np.repeat(mine, per),
+                "rank": np.concatenate([np.arange(1, k + 1) for k in per]),
+                "offer_id": rng.choice(["o1", "o2", "o3"], int(per.sum())),
+            }
+        ).sort("subscriber_id", "rank")
+        files.append(folder / f"shard-{number}.parquet")
+        frame.write_parquet(files[-1], row_group_size=rows_per_group, statistics=True)
+    files.append(folder / "shard-empty.parquet")
+    pl.read_parquet(files[0]).clear().write_parquet(files[-1])
+    return files
+
+
+def test_merging_sorted_files_in_parts_equals_sorting_their_union(tmp_path):
+    files = _offer_files(tmp_path)
+    # Unsorted rows and a missing key are merged right too, only with less memory saved.
+    first = pl.read_parquet(files[0])
+    shuffled = first.sample(fraction=1.0, shuffle=True, seed=3)
+    missing_key = pl.DataFrame([[None], [1], ["o1"]], schema=first.schema, orient="col")
+    pl.concat([shuffled, missing_key]).write_parquet(files[0], row_group_size=50)
+    expected = pl.concat([pl.read_parquet(file) for file in files]).sort("subscriber_id", "rank")
+    outputs = []
+    for part_rows in (1, 120, 10_000):
+        path = merge_sorted_parquet(
+            files,
+            tmp_path / f"out-{part_rows}" / "offers.parquet",
+            by=["subscriber_id", "rank"],
+            part_rows=part_rows,
+        )
+        assert_frame_equal(pl.read_parquet(path), expected)
+        assert [p.name for p in path.parent.iterdir()] == ["offers.parquet"]  # parts removed
+        outputs.append(path.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_merge_parts_hold_about_part_rows(tmp_path):
+    files = _offer_files(tmp_path, rows_per_group=20)
+    union = pl.concat([pl.read_parquet(file) for file in files])
+    cuts = _key_cuts(files, "subscriber_id", 100)
+    bounds = [-1, *cuts, union["subscriber_id"].max()]
+    sizes = [
+        union.filter(pl.col("subscriber_id").is_between(low, high, closed="right")).height
+        for low, high in zip(bounds, bounds[1:], strict=False)
+    ]
+    # At most the rows asked for, plus a row group of each file cut across.
+    assert max(sizes) <= 100 + 3 * 20
+    assert len(sizes) >= union.height // (100 + 3 * 20)
+
+
+def test_failed_merge_leaves_the_previous_file(tmp_path):
+    files = _offer_files(tmp_path)
+    path = tmp_path / "out" / "offers.parquet"
+    merge_sorted_parquet(files, path, by=["subscriber_id", "rank"], part_rows=100)
+    before = path.read_bytes()
+    with pytest.raises(pl.exceptions.ColumnNotFoundError):
+        merge_sorted_parquet(files, path, by=["subscriber_id", "score"], part_rows=100)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["offers.parquet"]
 
 
 # ---------------------------------------------------------------------------- snapshots
