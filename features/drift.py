@@ -46,20 +46,29 @@ def drift_level(psi: float) -> str:
 
 
 def drift_table(
-    reference: pl.DataFrame, current: pl.DataFrame, columns: list[str], bins: int = 10
+    reference: pl.DataFrame | pl.LazyFrame,
+    current: pl.DataFrame | pl.LazyFrame,
+    columns: list[str],
+    bins: int = 10,
 ) -> pl.DataFrame:
-    """PSI per numeric column present in both frames: [column, psi, level], worst first."""
+    """PSI per numeric column present in both frames: [column, psi, level], worst first.
+
+    Columns are read one at a time, so over LazyFrames only one column of each night is held.
+    """
+    reference, current = reference.lazy(), current.lazy()
+    reference_schema = reference.collect_schema()
+    current_columns = set(current.collect_schema().names())
     rows = []
     for column in columns:
-        if column not in reference.columns or column not in current.columns:
+        if column not in reference_schema or column not in current_columns:
             continue
-        if not reference.schema[column].is_numeric():
+        if not reference_schema[column].is_numeric():
             continue
-        psi = population_stability_index(
-            reference[column].cast(pl.Float64).to_numpy(),
-            current[column].cast(pl.Float64).to_numpy(),
-            bins=bins,
+        before, after = (
+            frame.select(pl.col(column).cast(pl.Float64)).collect(engine="streaming")[column]
+            for frame in (reference, current)
         )
+        psi = population_stability_index(before.to_numpy(), after.to_numpy(), bins=bins)
         rows.append({"column": column, "psi": round(psi, 6), "level": drift_level(psi)})
     schema = {"column": pl.String, "psi": pl.Float64, "level": pl.String}
     return pl.DataFrame(rows, schema=schema).sort(

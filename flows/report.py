@@ -25,7 +25,7 @@ class ReportInputs:
 
     as_of: dt.date
     run_id: str
-    offers: pl.DataFrame
+    offers: pl.DataFrame | pl.LazyFrame  # only counts and first-offer scores are collected
     audience_summary: pl.DataFrame
     model_metrics: dict[str, float] = field(default_factory=dict)
     model_versions: dict[str, str] = field(default_factory=dict)
@@ -81,16 +81,23 @@ def _markdown_table(frame: pl.DataFrame, limit: int = 30) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_offer_scores(offers: pl.DataFrame | pl.LazyFrame) -> pl.Series:
+    """P(accept) of each subscriber's first offer (rank 1), read alone from the night's offers."""
+    first = offers.lazy().filter(pl.col("rank") == 1).select("p_accept")
+    return first.collect(engine="streaming")["p_accept"]
+
+
 def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: float = 0.25) -> Path:
     """Write report.md and its plots into `directory`; returns the report path."""
     directory.mkdir(parents=True, exist_ok=True)
-    offers = inputs.offers
+    offers = inputs.offers.lazy()
     warnings: list[str] = []
 
     per_category = (
         offers.group_by("category")
         .agg(pl.len().alias("offers"))
         .sort(["offers", "category"], descending=[True, False])
+        .collect(engine="streaming")
     )
     plots = {
         "offers per category": _bar(
@@ -109,7 +116,8 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
         "subscribers",
         directory / "audience_sizes.png",
     )
-    top_scores = offers.filter(pl.col("rank") == 1)["p_accept"]
+    # Each subscriber with offers has exactly one first offer.
+    top_scores = first_offer_scores(offers)
     plots["score distribution"] = _histogram(
         top_scores.to_numpy(),
         None if inputs.previous_scores is None else inputs.previous_scores.to_numpy(),
@@ -144,7 +152,6 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
         for row in drift.filter(pl.col("level") == "warning").iter_rows(named=True):
             warnings.append(f"feature drift: {row['column']} PSI {row['psi']:.3f}")
 
-    covered = offers["subscriber_id"].n_unique() if offers.height else 0
     lines = [
         f"# Mia nightly report — {inputs.as_of.isoformat()}",
         "",
@@ -153,9 +160,9 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
         "## Summary",
         "",
         f"- subscribers in the snapshot: {inputs.subscribers:,}",
-        f"- subscribers with offers: {covered:,}; control group (no offers): "
+        f"- subscribers with offers: {len(top_scores):,}; control group (no offers): "
         f"{inputs.control_subscribers:,}",
-        f"- offers: {offers.height:,} across {per_category.height} categories",
+        f"- offers: {int(per_category['offers'].sum()):,} across {per_category.height} categories",
         f"- audiences: {summary.height} offers, {int(summary['audience_size'].sum()):,} rows, "
         f"{float(summary['expected_accepts'].sum()):,.1f} expected accepts",
         "- models: "

@@ -20,7 +20,6 @@ from features.drift import drift_table
 from features.snapshot import (
     clear_snapshot_shards,
     publish_snapshot_shards,
-    read_snapshot,
     read_snapshot_shard,
     scan_snapshot,
     write_snapshot_shard,
@@ -132,11 +131,8 @@ def feature_drift(lake: Lake, as_of: dt.date, columns: list[str]) -> pl.DataFram
     earlier = [date for date in lake.dates("features") if date < as_of]
     if not earlier:
         return None
-    before = scan_snapshot(lake, earlier[-1]).collect_schema()
-    shared = [column for column in columns if column in before]  # features may come and go
-    return drift_table(
-        read_snapshot(lake, earlier[-1], shared), read_snapshot(lake, as_of, shared), shared
-    )
+    # Features may come and go: drift_table skips the columns one night lacks.
+    return drift_table(scan_snapshot(lake, earlier[-1]), scan_snapshot(lake, as_of), columns)
 
 
 def training_due(settings: Settings, as_of: dt.date) -> tuple[bool, str]:
@@ -251,7 +247,7 @@ def groups_for(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame:
     """Treatment/control and coverage of every subscriber of the night."""
     from offers.groups import assign_groups
 
-    subscribers = raw_state(lake, "subscribers", as_of)
+    subscribers = raw_state(lake, "subscribers", as_of, columns=[SUBSCRIBER_ID])
     return assign_groups(subscribers[SUBSCRIBER_ID], settings)
 
 
@@ -326,10 +322,10 @@ def audiences(
     as shards), each from every shard's candidates of those offers.
     """
     from offers.audience import build_audiences, write_audiences_in_parts
-    from offers.lift import organic_baseline
+    from offers.lift import POPULATION_COLUMNS, organic_baseline
 
     catalog = raw_state(lake, "catalog", as_of)
-    subscribers = raw_state(lake, "subscribers", as_of)
+    subscribers = raw_state(lake, "subscribers", as_of, columns=POPULATION_COLUMNS)
     if subscribers is None or catalog is None:
         raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
     groups = groups_for(lake, as_of, settings)
@@ -371,21 +367,17 @@ def report(
 ) -> Path:
     """The run report (markdown + PNG plots) in the staged reports folder."""
     from flows.publish import published_dates
-    from flows.report import ReportInputs, write_report
+    from flows.report import ReportInputs, first_offer_scores, write_report
     from offers.audience import read_summary
 
     # Only what the report shows: it must not hold a night's whole offers or snapshot.
-    offers = pl.read_parquet(
-        staging.root / "offers" / OFFERS_FILE,
-        columns=[SUBSCRIBER_ID, "category", "rank", "p_accept"],
-    )
+    offers = pl.scan_parquet(staging.root / "offers" / OFFERS_FILE)
     previous_scores = None
     earlier = [date for date in published_dates(lake) if date < as_of]
     if earlier:
-        previous = pl.read_parquet(
-            lake.offers(earlier[-1]) / OFFERS_FILE, columns=["rank", "p_accept"]
+        previous_scores = first_offer_scores(
+            pl.scan_parquet(lake.offers(earlier[-1]) / OFFERS_FILE)
         )
-        previous_scores = previous.filter(pl.col("rank") == 1)["p_accept"]
     snapshot = scan_snapshot(lake, as_of)
     numeric = [
         name

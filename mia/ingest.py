@@ -139,11 +139,16 @@ def raw_events(
 
 
 def raw_state(
-    lake: Lake, table: str, date: dt.date, shard: Shard | None = None
+    lake: Lake,
+    table: str,
+    date: dt.date,
+    shard: Shard | None = None,
+    columns: list[str] | None = None,
 ) -> pl.DataFrame | None:
     """A state table as delivered on `date`, or its latest delivery before; None if none.
 
-    With `shard` (shard, n_shards), only that shard's subscribers are read.
+    With `shard` (shard, n_shards), only that shard's subscribers are read; with `columns`,
+    only those columns.
     """
     if table not in STATE_TABLES:
         raise InputError(f"table == {table!r}, must be a state table: {list(STATE_TABLES)}.")
@@ -152,8 +157,9 @@ def raw_state(
         return None
     files = partition_files(lake.raw(table, delivered[-1]))
     if not files:
-        return pl.DataFrame(schema=TABLES[table].polars_schema)
-    return read_partition(files, shard)
+        empty = pl.DataFrame(schema=TABLES[table].polars_schema)
+        return empty if columns is None else empty.select(columns)
+    return read_partition(files, shard, columns)
 
 
 def ingested_dates(lake: Lake) -> list[dt.date]:

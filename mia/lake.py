@@ -267,9 +267,13 @@ def only_shard(scan: pl.LazyFrame, shard: Shard | None) -> pl.LazyFrame:
     return scan.select(pl.exclude(SHARD_KEY))
 
 
-def read_partition(files: list[Path], shard: Shard | None = None) -> pl.DataFrame:
-    """The rows of the Parquet `files` of one partition (of one shard), without SHARD_KEY."""
-    return only_shard(pl.scan_parquet(files), shard).collect()
+def read_partition(
+    files: list[Path], shard: Shard | None = None, columns: list[str] | None = None
+) -> pl.DataFrame:
+    """The rows of the Parquet `files` of one partition (of one shard), without SHARD_KEY;
+    only `columns` when given."""
+    scan = only_shard(pl.scan_parquet(files), shard)
+    return (scan if columns is None else scan.select(columns)).collect()
 
 
 def write_json(payload: Any, path: Path | str) -> Path:

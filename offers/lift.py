@@ -49,9 +49,13 @@ Z_VALUE = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
 _ARM = "_arm"
 
 
+# What lift reads of the subscribers table.
+POPULATION_COLUMNS = [SUBSCRIBER_ID, "activation_date"]
+
+
 def _population(subscribers: Frame, groups: Frame, end: dt.date) -> pl.DataFrame:
     """subscriber_id and arm ("treatment"|"control") of every subscriber counted in the test."""
-    require_columns(subscribers, "subscribers", (SUBSCRIBER_ID, "activation_date"))
+    require_columns(subscribers, "subscribers", POPULATION_COLUMNS)
     return (
         lazy(subscribers)
         .filter(pl.col("activation_date") <= end)

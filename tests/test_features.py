@@ -28,6 +28,7 @@ from features.daily import (
     build_daily_range,
     daily_schema,
 )
+from features.drift import drift_table
 from features.snapshot import (
     SnapshotInputError,
     build_snapshot,
@@ -656,3 +657,22 @@ def test_snapshot_bytes_do_not_depend_on_row_order_or_chunks(tmp_path):
         snapshot.write_parquet(path)
         written.append(path.read_bytes())
     assert written[0] == written[1]
+
+
+def test_drift_flags_a_shifted_feature_and_skips_what_a_night_lacks():
+    rng = np.random.default_rng(4)
+    before = pl.DataFrame(
+        {
+            "steady": rng.normal(size=2000),
+            "shifted": rng.normal(size=2000),
+            "plan": ["prepaid"] * 2000,  # not numeric: no PSI
+            "retired": rng.random(2000),  # gone tonight
+        }
+    )
+    after = before.with_columns(pl.col("shifted") + 2.0).drop("retired")
+    columns = ["steady", "shifted", "plan", "retired", "new"]
+    table = drift_table(before.lazy(), after.lazy(), columns)  # read column by column
+    assert table["column"].to_list() == ["shifted", "steady"]
+    assert table.row(0, named=True)["level"] == "warning" and table["psi"][0] > 1.0
+    assert table.row(1, named=True) == {"column": "steady", "psi": 0.0, "level": "stable"}
+    assert table.equals(drift_table(before, after, columns))

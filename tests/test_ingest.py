@@ -303,6 +303,9 @@ def test_raw_state_is_the_latest_delivery_up_to_the_date(lake):
     assert raw_state(lake, "subscribers", first).height == 3
     assert raw_state(lake, "subscribers", first + dt.timedelta(days=1)).height == 3
     assert raw_state(lake, "subscribers", second).height == 2
+    narrow = raw_state(lake, "subscribers", second, columns=["activation_date", "subscriber_id"])
+    whole = raw_state(lake, "subscribers", second)
+    assert narrow.equals(whole.select("activation_date", "subscriber_id"))
     state = raw_state(lake, "catalog", second + dt.timedelta(days=30))
     assert state.schema == TABLES["catalog"].polars_schema
     with pytest.raises(InputError, match="state table"):
