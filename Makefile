@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 help:
 	@echo "make demo   - simulate a telco world and run the nightly pipeline on it"
 	@echo "make test   - run the test suite"
-	@echo "make bench  - run the benchmarks (features vs DuckDB and pandas)"
+	@echo "make bench  - run the benchmarks (features, gathering offers; vs DuckDB and pandas/polars)"
 	@echo "make lint   - ruff check and format check"
 
 venv: $(STAMP)
@@ -37,6 +37,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.features
+	$(BIN)/python -m benchmarks.gather
 
 bench-scale: $(STAMP)
 	$(BIN)/python -m benchmarks.scale

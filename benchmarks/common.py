@@ -4,7 +4,12 @@ a simulated world is replicated with disjoint subscriber ids."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import resource
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -24,3 +29,18 @@ def replicated(frame: pl.DataFrame, copies: int) -> pl.DataFrame:
     return pl.concat(
         [frame.with_columns(pl.col(SUBSCRIBER_ID) + copy * ID_STRIDE) for copy in range(copies)]
     )
+
+
+def run_child(module: str, child: str, arguments: list[str]) -> dict[str, Any]:
+    """Run `python -m module --child child arguments` in a fresh process, so that its peak memory
+    is its own; returns the JSON object it printed last."""
+    command = [sys.executable, "-m", module, "--child", child, *arguments]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{child} run failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def peak_mib() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

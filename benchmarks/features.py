@@ -22,9 +22,7 @@ import argparse
 import datetime as dt
 import json
 import logging
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from benchmarks.common import READY, RESULTS, SEED, START
+from benchmarks.common import READY, RESULTS, SEED, START, peak_mib, run_child
 from features.catalog import (
     DEFAULT_WINDOWS,
     feature_names,
@@ -412,10 +410,10 @@ def _child(engine: str, world: Path, output: Path) -> None:
     started = time.perf_counter()
     result = RUNNERS[engine](lake, as_of)
     wall = time.perf_counter() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mib()
     frame = result if isinstance(result, pl.DataFrame) else pl.from_pandas(result)
     frame.write_parquet(output)
-    sys.stdout.write(json.dumps({"wall_s": wall, "peak_mib": peak_mib}) + "\n")
+    sys.stdout.write(json.dumps({"wall_s": wall, "peak_mib": peak}) + "\n")
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -456,15 +454,6 @@ def compare(reference: pl.DataFrame, other: pl.DataFrame, rtol: float = 1e-9) ->
     return differing
 
 
-def _run_child(engine: str, world: Path, output: Path) -> dict[str, float]:
-    command = [sys.executable, "-m", "benchmarks.features", "--child", engine]
-    command += ["--world", str(world), "--output", str(output)]
-    completed = subprocess.run(command, capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{engine} run failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
 def run_benchmark(subscribers: int, days: int, repeats: int, world: Path | None = None) -> str:
     """Generate (or reuse) the world, run every engine `repeats` times, check, tabulate."""
     world = world or RESULTS / f"world-{subscribers}x{days}"
@@ -476,7 +465,8 @@ def run_benchmark(subscribers: int, days: int, repeats: int, world: Path | None 
         outputs = {engine: Path(scratch) / f"{engine}.parquet" for engine in ENGINES}
         for repeat in range(repeats):
             for engine in ENGINES:
-                timings[engine].append(_run_child(engine, world, outputs[engine]))
+                arguments = ["--world", str(world), "--output", str(outputs[engine])]
+                timings[engine].append(run_child("benchmarks.features", engine, arguments))
                 logger.info("repeat %d %s: %s", repeat + 1, engine, timings[engine][-1])
         mia = pl.read_parquet(outputs["mia"])
         checks = {}

@@ -24,10 +24,8 @@ import datetime as dt
 import json
 import logging
 import pickle
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from benchmarks.common import READY, RESULTS, SEED, START, replicated
+from benchmarks.common import READY, RESULTS, SEED, START, peak_mib, replicated, run_child
 from mia.ingest import ingest_day, raw_events, raw_state
 from mia.lake import Lake
 from mia.schema import CATEGORY, OFFER_ID, P_ACCEPT, REASONS, SUBSCRIBER_ID
@@ -353,11 +351,10 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, float]]] = {
 def _child(variant: str, inputs_path: Path, subscribers: int, repeats: int) -> None:
     """Run one variant `repeats` times in this (fresh) process; print medians and peak RSS."""
     inputs = load_inputs(inputs_path, subscribers)
-    loaded_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded_mib = peak_mib()
     runs = [RUNNERS[variant](inputs) for _ in range(repeats)]
     medians = {part: statistics.median(run[part] for run in runs) for part in runs[0]}
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report: dict[str, Any] = {"parts": medians, "peak_mib": peak_mib, "loaded_mib": loaded_mib}
+    report: dict[str, Any] = {"parts": medians, "peak_mib": peak_mib(), "loaded_mib": loaded_mib}
     if variant == "after":
         try:
             with tempfile.TemporaryDirectory() as scratch:
@@ -365,16 +362,6 @@ def _child(variant: str, inputs_path: Path, subscribers: int, repeats: int) -> N
         except ImportError:
             report["lleaves"] = None
     sys.stdout.write(json.dumps(report) + "\n")
-
-
-def _run_child(variant: str, inputs_path: Path, subscribers: int, repeats: int) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.scoring", "--child", variant]
-    command += ["--inputs", str(inputs_path), "--subscribers", str(subscribers)]
-    command += ["--repeats", str(repeats)]
-    completed = subprocess.run(command, capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{variant} run failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def run_benchmark(
@@ -385,7 +372,9 @@ def run_benchmark(
     sizes = {"before": min(before_subscribers, subscribers), "after": subscribers}
     reports = {}
     for variant in VARIANTS:
-        reports[variant] = _run_child(variant, inputs_path, sizes[variant], repeats)
+        arguments = ["--inputs", str(inputs_path), "--subscribers", str(sizes[variant])]
+        arguments += ["--repeats", str(repeats)]
+        reports[variant] = run_child("benchmarks.scoring", variant, arguments)
         logger.info("%s: %s", variant, reports[variant])
     per_million = {variant: 1_000_000 / sizes[variant] for variant in VARIANTS}
     parts = [
