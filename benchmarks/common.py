@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from mia.memory import peak_rss_bytes
 from mia.schema import SUBSCRIBER_ID
 
 RESULTS = Path(__file__).resolve().parent / "results"  # git-ignored
@@ -43,4 +43,4 @@ def run_child(module: str, child: str, arguments: list[str]) -> dict[str, Any]:
 
 def peak_mib() -> float:
     """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20

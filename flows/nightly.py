@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import steps
 from flows.publish import Staging, clear_stale_staging, publish
 from mia.lake import Lake, parse_date, run_lock
+from mia.memory import peak_rss_bytes
 from mia.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,8 @@ def _settings(
 
 
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far, in GiB (0 where the platform has no figure)."""
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes there, KiB here
+    """Peak resident memory of this process so far, in GiB (0 where the platform has none)."""
+    return peak_rss_bytes() / 2**30
 
 
 @contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +378,16 @@ def test_benchmark_helpers():
     assert [n_shards_for(n) for n in (1, 200_000, 200_001, 1_000_000)] == [1, 1, 2, 5]
     assert exponent([1e5, 1e6], [10.0, 100.0]) == pytest.approx(1.0)
     assert exponent([1e5, 3e5, 1e6], [5.0, 5.0 * 3**0.8, 5.0 * 10**0.8]) == pytest.approx(0.8)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_peak_memory_is_the_process_own_not_its_parents():
+    ballast = np.ones(400 * 2**20 // 8)  # the parent (this test) holds 400 MiB more
+    code = (
+        "import numpy as np; from mia.memory import peak_rss_bytes; before = peak_rss_bytes(); "
+        "held = np.ones(200 * 2**20 // 8); print(before, peak_rss_bytes())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = (int(value) / 2**20 for value in out.stdout.split())
+    assert ballast.sum() > 0 and 0 < before < 200  # MiB: imports only, not the parent's memory
+    assert 200 <= after - before < 260
