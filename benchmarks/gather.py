@@ -56,6 +56,8 @@ def generate_offers(subscribers: int, directory: Path, seed: int = SEED) -> list
     per_subscriber = rng.integers(3, 7, subscribers)
     rows = int(per_subscriber.sum())
     offer = rng.integers(0, OFFERS, rows)
+    offer_ids = pl.Series([f"offer_{number:02d}" for number in range(OFFERS)])
+    categories = pl.Series([f"category_{number % 8}" for number in range(OFFERS)])
     reasons = pl.Series(
         [
             f"data use up {word % 90}% in 30 days; {word % 13} roaming days; spend {word % 70} EUR"
@@ -67,12 +69,8 @@ def generate_offers(subscribers: int, directory: Path, seed: int = SEED) -> list
     offers = pl.DataFrame(
         {
             SUBSCRIBER_ID: np.repeat(ids, per_subscriber),
-            "offer_id": pl.Series([f"offer_{number:02d}" for number in range(OFFERS)]).gather(
-                offer
-            ),
-            "category": pl.Series([f"category_{number % 8}" for number in range(OFFERS)]).gather(
-                offer
-            ),
+            "offer_id": offer_ids.gather(offer),
+            "category": categories.gather(offer),
             "p_accept": p_accept,
             "value": value,
             "expected_value": p_accept * value,
