@@ -533,13 +533,9 @@ def clear_snapshot_shards(lake: Lake, as_of: dt.date) -> None:
     remove_path(snapshot_work_dir(lake, as_of))
 
 
-def read_snapshot(lake: Lake, as_of: dt.date, columns: Sequence[str] | None = None) -> pl.DataFrame:
-    """The stored snapshot of `as_of` (all shards, by subscriber_id), or only `columns` of it
-    (with subscriber_id); raises when never built."""
-    frame = scan_snapshot(lake, as_of)
-    if columns is not None:
-        frame = frame.select(SUBSCRIBER_ID, *[name for name in columns if name != SUBSCRIBER_ID])
-    return frame.collect().sort(SUBSCRIBER_ID)
+def read_snapshot(lake: Lake, as_of: dt.date) -> pl.DataFrame:
+    """The stored snapshot of `as_of` (all shards, by subscriber_id); raises when never built."""
+    return scan_snapshot(lake, as_of).collect().sort(SUBSCRIBER_ID)
 
 
 def scan_snapshot(lake: Lake, as_of: dt.date) -> pl.LazyFrame:
