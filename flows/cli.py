@@ -474,10 +474,20 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """On a simulated world: compare the champion's scores and the night's audiences with the
-    simulator's true probabilities (the oracle) after DATE."""
+    simulator's true probabilities (the oracle) after DATE.
+
+    A champion trained after DATE has seen those outcomes: models trained as of DATE are
+    evaluated instead (trained here, not registered; the champion stays)."""
     from flows.publish import read_manifest
     from flows.steps import eligible_for_night, evaluate_audiences
-    from models.evaluate import evaluate_against_oracle, oracle_table
+    from models.evaluate import (
+        capture_table,
+        champion_trained_after,
+        check_outcomes_after,
+        evaluate_against_oracle,
+        oracle_table,
+    )
+    from models.training import train_models
 
     settings = _settings(data_dir, config)
     lake = Lake(settings.data_dir)
@@ -487,10 +497,17 @@ def evaluate(
             f"{lake.root} has no simulator truth: `mia evaluate` works on worlds made by "
             "`mia simulate`."
         )
+    check_outcomes_after(lake, night, settings)
+    bundle = None
+    later = champion_trained_after(settings, night)
+    if later:
+        _say(f"{later}; training models as of {night} to evaluate (not registered) ...", err)
+        bundle = train_models(lake, night, settings, register=False).bundle
     # Mia only ever chooses among eligible offers; so does the oracle it is compared with.
     eligible = eligible_for_night(lake, night, settings)
-    result = evaluate_against_oracle(lake, night, settings, eligible=eligible)
-    _print_table(f"Mia vs oracle after {night}", oracle_table(result))
+    result = evaluate_against_oracle(lake, night, settings, bundle=bundle, eligible=eligible)
+    _print_table(f"Mia vs oracle after {night}: accepts per category", oracle_table(result))
+    _print_table(f"Mia vs oracle after {night}: offer choice", capture_table(result))
     if read_manifest(lake, night) is None:
         _say(f"(no published night {night}: audiences not evaluated)")
         return
