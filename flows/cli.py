@@ -452,6 +452,8 @@ def lift(
     settings = _settings(data_dir, config)
     lake = Lake(settings.data_dir)
     first, last = _date(start, "--from"), _date(end, "--to")
+    if last < first:
+        raise InputError(f"--to {last} is before --from {first}: the dates are reversed.")
     if level not in ("offer", "category", "all"):
         raise InputError(f"--level == {level!r}, must be offer, category or all.")
     events = raw_events(lake, "offer_events", first, last)

@@ -59,9 +59,13 @@ def ingest_new_days(lake: Lake, as_of: dt.date) -> list[dt.date]:
     for date in todo:
         ingest_day(lake, date)
     if as_of not in ingested and as_of not in todo:
+        # A synthetic world would overwrite deliveries: suggested only where there are none.
+        incoming = lake.root / "incoming"
+        empty_root = not incoming.is_dir() or not any(incoming.iterdir())
         raise InputError(
             f"no input for {as_of}: {lake.incoming(as_of)} does not exist and the day was never "
-            "ingested. Deliver the day's files there (or run `mia simulate`)."
+            "ingested. Deliver the day's files there"
+            + (" (or run `mia simulate` for a synthetic world)." if empty_root else ".")
         )
     return todo
 

@@ -5,11 +5,35 @@ from __future__ import annotations
 import datetime as dt
 from types import SimpleNamespace
 
+import pytest
+
 from flows.cli import EXIT_BAD_INPUT, EXIT_OK
+from flows.steps import ingest_new_days
+from mia.errors import InputError
 from mia.lake import Lake
 from tests.test_cli_text import mia
 
 DAY = dt.date(2026, 3, 10)
+
+
+def test_lift_with_reversed_dates_says_so(tmp_path, capsys):
+    code = mia("lift", "--data-dir", str(tmp_path), "--from", "2026-03-10", "--to", "2026-03-01")
+    assert code == EXIT_BAD_INPUT
+    assert "--to 2026-03-01 is before --from 2026-03-10: the dates are reversed" in (
+        capsys.readouterr().err
+    )
+
+
+def test_missing_input_suggests_simulate_only_for_an_empty_root(tmp_path):
+    lake = Lake(tmp_path / "data")
+    with pytest.raises(InputError, match="mia simulate"):
+        ingest_new_days(lake, DAY)
+    # Deliveries of other days exist: a synthetic world would overwrite them.
+    (lake.root / "incoming" / "date=2026-03-20").mkdir(parents=True)
+    with pytest.raises(InputError) as caught:
+        ingest_new_days(lake, DAY)
+    assert "mia simulate" not in str(caught.value)
+    assert f"no input for {DAY}" in str(caught.value)
 
 
 def simulated_lake(tmp_path, last_event_day: dt.date) -> Lake:
