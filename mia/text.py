@@ -16,8 +16,9 @@ _CONTROL = re.compile(CONTROL_CHARACTERS)
 _CONTROL_EXCEPT_NEWLINE = re.compile(
     r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 )
-# Characters that Markdown (GitHub's included: `$` starts math) would read as syntax.
-_MARKDOWN_SYNTAX = re.compile(r"([\\`*_\[\]<>|~$&#])")
+# Characters that Markdown (GitHub's included: `$` starts math) would read as syntax; `_`
+# only where it can open or close emphasis, so that `data_addon` stays as it is.
+_MARKDOWN_SYNTAX = re.compile(r"([\\`*\[\]<>|~$&#]|(?<![^\W_])_|_(?![^\W_]))")
 SHORT_TEXT = 80
 
 
