@@ -157,3 +157,27 @@ def test_a_champion_trained_after_the_date_is_not_evaluated(night_run):
     earlier = TINY_LAST_DAY - dt.timedelta(days=7)
     with pytest.raises(TrainingInputError, match=f"trained as of {TINY_LAST_DAY}, after {earlier}"):
         evaluate_against_oracle(Lake(night_run.data_dir), earlier, settings)
+
+
+def test_cli_evaluates_models_trained_as_of_an_earlier_date(night_run, tmp_path, capsys):
+    """After a night (as after `make demo`), `mia evaluate` of an earlier date trains models as
+    of that date, unregistered, and evaluates them; the champion stays."""
+    from models.registry import champion_info
+    from models.scoring import MODEL_NAME
+    from tests.test_flows import _config_file, _copy_run, _mia
+
+    root = _copy_run(night_run, tmp_path)
+    config = _config_file(root)
+    settings = load_settings(config_file=config, data_dir=root / "data")
+    champion = champion_info(MODEL_NAME, settings)["version"]
+    earlier = TINY_LAST_DAY - dt.timedelta(days=7)
+    arguments = ("--data-dir", str(root / "data"), "--config", str(config))
+    code = _mia("evaluate", "--date", earlier.isoformat(), *arguments)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"trained as of {TINY_LAST_DAY}, after {earlier}" in captured.err
+    assert "\nall categories\t" in captured.out and "\ntop1 expected accepts\t" in captured.out
+    assert champion_info(MODEL_NAME, settings)["version"] == champion
+    # The last day has no outcomes after it: refused, with the reason.
+    assert _mia("evaluate", "--date", TINY_LAST_DAY.isoformat(), *arguments) == 2
+    assert f"no offer events ingested after {TINY_LAST_DAY}" in capsys.readouterr().err
