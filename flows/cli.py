@@ -19,10 +19,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from mia.errors import InputError
 from mia.lake import Lake, parse_date
 from mia.settings import Settings, load_settings
+from mia.text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -41,8 +43,9 @@ audience_app = typer.Typer(help="List and export audience CSVs.", no_args_is_hel
 app.add_typer(offers_app, name="offers")
 app.add_typer(audience_app, name="audience")
 
-out = Console()
-err = Console(stderr=True)
+# Messages and tables carry text from data (offer ids, cells): never read as markup or emoji.
+out = Console(markup=False, highlight=False, emoji=False)
+err = Console(stderr=True, markup=False, highlight=False, emoji=False)
 
 DataDirOption = Annotated[
     Path | None,
@@ -95,28 +98,44 @@ def _progress(description: str):
         yield advance
 
 
+def _say(message: str, console: Console = out, label: str = "", style: str = "") -> None:
+    """Print a message as plain text: control characters escaped, lines never wrapped.
+
+    Messages quote data (offer ids, cells): markup in them is shown, never applied, and a long
+    line is left to the terminal, never re-wrapped (rich wraps in quadratic time).
+    """
+    text = Text(label, style=style)
+    text.append(printable(message, keep_newlines=True))
+    console.print(text, soft_wrap=True)
+
+
 def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
-    """A rich table on a terminal; tab-separated lines with a header when piped."""
+    """A rich table on a terminal; tab-separated lines with a header when piped.
+
+    Every row has the columns of the first row, in its order (missing values are empty)."""
     if not rows:
-        out.print(f"{title}: nothing to show.")
+        _say(f"{title}: nothing to show.")
         return
+    columns = list(rows[0])
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
     if not out.is_terminal:
-        print("\t".join(str(column) for column in rows[0]))
-        for row in rows:
-            print("\t".join(_cell(value) for value in row.values()))
+        print("\t".join(_cell(column) for column in columns))
+        for line in cells:
+            print("\t".join(line))
         return
-    table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(str(column))
-    for row in rows:
-        table.add_row(*(_cell(value) for value in row.values()))
+    table = Table(title=Text(printable(title)))
+    for column in columns:
+        table.add_column(Text(_cell(column)))
+    for line in cells:
+        table.add_row(*(Text(cell) for cell in line))
     out.print(table)
 
 
 def _cell(value: Any) -> str:
+    """A table cell: floats to 4 decimals, None empty, control characters escaped."""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return "" if value is None else str(value)
+    return "" if value is None else printable(str(value))
 
 
 @app.command()
@@ -147,7 +166,7 @@ def simulate(
         dates = write_world(
             settings.data_dir, simulation, file_format=file_format, progress=advance
         )
-    out.print(
+    _say(
         f"wrote {len(dates)} days ({dates[0]} .. {dates[-1]}) to "
         f"{Lake(settings.data_dir).root / 'incoming'}"
     )
@@ -185,9 +204,7 @@ def ingest(
     if len(dates) == 1:
         _print_table(f"ingested {dates[0]}", [{"table": t, "rows": n} for t, n in counts.items()])
     else:
-        out.print(
-            f"ingested {len(dates)} days ({dates[0]} .. {dates[-1]}) into {lake.root / 'raw'}"
-        )
+        _say(f"ingested {len(dates)} days ({dates[0]} .. {dates[-1]}) into {lake.root / 'raw'}")
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -216,7 +233,7 @@ def nightly(
     settings = _settings(data_dir, config, n_shards=shards, dask_address=dask)
     nightly_flow = nightly_for(settings)
     as_of = _date(date) if date else None
-    err.print(f"running the nightly pipeline on {settings.data_dir} ...")
+    _say(f"running the nightly pipeline on {settings.data_dir} ...", err)
     manifest = _run_flow(
         nightly_flow,
         date=as_of.isoformat() if as_of else None,
@@ -227,12 +244,12 @@ def nightly(
     )
     lake = Lake(settings.data_dir)
     night = parse_date(manifest["as_of"])
-    out.print(f"published night {night} (run {manifest['run_id']})")
+    _say(f"published night {night} (run {manifest['run_id']})")
     rows = manifest["rows"]
-    out.print(f"  offers:    {lake.offers(night) / 'offers.parquet'}  ({rows['offers']:,} rows)")
-    out.print(f"  audiences: {lake.audiences(night)}  ({manifest['rows']['audiences']} offers)")
-    out.print(f"  report:    {lake.reports(night) / 'report.md'}")
-    out.print(f"  manifest:  {lake.offers(night) / 'manifest.json'}")
+    _say(f"  offers:    {lake.offers(night) / 'offers.parquet'}  ({rows['offers']:,} rows)")
+    _say(f"  audiences: {lake.audiences(night)}  ({manifest['rows']['audiences']} offers)")
+    _say(f"  report:    {lake.reports(night) / 'report.md'}")
+    _say(f"  manifest:  {lake.offers(night) / 'manifest.json'}")
 
 
 @app.command()
@@ -253,7 +270,7 @@ def train(
         overrides=_overrides(dask_address=dask),
         config=str(config) if config else None,
     )
-    out.print(result.get("note", "trained"))
+    _say(result.get("note", "trained"))
 
 
 @app.command()
@@ -279,7 +296,7 @@ def backfill(
         config=str(config) if config else None,
         snapshots=snapshots,
     )
-    out.print(f"backfilled {len(done)} days ({first} .. {last})")
+    _say(f"backfilled {len(done)} days ({first} .. {last})")
 
 
 @app.command()
@@ -297,7 +314,7 @@ def serve(
 
     settings = _settings(data_dir, config, schedule_cron=cron, timezone=timezone)
     result = serve_nightly(settings, register_only=register_only)
-    out.print(f"registered deployment mia-nightly/{result}" if register_only else "stopped")
+    _say(f"registered deployment mia-nightly/{result}" if register_only else "stopped")
 
 
 def _published_offers(lake: Lake, night: dt.date):
@@ -342,7 +359,7 @@ def offers_show(
     rows = offers.filter(pl.col("subscriber_id") == subscriber).sort("rank")
     columns = ["rank", "offer_id", "category", "p_accept", "value", "expected_value", "reasons"]
     if rows.is_empty():
-        out.print(
+        _say(
             f"subscriber {subscriber} has no offers on {night} (control group, not covered, "
             "or nothing eligible: try "
             f"`mia offers explain --subscriber {subscriber} --date {night}`)."
@@ -385,7 +402,7 @@ def offers_explain(
         f"eligibility of subscriber {subscriber} for the night after {night}", table.to_dicts()
     )
     if eligible is not None:
-        out.print(f"eligible for {eligible} offers")
+        _say(f"eligible for {eligible} offers")
 
 
 @audience_app.command("list")
@@ -414,7 +431,7 @@ def audience_export(
 
     settings = _settings(data_dir, config)
     path = export_audience(Lake(settings.data_dir).audiences(_date(date)), offer, out_file)
-    out.print(f"wrote {path}")
+    _say(f"wrote {path}")
 
 
 @app.command()
@@ -435,6 +452,8 @@ def lift(
     settings = _settings(data_dir, config)
     lake = Lake(settings.data_dir)
     first, last = _date(start, "--from"), _date(end, "--to")
+    if last < first:
+        raise InputError(f"--to {last} is before --from {first}: the dates are reversed.")
     if level not in ("offer", "category", "all"):
         raise InputError(f"--level == {level!r}, must be offer, category or all.")
     events = raw_events(lake, "offer_events", first, last)
@@ -457,10 +476,20 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """On a simulated world: compare the champion's scores and the night's audiences with the
-    simulator's true probabilities (the oracle) after DATE."""
+    simulator's true probabilities (the oracle) after DATE.
+
+    A champion trained after DATE has seen those outcomes: models trained as of DATE are
+    evaluated instead (trained here, not registered; the champion stays)."""
     from flows.publish import read_manifest
     from flows.steps import eligible_for_night, evaluate_audiences
-    from models.evaluate import evaluate_against_oracle, oracle_table
+    from models.evaluate import (
+        capture_table,
+        champion_trained_after,
+        check_outcomes_after,
+        evaluate_against_oracle,
+        oracle_table,
+    )
+    from models.training import train_models
 
     settings = _settings(data_dir, config)
     lake = Lake(settings.data_dir)
@@ -470,12 +499,19 @@ def evaluate(
             f"{lake.root} has no simulator truth: `mia evaluate` works on worlds made by "
             "`mia simulate`."
         )
+    check_outcomes_after(lake, night, settings)
+    bundle = None
+    later = champion_trained_after(settings, night)
+    if later:
+        _say(f"{later}; training models as of {night} to evaluate (not registered) ...", err)
+        bundle = train_models(lake, night, settings, register=False).bundle
     # Mia only ever chooses among eligible offers; so does the oracle it is compared with.
     eligible = eligible_for_night(lake, night, settings)
-    result = evaluate_against_oracle(lake, night, settings, eligible=eligible)
-    _print_table(f"Mia vs oracle after {night}", oracle_table(result))
+    result = evaluate_against_oracle(lake, night, settings, bundle=bundle, eligible=eligible)
+    _print_table(f"Mia vs oracle after {night}: accepts per category", oracle_table(result))
+    _print_table(f"Mia vs oracle after {night}: offer choice", capture_table(result))
     if read_manifest(lake, night) is None:
-        out.print(f"(no published night {night}: audiences not evaluated)")
+        _say(f"(no published night {night}: audiences not evaluated)")
         return
     capture = evaluate_audiences(lake, night, settings)
     _print_table(
@@ -495,8 +531,8 @@ def report(
     path = Lake(settings.data_dir).reports(_date(date)) / "report.md"
     if not path.exists():
         raise InputError(f"no report for {date} at {path}; run `mia nightly --date {date}` first.")
-    out.print(path.read_text(), markup=False, highlight=False)
-    out.print(f"(plots in {path.parent})")
+    _say(path.read_text())
+    _say(f"(plots in {path.parent})")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -523,14 +559,14 @@ def run_command(command: Callable[[], Any]) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_BAD_INPUT
     except InputError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        _say(str(error), err, label="error: ", style="bold red")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        err.print("interrupted; the previous outputs are untouched.")
+        _say("interrupted; the previous outputs are untouched.", err)
         return EXIT_FAILED
     except Exception as error:  # a failed run: say why, keep the traceback in the log
         logging.getLogger("mia").debug("run failed", exc_info=True)
-        err.print(f"[bold red]run failed:[/] {type(error).__name__}: {error}", highlight=False)
+        _say(f"{type(error).__name__}: {error}", err, label="run failed: ", style="bold red")
         return EXIT_FAILED
     return EXIT_OK
 

@@ -11,6 +11,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from features.drift import drift_level, population_stability_index
+from mia.text import markdown_text, plot_text
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class ReportInputs:
     previous_scores: pl.Series | None = None
     subscribers: int = 0
     control_subscribers: int = 0
+    no_offers_reason: str = ""  # why a night published no offers, when it did not
 
 
 def _figure(width: float, height: float) -> tuple[Figure, object]:
@@ -50,7 +52,8 @@ def _save(figure: Figure, path: Path) -> str:
 
 def _bar(labels: list[str], values: list[float], title: str, xlabel: str, path: Path) -> str:
     figure, axis = _figure(8, max(3.0, 0.28 * len(labels) + 1))
-    axis.barh(labels[::-1], values[::-1], color="#3b6ea8")
+    shown = [plot_text(str(label)) for label in labels]
+    axis.barh(shown[::-1], values[::-1], color="#3b6ea8")
     axis.set_title(title)
     axis.set_xlabel(xlabel)
     return _save(figure, path)
@@ -72,9 +75,13 @@ def _markdown_table(frame: pl.DataFrame, limit: int = 30) -> str:
     if frame.is_empty():
         return "_none_\n"
     head = frame.head(limit)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    header = [markdown_text(name) for name in head.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(head.columns)]
     for row in head.iter_rows():
-        cells = [f"{value:.4f}" if isinstance(value, float) else str(value) for value in row]
+        cells = [
+            f"{value:.4f}" if isinstance(value, float) else markdown_text(str(value))
+            for value in row
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if frame.height > limit:
         lines.append(f"\n_{frame.height - limit} more rows not shown._")
@@ -99,31 +106,38 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
         .sort(["offers", "category"], descending=[True, False])
         .collect(engine="streaming")
     )
-    plots = {
-        "offers per category": _bar(
+    total_offers = int(per_category["offers"].sum())
+    nothing_published = ""
+    if not total_offers:
+        nothing_published = inputs.no_offers_reason or "no subscriber had an eligible offer"
+        warnings.append(f"nothing was published: 0 offers ({nothing_published})")
+    plots = {}
+    if total_offers:
+        plots["offers per category"] = _bar(
             per_category["category"].to_list(),
             per_category["offers"].to_list(),
             "Offers per category",
             "offers",
             directory / "offers_per_category.png",
         )
-    }
     summary = inputs.audience_summary.sort(["audience_size", "offer_id"], descending=[True, False])
-    plots["audience sizes"] = _bar(
-        summary["offer_id"].head(25).to_list(),
-        summary["audience_size"].head(25).to_list(),
-        "Audience size (largest 25 offers)",
-        "subscribers",
-        directory / "audience_sizes.png",
-    )
+    if summary.height:
+        plots["audience sizes"] = _bar(
+            summary["offer_id"].head(25).to_list(),
+            summary["audience_size"].head(25).to_list(),
+            "Audience size (largest 25 offers)",
+            "subscribers",
+            directory / "audience_sizes.png",
+        )
     # Each subscriber with offers has exactly one first offer.
     top_scores = first_offer_scores(offers)
-    plots["score distribution"] = _histogram(
-        top_scores.to_numpy(),
-        None if inputs.previous_scores is None else inputs.previous_scores.to_numpy(),
-        "P(accept) of each subscriber's first offer",
-        directory / "score_distribution.png",
-    )
+    if total_offers:
+        plots["score distribution"] = _histogram(
+            top_scores.to_numpy(),
+            None if inputs.previous_scores is None else inputs.previous_scores.to_numpy(),
+            "P(accept) of each subscriber's first offer",
+            directory / "score_distribution.png",
+        )
     score_psi = None
     if inputs.previous_scores is not None and len(inputs.previous_scores) and len(top_scores):
         score_psi = population_stability_index(
@@ -152,30 +166,38 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
         for row in drift.filter(pl.col("level") == "warning").iter_rows(named=True):
             warnings.append(f"feature drift: {row['column']} PSI {row['psi']:.3f}")
 
+    versions = [f"{k} v{v}" for k, v in sorted(inputs.model_versions.items()) if v]
     lines = [
         f"# Mia nightly report — {inputs.as_of.isoformat()}",
         "",
         f"Run `{inputs.run_id}`. Offers for the night after {inputs.as_of.isoformat()}.",
         "",
+    ]
+    if nothing_published:
+        lines += [
+            f"**Nothing was published for the night after {inputs.as_of.isoformat()}: 0 offers, "
+            f"because {markdown_text(nothing_published)}.**",
+            "",
+        ]
+    lines += [
         "## Summary",
         "",
         f"- subscribers in the snapshot: {inputs.subscribers:,}",
         f"- subscribers with offers: {len(top_scores):,}; control group (no offers): "
         f"{inputs.control_subscribers:,}",
-        f"- offers: {int(per_category['offers'].sum()):,} across {per_category.height} categories",
+        f"- offers: {total_offers:,} across {per_category.height} categories",
         f"- audiences: {summary.height} offers, {int(summary['audience_size'].sum()):,} rows, "
         f"{float(summary['expected_accepts'].sum()):,.1f} expected accepts",
-        "- models: "
-        + (", ".join(f"{k} v{v}" for k, v in sorted(inputs.model_versions.items())) or "none"),
+        f"- models: {', '.join(versions) or 'none scored tonight'}",
     ]
     if inputs.training_note:
-        lines.append(f"- training: {inputs.training_note}")
+        lines.append(f"- training: {markdown_text(inputs.training_note)}")
     if score_psi is not None:
         lines.append(
             f"- score drift vs previous night: PSI {score_psi:.3f} ({drift_level(score_psi)})"
         )
     lines += ["", "## Warnings", ""]
-    lines += [f"- ⚠ {warning}" for warning in warnings] or ["- none"]
+    lines += [f"- ⚠ {markdown_text(warning)}" for warning in warnings] or ["- none"]
     for title, file in plots.items():
         lines += ["", f"## {title.capitalize()}", "", f"![{title}]({file})"]
     lines += ["", "## Offers per category", "", _markdown_table(per_category, limit=40)]

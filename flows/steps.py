@@ -59,9 +59,13 @@ def ingest_new_days(lake: Lake, as_of: dt.date) -> list[dt.date]:
     for date in todo:
         ingest_day(lake, date)
     if as_of not in ingested and as_of not in todo:
+        # A synthetic world would overwrite deliveries: suggested only where there are none.
+        incoming = lake.root / "incoming"
+        empty_root = not incoming.is_dir() or not any(incoming.iterdir())
         raise InputError(
             f"no input for {as_of}: {lake.incoming(as_of)} does not exist and the day was never "
-            "ingested. Deliver the day's files there (or run `mia simulate`)."
+            "ingested. Deliver the day's files there"
+            + (" (or run `mia simulate` for a synthetic world)." if empty_root else ".")
         )
     return todo
 
@@ -401,8 +405,26 @@ def report(
         previous_scores=previous_scores,
         subscribers=int(facts.get("subscribers", 0)),
         control_subscribers=int(facts.get("control_subscribers", 0)),
+        no_offers_reason="" if facts.get("offers_rows") else no_offers_reason(lake, as_of),
     )
     return write_report(inputs, staging.product("reports"))
+
+
+def no_offers_reason(lake: Lake, as_of: dt.date) -> str:
+    """Why the night after `as_of` has no offers, in words for the report."""
+    from models.scoring import active_offers
+
+    night = as_of + dt.timedelta(days=1)
+    catalog = raw_state(lake, "catalog", as_of)
+    if catalog is None or catalog.is_empty():
+        return f"the catalog of {as_of} has no offers"
+    valid = active_offers(catalog, night).height
+    if not valid:
+        return (
+            f"none of the {catalog.height} offers of the catalog is valid on {night}: every one "
+            f"has expired or not started (the latest end_date is {catalog['end_date'].max()})"
+        )
+    return f"no covered subscriber was eligible for any of the {valid} offers valid on {night}"
 
 
 def track_night(

@@ -42,6 +42,7 @@ from mia.schema import (
     Column,
     Table,
 )
+from mia.text import CONTROL_CHARACTERS, SHORT_TEXT, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +308,15 @@ def _row_rules(
             rules.append(_Rule(name, "finite", "must be a finite number", ~value.is_finite()))
         if column.non_negative:
             rules.append(_Rule(name, "non_negative", "must be >= 0", value < 0))
+        if column.dtype == pl.String:
+            rules.append(
+                _Rule(
+                    name,
+                    "no_control_characters",
+                    "no control characters (NUL, tab, newline, escape) or bidi controls",
+                    value.str.contains(CONTROL_CHARACTERS),
+                )
+            )
     for name, allowed in LIST_COLUMNS.get(contract.name, {}).items():
         if name in present:
             rules.extend(_list_rules(name, allowed))
@@ -569,5 +579,12 @@ def _format_row(row: dict[str, Any], first: list[str]) -> str:
         value = row[key]
         if isinstance(value, dt.datetime | dt.date):
             value = value.isoformat(sep=" ") if isinstance(value, dt.datetime) else str(value)
-        parts.append(f"{key}={value!r}")
+        parts.append(f"{key}={_example_value(value)}")
     return "{" + ", ".join(parts) + "}"
+
+
+def _example_value(value: Any) -> str:
+    """A cell as quoted in a message: its repr, cut to a short length (a cell may be megabytes)."""
+    if isinstance(value, str) and len(value) > SHORT_TEXT:
+        return f"{value[:SHORT_TEXT]!r}... ({len(value):,} characters)"
+    return shorten(repr(value))

@@ -5,7 +5,7 @@ importing the models layer stays light.
 """
 
 from models.blend import OfferBlend
-from models.evaluate import evaluate_against_oracle, oracle_table
+from models.evaluate import capture_table, evaluate_against_oracle, oracle_table
 from models.metrics import binary_metrics
 from models.propensity import CategoryPropensity
 from models.reasons import explain
@@ -20,6 +20,7 @@ __all__ = [
     "TrainingReport",
     "add_reasons",
     "binary_metrics",
+    "capture_table",
     "evaluate_against_oracle",
     "explain",
     "load_bundle",

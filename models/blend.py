@@ -136,6 +136,13 @@ class CandidateInputs:
         return result.T
 
 
+def _row_centered(values: np.ndarray) -> np.ndarray:
+    """Each row minus its mean; a night without offers has no columns and nothing to centre."""
+    if values.shape[1] == 0:
+        return values
+    return values - values.mean(axis=1, keepdims=True)
+
+
 def candidate_inputs(
     p_category: np.ndarray,
     categories: Sequence[str],
@@ -178,9 +185,9 @@ def candidate_inputs(
     cells = {
         P_CATEGORY: p,
         "logit_p_category": logit_p,
-        "logit_p_category_centered": logit_p - logit_p.mean(axis=1, keepdims=True),
+        "logit_p_category_centered": _row_centered(logit_p),
         CF_SCORE: cf,
-        "cf_score_centered": cf - cf.mean(axis=1, keepdims=True),
+        "cf_score_centered": _row_centered(cf),
         "cf_rank": _row_rank(cf) if n_offers else np.empty((n_subscribers, 0)),
     }
     per_offer = {

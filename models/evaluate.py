@@ -123,8 +123,11 @@ def held_offers(
     )
 
 
-def check_champion_predates(settings: Settings, as_of: dt.date) -> None:
-    """Refuse a champion trained after `as_of`: it has seen the outcomes it would be judged on."""
+def champion_trained_after(settings: Settings, as_of: dt.date) -> str | None:
+    """Why the champion cannot be judged on the outcomes after `as_of`, or None when it can.
+
+    A champion trained after `as_of` has seen those outcomes.
+    """
     from models.registry import champion_info
     from models.scoring import MODEL_NAME
     from models.training import TRAINED_AS_OF_TAG
@@ -132,10 +135,32 @@ def check_champion_predates(settings: Settings, as_of: dt.date) -> None:
     info = champion_info(MODEL_NAME, settings) or {}
     trained = info.get("tags", {}).get(TRAINED_AS_OF_TAG)
     if trained and dt.date.fromisoformat(trained) > as_of:
-        raise TrainingInputError(
+        return (
             f"champion v{info['version']} of {MODEL_NAME} was trained as of {trained}, after "
-            f"{as_of}: it has seen the offers evaluated after {as_of}. Train as of {as_of} "
-            f"first (mia train --date {as_of}) or evaluate a date on or after {trained}."
+            f"{as_of}: it has seen the offers evaluated after {as_of}"
+        )
+    return None
+
+
+def check_champion_predates(settings: Settings, as_of: dt.date) -> None:
+    """Refuse a champion trained after `as_of`: it has seen the outcomes it would be judged on."""
+    reason = champion_trained_after(settings, as_of)
+    if reason:
+        raise TrainingInputError(
+            f"{reason}. Evaluate models trained as of {as_of} (mia evaluate --date {as_of} "
+            "trains them without registering them) or a date on or after the champion's."
+        )
+
+
+def check_outcomes_after(lake: Lake, as_of: dt.date, settings: Settings) -> None:
+    """Refuse a date with no ingested offer events after it: there is nothing to evaluate."""
+    days = lake.dates("raw", "offer_events")
+    if not days or days[-1] <= as_of:
+        last = days[-1] if days else "none"
+        raise TrainingInputError(
+            f"no offer events ingested after {as_of} (last ingested day: {last}): the evaluation "
+            f"needs the {settings.horizon_days} days after the date; choose a date at least "
+            f"{settings.horizon_days} days before the last ingested day."
         )
 
 
@@ -157,6 +182,7 @@ def evaluate_against_oracle(
     from mia.simulate import oracle_p_accept
     from models.cf import build_interactions
 
+    check_outcomes_after(lake, as_of, settings)
     if bundle is None:
         check_champion_predates(settings, as_of)
         bundle = load_bundle(settings)
@@ -210,7 +236,8 @@ def evaluate_against_oracle(
 
 
 def oracle_table(result: dict[str, float]) -> list[dict[str, Any]]:
-    """Rows for the CLI: one per category (impressions, AUCs, normalised AUC), then summaries."""
+    """Rows for the CLI, all with the same columns: one per category (impressions, accepts,
+    AUCs, normalised AUC), then all categories together (normalised AUC: the mean)."""
     categories = sorted(
         {key.split(".")[1] for key in result if key.startswith("oracle.")}
         - {"all", "mean_normalised_auc", "categories_evaluated"}
@@ -231,11 +258,19 @@ def oracle_table(result: dict[str, float]) -> list[dict[str, Any]]:
     rows.append(
         {
             "row": "all categories",
+            "impressions": sum(row["impressions"] for row in rows),
+            "accepts": sum(row["accepts"] for row in rows),
             "mia_auc": result.get("oracle.all.mia_auc", math.nan),
             "oracle_auc": result.get("oracle.all.oracle_auc", math.nan),
             "normalised_auc": result.get("oracle.mean_normalised_auc", math.nan),
         }
     )
+    return rows
+
+
+def capture_table(result: dict[str, float]) -> list[dict[str, Any]]:
+    """Rows for the CLI, one per k: expected accepts of Mia's, the oracle's and a random top-k."""
+    rows: list[dict[str, Any]] = []
     for key in sorted(k for k in result if k.startswith("top") and k.endswith(".capture")):
         prefix = key.rsplit(".", 1)[0]
         rows.append(

@@ -84,8 +84,10 @@ _RESERVED_NAMES = frozenset(
     | {f"com{digit}" for digit in range(10)}
     | {f"lpt{digit}" for digit in range(10)}
 )
-# Leading characters that make a spreadsheet evaluate a cell (OWASP CSV injection list).
-_FORMULA_START = r"^[=+\-@\t\r]"
+# Leading characters that make a spreadsheet evaluate a cell (OWASP CSV injection list), also
+# after leading whitespace, control or format characters (" =1+1", U+202E "=1+1"), and in their
+# full-width and small forms ("＝1+1"), which spreadsheets may read as the ASCII ones.
+_FORMULA_START = r"^[\t\r]|^[\s\p{Cc}\p{Cf}]*[=+\-@＝＋－＠﹦﹢﹣]"
 
 
 def safe_file_name(offer_id: str) -> str:
@@ -105,7 +107,11 @@ def safe_file_name(offer_id: str) -> str:
 
 
 def csv_safe(frame: pl.DataFrame) -> pl.DataFrame:
-    """String cells starting with = + - @ tab or carriage return get a leading single quote."""
+    """String cells that a spreadsheet could read as a formula get a leading single quote.
+
+    That is cells starting with tab or carriage return, or with = + - @ (or their full-width
+    forms) after any leading whitespace, control or format characters.
+    """
     return frame.with_columns(
         pl.when(pl.col(name).str.contains(_FORMULA_START))
         .then(pl.lit("'") + pl.col(name))

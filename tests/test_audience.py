@@ -195,6 +195,14 @@ def test_csv_safe_prefixes_only_dangerous_cells():
     assert csv_safe(frame)["n"].equals(frame["n"])
 
 
+@pytest.mark.parametrize(
+    "cell",
+    [" =1+1", "\u3000+1", "\n-1", "\u202e=1+1", "\ufeff@x", "＝1+1", "＋1", "－1", "＠x", "﹦1"],
+)
+def test_csv_safe_prefixes_formulas_after_whitespace_and_in_full_width(cell):
+    assert csv_safe(pl.DataFrame({"s": [cell]}))["s"].to_list() == ["'" + cell]
+
+
 def test_safe_file_names_are_safe_and_distinct():
     ids = [
         *UNSAFE_IDS,

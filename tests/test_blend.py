@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 import pytest
@@ -69,6 +71,22 @@ def test_candidate_features_layout_and_values():
         candidate_features(ids, p_category, CATEGORIES, cf[:, :2], OFFERS, stats)
     with pytest.raises(InputError, match="gift"):
         candidate_features(ids, p_category[:, :2], CATEGORIES[:2], cf, OFFERS, stats)
+
+
+def test_candidate_features_without_offers_are_empty_and_quiet():
+    """A night whose offers have all expired: no candidates, and no numpy warnings."""
+    no_offers = OFFERS.clear()
+    stats = offer_statistics(
+        pl.DataFrame(schema={"offer_id": pl.String, "category": pl.String, "label": pl.Int8}),
+        no_offers,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = candidate_features(
+            np.array([10, 20]), np.full((2, 3), 0.2), CATEGORIES, np.empty((2, 0)), no_offers, stats
+        )
+    assert frame.height == 0
+    assert set(BLEND_FEATURES) <= set(frame.columns)
 
 
 def _synthetic(seed: int, subscribers: int = 3000):

@@ -334,6 +334,29 @@ def test_unknown_table_name():
         validate_table(valid_day()["usage"], "calls", DAY)
 
 
+@pytest.mark.parametrize(
+    ("table", "column", "row", "value"),
+    [
+        ("catalog", "offer_id", 1, "roam\u202eue"),  # bidi override: shows "roamue" reversed
+        ("catalog", "offer_id", 1, "roam\x00eu"),
+        ("catalog", "title", 0, "5 GB\nnow"),
+        ("subscribers", "tariff_id", 0, "t\x1b[31m1"),
+        ("holdings", "product_id", 2, "p_roam\u2066"),
+    ],
+)
+def test_control_and_bidi_characters_in_text_are_refused(table, column, row, value):
+    frame = with_value(valid_day()[table], column, row, value)
+    assert_names(broken(table, frame), table, column, "no_control_characters", 1)
+
+
+def test_long_cells_are_quoted_short_with_their_length():
+    cell = "x" * 2_000_000
+    frame = with_value(valid_day()["usage"], "kind", 0, cell)
+    text = str(broken("usage", frame))
+    assert len(text) < 500
+    assert repr("x" * 80) + "... (2,000,000 characters)" in text
+
+
 def test_examples_are_capped_at_five_rows_with_row_numbers():
     usage = pl.concat([valid_day()["usage"]] * 4).with_columns(pl.lit("fax").alias("kind"))
     violation = only(broken("usage", usage))

@@ -11,6 +11,7 @@ import pytest
 from mia.lake import Lake
 from mia.settings import Settings, load_settings
 from models.evaluate import (
+    capture_table,
     category_auc_metrics,
     evaluate_against_oracle,
     held_offers,
@@ -74,12 +75,31 @@ def test_top_k_metrics_exact():
     assert result["top2.mia_expected_accepts"] == pytest.approx(0.6 + 0.8)
     assert result["top2.oracle_expected_accepts"] == pytest.approx(0.6 + 0.8)
     assert result["top2.capture"] == pytest.approx(1.0)
-    rows = oracle_table({**result, "oracle.mean_normalised_auc": 0.9})
-    assert [row["row"] for row in rows] == [
-        "all categories",
-        "top1 expected accepts",
-        "top2 expected accepts",
-    ]
+    rows = capture_table(result)
+    assert [row["row"] for row in rows] == ["top1 expected accepts", "top2 expected accepts"]
+    assert rows[0] == {
+        "row": "top1 expected accepts",
+        "mia": pytest.approx(0.5),
+        "oracle": pytest.approx(0.9),
+        "random": pytest.approx(0.5),
+        "capture": pytest.approx(0.5 / 0.9),
+    }
+
+
+def test_oracle_table_rows_share_one_set_of_columns():
+    impressions = pl.DataFrame(
+        {
+            "category": ["music"] * 20 + ["video"] * 3,
+            "label": [0, 1] * 10 + [0, 1, 0],
+            "p_accept": [0.2, 0.6] * 10 + [0.1, 0.5, 0.3],
+            "oracle_p": [0.1, 0.7] * 10 + [0.2, 0.4, 0.3],
+        }
+    )
+    rows = oracle_table(category_auc_metrics(impressions))
+    assert [row["row"] for row in rows] == ["music", "video", "all categories"]
+    assert all(list(row) == list(rows[0]) for row in rows)
+    assert (rows[-1]["impressions"], rows[-1]["accepts"]) == (23, 11)
+    assert rows[-1]["normalised_auc"] == pytest.approx(1.0)
 
 
 def test_held_offers_uses_current_holdings():
@@ -124,8 +144,7 @@ def test_evaluate_against_oracle_on_the_tiny_world(tmp_path, ingested_root):
     narrowed = evaluate_against_oracle(lake, AS_OF, settings, report.bundle, False, pairs.head(3))
     assert narrowed["subscribers"] == pairs.head(3)["subscriber_id"].n_unique()
     assert narrowed["oracle.mean_normalised_auc"] == result["oracle.mean_normalised_auc"]
-    table = oracle_table(result)
-    assert table[-1]["row"] == "top5 expected accepts"
+    assert capture_table(result)[-1]["row"] == "top5 expected accepts"
     with tracking(settings) as client:
         runs = client.search_runs(
             [client.get_experiment_by_name(settings.experiment).experiment_id]
@@ -138,3 +157,27 @@ def test_a_champion_trained_after_the_date_is_not_evaluated(night_run):
     earlier = TINY_LAST_DAY - dt.timedelta(days=7)
     with pytest.raises(TrainingInputError, match=f"trained as of {TINY_LAST_DAY}, after {earlier}"):
         evaluate_against_oracle(Lake(night_run.data_dir), earlier, settings)
+
+
+def test_cli_evaluates_models_trained_as_of_an_earlier_date(night_run, tmp_path, capsys):
+    """After a night (as after `make demo`), `mia evaluate` of an earlier date trains models as
+    of that date, unregistered, and evaluates them; the champion stays."""
+    from models.registry import champion_info
+    from models.scoring import MODEL_NAME
+    from tests.test_flows import _config_file, _copy_run, _mia
+
+    root = _copy_run(night_run, tmp_path)
+    config = _config_file(root)
+    settings = load_settings(config_file=config, data_dir=root / "data")
+    champion = champion_info(MODEL_NAME, settings)["version"]
+    earlier = TINY_LAST_DAY - dt.timedelta(days=7)
+    arguments = ("--data-dir", str(root / "data"), "--config", str(config))
+    code = _mia("evaluate", "--date", earlier.isoformat(), *arguments)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"trained as of {TINY_LAST_DAY}, after {earlier}" in captured.err
+    assert "\nall categories\t" in captured.out and "\ntop1 expected accepts\t" in captured.out
+    assert champion_info(MODEL_NAME, settings)["version"] == champion
+    # The last day has no outcomes after it: refused, with the reason.
+    assert _mia("evaluate", "--date", TINY_LAST_DAY.isoformat(), *arguments) == 2
+    assert f"no offer events ingested after {TINY_LAST_DAY}" in capsys.readouterr().err
