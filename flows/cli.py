@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mia.errors import InputError
-from mia.lake import Lake, parse_date
+from mia.lake import Lake, parse_date, run_lock
 from mia.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -143,7 +143,10 @@ def simulate(
         control_share=settings.control_share,
         group_salt=settings.group_salt,
     )
-    with _progress(f"simulating {subscribers:,} subscribers x {days} days") as advance:
+    with (
+        run_lock(settings.data_dir, owner="simulate"),
+        _progress(f"simulating {subscribers:,} subscribers x {days} days") as advance,
+    ):
         dates = write_world(
             settings.data_dir, simulation, file_format=file_format, progress=advance
         )
@@ -178,7 +181,10 @@ def ingest(
             raise InputError(f"no day folders found in {lake.root / 'incoming'}.")
     else:
         dates = [_date(date)]
-    with _progress(f"ingesting {len(dates)} day(s)") as advance:
+    with (
+        run_lock(lake.root, owner=f"ingest {dates[0]}..{dates[-1]}"),
+        _progress(f"ingesting {len(dates)} day(s)") as advance,
+    ):
         for done, day in enumerate(dates, start=1):
             counts = ingest_day(lake, day, source)
             advance(done, len(dates))
