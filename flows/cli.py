@@ -127,6 +127,9 @@ def simulate(
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2026-01-01",
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same world.")] = 7,
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite deliveries already in DATA/incoming/.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Write a synthetic telco world into DATA/incoming/ (one folder per day)."""
@@ -148,7 +151,11 @@ def simulate(
         _progress(f"simulating {subscribers:,} subscribers x {days} days") as advance,
     ):
         dates = write_world(
-            settings.data_dir, simulation, file_format=file_format, progress=advance
+            settings.data_dir,
+            simulation,
+            file_format=file_format,
+            progress=advance,
+            overwrite=force,
         )
     out.print(
         f"wrote {len(dates)} days ({dates[0]} .. {dates[-1]}) to "
