@@ -208,7 +208,13 @@ def _overrides(**values: Any) -> dict[str, Any]:
 
 
 def _run_flow(flow_fn: Callable[..., Any], **parameters: Any) -> Any:
-    """Run a Prefect flow in this process; its own exceptions come back unchanged."""
+    """Run a Prefect flow in this process; its own exceptions come back unchanged.
+
+    Against the user's Prefect API, else a local one that dies with this process.
+    """
+    from flows.local_api import ensure_prefect_api
+
+    ensure_prefect_api()
     return flow_fn(**parameters)
 
 
