@@ -21,6 +21,7 @@ from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import (
     PREFECT_API_URL,
     PREFECT_SERVER_EPHEMERAL_ENABLED,
+    Settings,
     get_current_settings,
 )
 
@@ -56,9 +57,9 @@ class LocalApiServer(SubprocessASGIServer):
         return subprocess.Popen(launcher_command(command), env=environment)
 
 
-def startup_timeout_seconds() -> int:
+def startup_timeout_seconds(settings: Settings | None = None) -> int:
     """The user's PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, else Mia's default."""
-    ephemeral = get_current_settings().server.ephemeral
+    ephemeral = (settings or get_current_settings()).server.ephemeral
     if "startup_timeout_seconds" in ephemeral.model_fields_set:
         return ephemeral.startup_timeout_seconds
     return DEFAULT_STARTUP_TIMEOUT_SECONDS

@@ -68,3 +68,24 @@ def test_a_killed_nightly_leaves_no_process_behind(fresh_root, tmp_path):
         for process in descendants:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+
+def test_prefect_server_startup_waits_180_s_unless_the_user_says_otherwise(monkeypatch):
+    from prefect.settings import Settings
+
+    from flows.local_api import startup_timeout_seconds
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert startup_timeout_seconds(Settings()) == 180
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
+    assert startup_timeout_seconds(Settings()) == 45
+
+
+def test_a_users_prefect_api_is_used_and_no_server_started():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.local_api import ensure_prefect_api
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://prefect.example:4200/api"}):
+        assert ensure_prefect_api() == "http://prefect.example:4200/api"
+    assert psutil.Process().children() == []
