@@ -10,21 +10,34 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Callable
-from contextlib import contextmanager
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from mia.errors import InputError
 from mia.lake import Lake, parse_date, run_lock
+from mia.progress import PROGRESS_LOGGER, StepProgress
 from mia.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# Piped progress: a line for each new part of a step, else at most one per this many seconds.
+PLAIN_PROGRESS_SECONDS = 10.0
 
 app = typer.Typer(
     name="mia",
@@ -75,24 +88,103 @@ def _date(value: str, name: str = "--date") -> dt.date:
         raise InputError(f"{name} == {value!r}, must be a date as YYYY-MM-DD.") from error
 
 
+class _ProgressDisplay(logging.Handler):
+    """Progress reports (`mia.progress`) on stderr: rich bars, else plain lines with the time."""
+
+    def __init__(self, bars: Progress | None) -> None:
+        super().__init__(level=logging.INFO)
+        self.bars = bars
+        self.tasks: dict[str, TaskID] = {}
+        self.started: dict[str, float] = {}
+        self.printed: dict[str, tuple[float, str]] = {}  # per step: when, and the part then
+        self.guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Show a progress record (reports arrive from any thread)."""
+        progress = getattr(record, "progress", None)
+        if isinstance(progress, StepProgress):
+            self.show(progress)
+
+    def show(self, progress: StepProgress) -> None:
+        """Show how far `progress.step` is."""
+        with self.guard:
+            now = time.monotonic()
+            elapsed = now - self.started.setdefault(progress.step, now)
+            if self.bars is not None:
+                self._update_bar(progress)
+            elif self._line_due(progress, now):
+                err.print(_progress_line(progress, elapsed), markup=False, highlight=False)
+
+    def _update_bar(self, progress: StepProgress) -> None:
+        label = f"{progress.step}: {progress.item}" if progress.item else progress.step
+        if progress.step not in self.tasks:
+            self.tasks[progress.step] = self.bars.add_task(escape(label), total=progress.total)
+        self.bars.update(
+            self.tasks[progress.step],
+            description=escape(label),
+            completed=progress.done,
+            total=progress.total,
+        )
+
+    def _line_due(self, progress: StepProgress, now: float) -> bool:
+        """A line for a new part, the end, or every PLAIN_PROGRESS_SECONDS in between."""
+        last = self.printed.get(progress.step)
+        due = (
+            last is None
+            or progress.done >= progress.total
+            or progress.item != last[1]
+            or now - last[0] >= PLAIN_PROGRESS_SECONDS
+        )
+        if due:
+            self.printed[progress.step] = (now, progress.item)
+        return due
+
+
+def _progress_line(progress: StepProgress, elapsed: float) -> str:
+    if progress.item and progress.done < progress.total:
+        where = f"{progress.item} ({progress.done + 1} of {progress.total})"
+    else:
+        where = f"{progress.done} of {progress.total} done"
+    return f"{progress.step}: {where}, {_duration(elapsed)} elapsed"
+
+
+def _duration(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minute:02d}m{second:02d}s"
+    return f"{minute}m{second:02d}s" if minute else f"{second}s"
+
+
 @contextmanager
-def _progress(description: str):
-    """A rich progress bar; yields a callback `advance(done, total)`."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal and os.environ.get("MIA_PROGRESS") != "1",
+def _progress(description: str = "") -> Iterator[Callable[[int, int], None]]:
+    """Show the progress reports of long steps while the block runs: rich bars on a terminal
+    (or with MIA_PROGRESS=1), plain lines when piped. Yields `advance(done, total)`, which
+    reports progress of `description`."""
+    reports = logging.getLogger(PROGRESS_LOGGER)
+    bars = err.is_terminal or os.environ.get("MIA_PROGRESS") == "1"
+    with (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        if bars
+        else nullcontext()
     ) as progress:
-        task = progress.add_task(description, total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        yield advance
+        display = _ProgressDisplay(progress)
+        propagate, level = reports.propagate, reports.level
+        reports.addHandler(display)
+        reports.propagate = False  # shown here, not again by the log handlers
+        reports.setLevel(logging.INFO)
+        try:
+            yield lambda done, total: display.show(StepProgress(description, done, total))
+        finally:
+            reports.removeHandler(display)
+            reports.propagate, reports.level = propagate, level
 
 
 def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -215,7 +307,8 @@ def _run_flow(flow_fn: Callable[..., Any], **parameters: Any) -> Any:
     from flows.local_api import ensure_prefect_api
 
     ensure_prefect_api()
-    return flow_fn(**parameters)
+    with _progress():
+        return flow_fn(**parameters)
 
 
 @app.command()
