@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import prefect
 from prefect.context import refresh_global_settings_context
@@ -69,12 +70,15 @@ def ensure_prefect_api() -> str | None:
     """Point this process's flows at the user's Prefect API (PREFECT_API_URL), or at a local API
     server started now that lives as long as this process and no longer; the URL in use.
 
-    Call it from the main thread. None where no API is configured and Prefect's temporary server
-    is disabled: Prefect then says what is missing.
+    From another thread than the main one, or where no API is configured and Prefect's temporary
+    server is disabled, nothing is started and None returned: Prefect then does as it would.
     """
     configured = PREFECT_API_URL.value()
     if configured or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return configured or None
+    if threading.current_thread() is not threading.main_thread():
+        # The kernel would kill the server when this thread ends: leave it to Prefect.
+        return None
     server = LocalApiServer(port=_free_port())
     server.start(timeout=startup_timeout_seconds())  # Prefect stops it at exit
     # Process-wide, so that Prefect's own worker threads report to this server too.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,4 +90,25 @@ def test_a_users_prefect_api_is_used_and_no_server_started():
 
     with temporary_settings(updates={PREFECT_API_URL: "http://prefect.example:4200/api"}):
         assert ensure_prefect_api() == "http://prefect.example:4200/api"
+    assert psutil.Process().children() == []
+
+
+def test_no_server_is_started_from_a_thread_that_may_end_before_the_process():
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        temporary_settings,
+    )
+
+    from flows.local_api import ensure_prefect_api
+
+    results = []
+    with temporary_settings(
+        updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}, restore_defaults={PREFECT_API_URL}
+    ):
+        context = contextvars.copy_context()
+        worker = threading.Thread(target=lambda: results.append(context.run(ensure_prefect_api)))
+        worker.start()
+        worker.join()
+    assert results == [None]
     assert psutil.Process().children() == []
