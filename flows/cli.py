@@ -109,7 +109,9 @@ class _ProgressDisplay(logging.Handler):
         """Show how far `progress.step` is."""
         with self.guard:
             now = time.monotonic()
-            elapsed = now - self.started.setdefault(progress.step, now)
+            if progress.done == 0 or progress.step not in self.started:
+                self.started[progress.step] = now  # a step that starts (again)
+            elapsed = now - self.started[progress.step]
             if self.bars is not None:
                 self._update_bar(progress)
             elif self._line_due(progress, now):
@@ -119,6 +121,8 @@ class _ProgressDisplay(logging.Handler):
         label = f"{progress.step}: {progress.item}" if progress.item else progress.step
         if progress.step not in self.tasks:
             self.tasks[progress.step] = self.bars.add_task(escape(label), total=progress.total)
+        elif progress.done == 0:  # the step starts again: so does its clock
+            self.bars.reset(self.tasks[progress.step])
         self.bars.update(
             self.tasks[progress.step],
             description=escape(label),
