@@ -10,23 +10,36 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Callable
-from contextlib import contextmanager
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from mia.errors import InputError
-from mia.lake import Lake, parse_date
+from mia.lake import Lake, parse_date, run_lock
+from mia.progress import PROGRESS_LOGGER, StepProgress
 from mia.settings import Settings, load_settings
 from mia.text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# Piped progress: a line for each new part of a step, else at most one per this many seconds.
+PLAIN_PROGRESS_SECONDS = 10.0
 
 app = typer.Typer(
     name="mia",
@@ -78,24 +91,107 @@ def _date(value: str, name: str = "--date") -> dt.date:
         raise InputError(f"{name} == {value!r}, must be a date as YYYY-MM-DD.") from error
 
 
+class _ProgressDisplay(logging.Handler):
+    """Progress reports (`mia.progress`) on stderr: rich bars, else plain lines with the time."""
+
+    def __init__(self, bars: Progress | None) -> None:
+        super().__init__(level=logging.INFO)
+        self.bars = bars
+        self.tasks: dict[str, TaskID] = {}
+        self.started: dict[str, float] = {}
+        self.printed: dict[str, tuple[float, str]] = {}  # per step: when, and the part then
+        self.guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Show a progress record (reports arrive from any thread)."""
+        progress = getattr(record, "progress", None)
+        if isinstance(progress, StepProgress):
+            self.show(progress)
+
+    def show(self, progress: StepProgress) -> None:
+        """Show how far `progress.step` is."""
+        with self.guard:
+            now = time.monotonic()
+            if progress.done == 0 or progress.step not in self.started:
+                self.started[progress.step] = now  # a step that starts (again)
+            elapsed = now - self.started[progress.step]
+            if self.bars is not None:
+                self._update_bar(progress)
+            elif self._line_due(progress, now):
+                err.print(_progress_line(progress, elapsed), markup=False, highlight=False)
+
+    def _update_bar(self, progress: StepProgress) -> None:
+        label = f"{progress.step}: {progress.item}" if progress.item else progress.step
+        if progress.step not in self.tasks:
+            self.tasks[progress.step] = self.bars.add_task(escape(label), total=progress.total)
+        elif progress.done == 0:  # the step starts again: so does its clock
+            self.bars.reset(self.tasks[progress.step])
+        self.bars.update(
+            self.tasks[progress.step],
+            description=escape(label),
+            completed=progress.done,
+            total=progress.total,
+        )
+
+    def _line_due(self, progress: StepProgress, now: float) -> bool:
+        """A line for a new part, the end, or every PLAIN_PROGRESS_SECONDS in between."""
+        last = self.printed.get(progress.step)
+        due = (
+            last is None
+            or progress.done >= progress.total
+            or progress.item != last[1]
+            or now - last[0] >= PLAIN_PROGRESS_SECONDS
+        )
+        if due:
+            self.printed[progress.step] = (now, progress.item)
+        return due
+
+
+def _progress_line(progress: StepProgress, elapsed: float) -> str:
+    if progress.item and progress.done < progress.total:
+        where = f"{progress.item} ({progress.done + 1} of {progress.total})"
+    else:
+        where = f"{progress.done} of {progress.total} done"
+    return f"{progress.step}: {where}, {_duration(elapsed)} elapsed"
+
+
+def _duration(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minute:02d}m{second:02d}s"
+    return f"{minute}m{second:02d}s" if minute else f"{second}s"
+
+
 @contextmanager
-def _progress(description: str):
-    """A rich progress bar; yields a callback `advance(done, total)`."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal and os.environ.get("MIA_PROGRESS") != "1",
+def _progress(description: str = "") -> Iterator[Callable[[int, int], None]]:
+    """Show the progress reports of long steps while the block runs: rich bars on a terminal
+    (or with MIA_PROGRESS=1), plain lines when piped. Yields `advance(done, total)`, which
+    reports progress of `description`."""
+    reports = logging.getLogger(PROGRESS_LOGGER)
+    bars = err.is_terminal or os.environ.get("MIA_PROGRESS") == "1"
+    with (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        if bars
+        else nullcontext()
     ) as progress:
-        task = progress.add_task(description, total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        yield advance
+        display = _ProgressDisplay(progress)
+        propagate, level = reports.propagate, reports.level
+        reports.addHandler(display)
+        reports.propagate = False  # shown here, not again by the log handlers
+        reports.setLevel(logging.INFO)
+        try:
+            yield lambda done, total: display.show(StepProgress(description, done, total))
+        finally:
+            reports.removeHandler(display)
+            reports.propagate, reports.level = propagate, level
 
 
 def _say(message: str, console: Console = out, label: str = "", style: str = "") -> None:
@@ -146,6 +242,9 @@ def simulate(
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2026-01-01",
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same world.")] = 7,
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite deliveries already in DATA/incoming/.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Write a synthetic telco world into DATA/incoming/ (one folder per day)."""
@@ -162,9 +261,16 @@ def simulate(
         control_share=settings.control_share,
         group_salt=settings.group_salt,
     )
-    with _progress(f"simulating {subscribers:,} subscribers x {days} days") as advance:
+    with (
+        run_lock(settings.data_dir, owner="simulate"),
+        _progress(f"simulating {subscribers:,} subscribers x {days} days") as advance,
+    ):
         dates = write_world(
-            settings.data_dir, simulation, file_format=file_format, progress=advance
+            settings.data_dir,
+            simulation,
+            file_format=file_format,
+            progress=advance,
+            overwrite=force,
         )
     _say(
         f"wrote {len(dates)} days ({dates[0]} .. {dates[-1]}) to "
@@ -197,7 +303,10 @@ def ingest(
             raise InputError(f"no day folders found in {lake.root / 'incoming'}.")
     else:
         dates = [_date(date)]
-    with _progress(f"ingesting {len(dates)} day(s)") as advance:
+    with (
+        run_lock(lake.root, owner=f"ingest {dates[0]}..{dates[-1]}"),
+        _progress(f"ingesting {len(dates)} day(s)") as advance,
+    ):
         for done, day in enumerate(dates, start=1):
             counts = ingest_day(lake, day, source)
             advance(done, len(dates))
@@ -212,8 +321,15 @@ def _overrides(**values: Any) -> dict[str, Any]:
 
 
 def _run_flow(flow_fn: Callable[..., Any], **parameters: Any) -> Any:
-    """Run a Prefect flow in this process; its own exceptions come back unchanged."""
-    return flow_fn(**parameters)
+    """Run a Prefect flow in this process; its own exceptions come back unchanged.
+
+    Against the user's Prefect API, else a local one that dies with this process.
+    """
+    from flows.local_api import ensure_prefect_api
+
+    ensure_prefect_api()
+    with _progress():
+        return flow_fn(**parameters)
 
 
 @app.command()

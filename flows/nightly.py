@@ -26,11 +26,17 @@ from flows import steps
 from flows.publish import Staging, clear_stale_staging, publish
 from mia.lake import Lake, parse_date, run_lock
 from mia.memory import peak_rss_bytes
+from mia.progress import report_progress
 from mia.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 IO_RETRIES = 2
+# The steps of a night, in order, as progress reports name them.
+NIGHTLY_STEPS = (
+    "ingest", "daily", "snapshot", "train", "score", "rank", "reasons", "audiences", "report",
+    "publish",
+)  # fmt: skip
 
 
 def _settings(
@@ -48,7 +54,9 @@ def peak_rss_gb() -> float:
 
 @contextmanager
 def _timed(timings: dict[str, float], step: str, memory: dict[str, float]) -> Iterator[None]:
-    """Record the step's wall time, and this process's peak memory so far once it ends."""
+    """Report the step as under way; record its wall time, and this process's peak memory so far
+    once it ends."""
+    report_progress("nightly", NIGHTLY_STEPS.index(step), len(NIGHTLY_STEPS), step)
     started = time.perf_counter()
     try:
         yield
@@ -208,6 +216,7 @@ def nightly(
         manifest = steps.manifest(lake, as_of, settings, staging, facts, ingested)
         with _timed(timings, "publish", memory):
             path = publish_task(staging, manifest)
+        report_progress("nightly", len(NIGHTLY_STEPS), len(NIGHTLY_STEPS))
     log.info("published %s: %s", as_of, path)
     return json.loads(Path(path).read_text())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import itertools
 import json
 import logging
@@ -33,6 +34,7 @@ ROW_GROUP_ROWS = 65_536
 # Rows that merge_sorted_parquet sorts in memory at once: its memory bound, whatever the total.
 MERGE_PART_ROWS = 1_000_000
 LOCK_FILE = ".mia.lock"
+LOCK_HOLDER_FILE = ".mia.lock.holder.json"
 
 
 class LockedError(RunError):
@@ -317,45 +319,40 @@ def scan_partitions(
 
 @contextlib.contextmanager
 def run_lock(root: Path | str, owner: str = "mia") -> Iterator[Path]:
-    """Hold the data root for one run; a second run fails at once with a clear message."""
+    """Hold the data root for one run; a second run fails at once with a clear message.
+
+    An exclusive `flock` on root/LOCK_FILE: the kernel releases it when the holder exits or dies,
+    however it dies, so a killed run never leaves the root locked and two takers never both win.
+    The lock file is never removed (a taker may be about to lock it). Who holds the root (owner,
+    pid, start time) is kept in root/LOCK_HOLDER_FILE for the message a second taker sees. The
+    descriptor is not inherited across exec, so a child process never keeps the root locked.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     lock = root / LOCK_FILE
+    handle = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
     try:
-        handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        holder = _read_lock(lock)
-        if holder and not _process_alive(holder.get("pid", -1)):
-            logger.warning("removing stale lock %s left by pid %s", lock, holder.get("pid"))
-            lock.unlink(missing_ok=True)
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        else:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             raise LockedError(
-                f"data root {root} is in use by another run ({holder or 'unknown holder'}); "
-                f"wait for it to finish, or remove {lock} if no run is active."
+                f"data root {root} is in use by {_holder(root)}; wait for it to finish."
             ) from None
-    with os.fdopen(handle, "w") as stream:
-        json.dump({"pid": os.getpid(), "owner": owner}, stream)
-    try:
-        yield lock
+        holder = root / LOCK_HOLDER_FILE
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        write_json({"owner": owner, "pid": os.getpid(), "started": started}, holder)
+        try:
+            yield lock
+        finally:
+            holder.unlink(missing_ok=True)
     finally:
-        lock.unlink(missing_ok=True)
+        os.close(handle)  # releases the lock
 
 
-def _read_lock(lock: Path) -> dict[str, Any] | None:
+def _holder(root: Path) -> str:
+    """Who holds the root, in words, from LOCK_HOLDER_FILE (written once the lock is taken)."""
     try:
-        return json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        holder = json.loads((root / LOCK_HOLDER_FILE).read_text())
+        return f"{holder['owner']} (pid {holder['pid']}, started {holder['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another run (starting or finishing)"

@@ -23,6 +23,7 @@ import polars as pl
 from sklearn.isotonic import IsotonicRegression
 
 from mia.errors import InputError
+from mia.progress import report_progress
 from mia.schema import CATEGORIES, CATEGORY, LABEL, SNAPSHOT_DATE, SUBSCRIBER_ID
 
 logger = logging.getLogger(__name__)
@@ -276,9 +277,11 @@ class CategoryPropensity:
         self.calibrators_: dict[str, _Calibrator] = {}
         self.priors_: dict[str, float] = {}
         rows = []
+        trained = [category for category in CATEGORIES if category in self.categories]
         for category_index, category in enumerate(CATEGORIES):
             if category not in self.categories:
                 continue
+            report_progress("propensity models", len(rows), len(trained), category)
             in_train, in_valid = c_train == category, c_valid == category
             yt, yv = y_train[in_train], y_valid[in_valid]
             positives = float(yt.sum())
@@ -312,6 +315,7 @@ class CategoryPropensity:
                 booster.best_iteration,
             )
             rows.append(_summary_row(category, MODEL, yt, yv, booster.best_iteration, prior, ""))
+        report_progress("propensity models", len(rows), len(trained))
         self.summary_ = pl.DataFrame(rows, schema=_SUMMARY_SCHEMA, orient="row")
         return self
 

@@ -29,6 +29,7 @@ import polars.selectors as cs
 from mia.errors import InputError
 from mia.hashing import unit_interval
 from mia.lake import Lake, partition_files
+from mia.progress import report_progress
 from mia.schema import CATEGORY, LABEL, OFFER_ID, P_ACCEPT, SUBSCRIBER_ID
 from mia.settings import Settings
 from models import metrics as mx
@@ -47,6 +48,12 @@ BLEND_MIN_DATA_IN_LEAF = 200
 # Propensity trains on the oldest snapshots, calibrates on the next, the blend fits on the last.
 MIN_TRAIN_SNAPSHOTS = 3
 TRAINED_AS_OF_TAG = "trained_as_of"
+TRAINING_STAGES = (
+    "snapshots and labels",
+    "propensity, ALS and blend models",
+    "holdout metrics",
+    "MLflow registry and quality gate",
+)
 
 
 class TrainingInputError(InputError):
@@ -165,9 +172,10 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
     catalog = pl.concat(catalogs, how="vertical").unique(OFFER_ID, keep="last").sort(OFFER_ID)
 
     snapshots, categories, offers = {}, {}, {}
-    for date in [*dates, as_of]:
-        logger.info("snapshot %s", date)
+    for done, date in enumerate([*dates, as_of]):
+        report_progress("training snapshots", done, len(dates) + 1, str(date))
         snapshots[date] = read_or_build_snapshot(lake, date, settings)
+    report_progress("training snapshots", len(dates) + 1, len(dates) + 1)
     for date in dates:
         categories[date] = category_labels(events, catalog, date, settings.horizon_days)
         offers[date] = offer_labels(events, catalog, date, settings.horizon_days)
@@ -259,14 +267,17 @@ def tuned_als_params(data: TrainingData, settings: Settings) -> tuple[dict, dict
     grid = als_grid(settings)
     names = sorted(grid)
     best: tuple[float, dict] | None = None
-    for values in itertools.product(*(grid[name] for name in names)):
+    candidates = list(itertools.product(*(grid[name] for name in names)))
+    for done, values in enumerate(candidates):
         params = dict(zip(names, values, strict=True))
+        report_progress("ALS candidates", done, len(candidates), _describe(params))
         model = cf_model(settings, **params).fit(train)
         scores = model.score(users, offers, train)[rows, columns]
         auc = mx.roc_auc(labels, scores)
         logger.info("ALS %s: validation AUC %.4f", params, auc)
         if best is None or auc > best[0] + 1e-12:
             best = (auc, params)
+    report_progress("ALS candidates", len(candidates), len(candidates))
     auc, params = best
     _, metrics = tune_als(
         train, valid, {name: [value] for name, value in params.items()}, k=ALS_K,
@@ -275,6 +286,10 @@ def tuned_als_params(data: TrainingData, settings: Settings) -> tuple[dict, dict
     metrics = {**metrics, "validation_roc_auc": auc}
     logger.info("ALS tuned: %s (validation AUC %.4f)", params, auc)
     return params, metrics
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in params.items() if name != "num_threads")
 
 
 def blend_model(settings: Settings) -> OfferBlend:
@@ -451,8 +466,12 @@ def train_models(
     lake: Lake, as_of: dt.date, settings: Settings, register: bool = True
 ) -> TrainingReport:
     """Train, evaluate, log and register the models as of `as_of`; promote through the gate."""
+    stages = TRAINING_STAGES if register else TRAINING_STAGES[:-1]
+    report_progress("training", 0, len(stages), stages[0])
     data = load_training_data(lake, as_of, settings)
+    report_progress("training", 1, len(stages), stages[1])
     bundle, frames = fit_bundle(data, settings)
+    report_progress("training", 2, len(stages), stages[2])
     metrics = compute_metrics(bundle, frames)
     logger.info(
         "holdout: blend AUC %.4f (category propensity alone %.4f, ALS alone %.4f)",
@@ -470,7 +489,9 @@ def train_models(
         notes={"propensity_summary": bundle.propensity.summary_},
     )
     if register:
+        report_progress("training", 3, len(stages), stages[3])
         _register(report, data, frames, settings)
+    report_progress("training", len(stages), len(stages))
     return report
 
 

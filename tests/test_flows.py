@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from flows.nightly import nightly
 from flows.publish import MANIFEST, STAGING, published_dates, read_manifest
 from mia.errors import InputError
 from mia.hashing import control_mask
-from mia.lake import Lake, LockedError, run_lock
+from mia.lake import LOCK_FILE, Lake, LockedError, run_lock
 from mia.settings import Settings
 from tests.conftest import TINY_LAST_DAY, night_overrides
 
@@ -49,6 +50,12 @@ def _copy_run(night_run, tmp_path: Path) -> Path:
     root = tmp_path / "run"
     shutil.copytree(night_run.root, root)
     return root
+
+
+def _assert_unlocked(root: Path) -> None:
+    """No run holds the data root any more (the lock file itself stays)."""
+    with open(root / LOCK_FILE) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _mia(*arguments: str) -> int:
@@ -86,7 +93,7 @@ def test_nightly_publishes_offers_audiences_report_and_manifest(night_run):
     assert f"- offers: {offers.height:,} across {categories} categories" in text
     assert (lake.reports(TINY_LAST_DAY) / "offers_per_category.png").stat().st_size > 1000
     assert not (lake.root / STAGING).exists() or not any((lake.root / STAGING).iterdir())
-    assert not (lake.root / ".mia.lock").exists()
+    _assert_unlocked(lake.root)
 
 
 def test_control_group_never_receives_offers(night_run):
@@ -123,7 +130,7 @@ def test_failed_run_leaves_previous_outputs_and_next_run_succeeds(night_run, tmp
         nightly(date=TINY_LAST_DAY.isoformat(), data_dir=str(data), overrides=night_overrides(root))
     assert _published(data, TINY_LAST_DAY) == before
     assert _files(Lake(data).reports(TINY_LAST_DAY)) == report_before
-    assert not (data / ".mia.lock").exists()
+    _assert_unlocked(data)
 
     monkeypatch.undo()
     manifest = nightly(
@@ -139,7 +146,7 @@ def test_second_run_on_a_locked_data_root_fails_and_publishes_nothing(night_run,
     data = root / "data"
     earlier = TINY_LAST_DAY - dt.timedelta(days=1)
     with run_lock(data, owner="another nightly"):
-        with pytest.raises(LockedError, match="in use by another run"):
+        with pytest.raises(LockedError, match="in use by another nightly"):
             nightly(date=earlier.isoformat(), data_dir=str(data), overrides=night_overrides(root))
     assert earlier not in Lake(data).dates("offers")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ import polars as pl
 import pytest
 
 from mia.errors import InputError
+from mia.progress import PROGRESS_LOGGER
 from models import metrics
 from models.propensity import (
     CategoryPropensity,
@@ -241,3 +243,16 @@ def test_metrics_exact_values():
         metrics.log_loss([0, 1], [0.5, 1.5])
     gains = metrics.lift_table(y, p, buckets=2)
     assert gains["gain"].to_list() == [0.5, 1.0]
+
+
+def test_fit_reports_which_category_is_training_n_of_n(frames, caplog):
+    train, valid = frames
+    categories = ("data_addon", "esim", "roaming")
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+        CategoryPropensity(categories=categories, num_boost_round=5, num_threads=1).fit(
+            train, valid
+        )
+    reports = [record.progress for record in caplog.records if hasattr(record, "progress")]
+    assert [(report.done, report.total) for report in reports] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert sorted(report.item for report in reports[:3]) == sorted(categories)
+    assert {report.step for report in reports} == {"propensity models"}

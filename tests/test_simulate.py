@@ -99,6 +99,26 @@ def test_write_world_rejects_unknown_format(tmp_path):
 # ---- determinism -----------------------------------------------------------------------------
 
 
+def test_simulate_refuses_to_overwrite_deliveries_unless_forced(tmp_path, capsys):
+    from flows.cli import app, run_command
+
+    def simulate(*extra: str) -> int:
+        arguments = ["simulate", "--data-dir", str(tmp_path), "--subscribers", "20", "--days", "3"]
+        return run_command(lambda: app([*arguments, *extra], standalone_mode=True))
+
+    delivered = tmp_path / "incoming" / "date=2026-01-02"
+    delivered.mkdir(parents=True)
+    (delivered / "usage.csv").write_text("subscriber_id,ts,kind,quantity,charge\n")
+    assert simulate() == 2
+    assert "already holds deliveries for 1 of the 3 days to simulate (2026-01-02)" in (
+        capsys.readouterr().err.replace("\n", " ")
+    )
+    assert [path.name for path in tmp_path.glob("*/*")] == ["date=2026-01-02"]
+    assert simulate("--force") == 0
+    assert not (delivered / "usage.csv").exists()
+    assert len(Lake(tmp_path).dates("incoming")) == 3
+
+
 def test_same_config_gives_byte_identical_files(tmp_path):
     config = SimulationConfig(subscribers=300, days=6, seed=5)
     first = write_world(tmp_path / "a", config)

@@ -795,17 +795,37 @@ def _write_table(frame: pl.DataFrame, path: Path, file_format: str) -> None:
         frame.write_csv(path)
 
 
+def _refuse_delivered_days(lake: Lake, config: SimulationConfig) -> None:
+    """Raise when incoming/ already holds a delivery for a day of the simulation."""
+    days = [config.start + dt.timedelta(days=day) for day in range(config.days)]
+    delivered = [day for day in days if lake.incoming(day).exists()]
+    if delivered:
+        shown = ", ".join(str(day) for day in delivered[:3]) + (", ..." * (len(delivered) > 3))
+        raise SimulationError(
+            f"{lake.root / 'incoming'} already holds deliveries for {len(delivered)} of the "
+            f"{config.days} days to simulate ({shown}); simulate into another data root, or "
+            "overwrite them (`mia simulate --force`, write_world(..., overwrite=True))."
+        )
+
+
 def write_world(
     root: Path,
     config: SimulationConfig,
     file_format: str = "parquet",
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> list[dt.date]:
-    """Write root/incoming/date=D/<table>.<format> for every day plus root/truth/; returns dates."""
+    """Write root/incoming/date=D/<table>.<format> for every day plus root/truth/; returns dates.
+
+    Refuses, writing nothing, when incoming/ already holds a delivery for one of the days, unless
+    `overwrite`.
+    """
     if file_format not in FILE_FORMATS:
         raise SimulationError(f"file_format == {file_format!r}, must be one of {FILE_FORMATS}.")
     root = Path(root)
     lake = Lake(root)
+    if not overwrite:
+        _refuse_delivered_days(lake, config)
     truth_root = root / TRUTH_DIR
     world = _World(config)
     meta = {"version": TRUTH_VERSION, **dataclasses.asdict(config)}

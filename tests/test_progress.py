@@ -1,0 +1,41 @@
+"""Long steps show progress a person can read: which part, n of N, elapsed time."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from flows import cli
+from mia.progress import report_progress
+
+
+def test_piped_progress_is_plain_lines_naming_the_part_n_of_n_and_the_time(capsys, monkeypatch):
+    monkeypatch.delenv("MIA_PROGRESS", raising=False)
+    with cli._progress():
+        worker = threading.Thread(  # flows report from their task threads
+            target=lambda: [
+                report_progress("propensity models", done, 2, item)
+                for done, item in enumerate(["tariffs", "[red]roaming"])
+            ]
+        )
+        worker.start()
+        worker.join()
+        report_progress("propensity models", 2, 2)
+    lines = [line.rsplit(", ", 1) for line in capsys.readouterr().err.splitlines()]
+    assert [where for where, _ in lines] == [
+        "propensity models: tariffs (1 of 2)",
+        "propensity models: [red]roaming (2 of 2)",
+        "propensity models: 2 of 2 done",
+    ]
+    assert all(re.fullmatch(r"\d+s elapsed", elapsed) for _, elapsed in lines)
+
+
+def test_progress_bars_show_names_from_data_as_text(capsys, monkeypatch):
+    monkeypatch.setenv("MIA_PROGRESS", "1")
+    with cli._progress():
+        report_progress("propensity models", 0, 2, "[bold]roaming[/bold]")
+    assert "[bold]roaming[/bold]" in capsys.readouterr().err
+
+
+def test_durations_read_as_hours_minutes_seconds():
+    assert [cli._duration(s) for s in (5, 65, 3 * 3600 + 62)] == ["5s", "1m05s", "3h01m02s"]
