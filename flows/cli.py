@@ -122,13 +122,14 @@ class _ProgressDisplay(logging.Handler):
 
     def _update_bar(self, progress: StepProgress) -> None:
         label = f"{progress.step}: {progress.item}" if progress.item else progress.step
+        label = escape(printable(label))  # item names come from data (categories)
         if progress.step not in self.tasks:
-            self.tasks[progress.step] = self.bars.add_task(escape(label), total=progress.total)
+            self.tasks[progress.step] = self.bars.add_task(label, total=progress.total)
         elif progress.done == 0:  # the step starts again: so does its clock
             self.bars.reset(self.tasks[progress.step])
         self.bars.update(
             self.tasks[progress.step],
-            description=escape(label),
+            description=label,
             completed=progress.done,
             total=progress.total,
         )
@@ -152,7 +153,7 @@ def _progress_line(progress: StepProgress, elapsed: float) -> str:
         where = f"{progress.item} ({progress.done + 1} of {progress.total})"
     else:
         where = f"{progress.done} of {progress.total} done"
-    return f"{progress.step}: {where}, {_duration(elapsed)} elapsed"
+    return printable(f"{progress.step}: {where}, {_duration(elapsed)} elapsed")
 
 
 def _duration(seconds: float) -> str:
