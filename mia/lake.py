@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -105,6 +106,29 @@ def end_of_day(date: dt.date) -> dt.datetime:
 
 def _temporary_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+_TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{8}")
+
+
+def remove_temporaries(directory: Path | str, name: str | None = None) -> list[Path]:
+    """Remove the temporary siblings (of `name`, or of any entry) that a killed write left in
+    `directory`; returns what was removed. Run it only while holding the data root."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in sorted(directory.iterdir()):
+        match = _TEMPORARY_NAME.fullmatch(entry.name)
+        if match is None or (name is not None and match["name"] != name):
+            continue
+        logger.warning("removing %s, left by an interrupted write", entry)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager

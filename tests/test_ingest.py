@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from features.daily import DAILY_TABLES, aggregate_day
 from mia.contracts import ContractError
 from mia.errors import InputError
 from mia.ingest import MANIFEST_DIR, ingest_day, ingested_dates, raw_events, raw_state
@@ -325,3 +326,110 @@ def test_ingests_a_simulated_world_exactly(tmp_path):
     for day, frames in simulate.generate_days(config):
         for name, frame in frames.items():
             assert_frame_equal(read_raw_partition(lake, name, day), frame, check_row_order=False)
+
+
+NEXT_DAY = DAY + dt.timedelta(days=1)
+
+
+def crash_after(monkeypatch, module, writes: int) -> None:
+    """Make `module.write_partition` die like a killed process after `writes` partitions:
+    the next write leaves its hidden temporary folder behind and raises."""
+    real = module.write_partition
+    done = []
+
+    def write_partition(frame, directory, *args, **kwargs):
+        if len(done) == writes:
+            directory = Path(directory)
+            (directory.parent / f".{directory.name}.tmp-0123abcd").mkdir(parents=True)
+            raise KeyboardInterrupt("killed")
+        done.append(directory)
+        return real(frame, directory, *args, **kwargs)
+
+    monkeypatch.setattr(module, "write_partition", write_partition)
+
+
+def hidden_entries(lake: Lake) -> list[Path]:
+    return [path for path in lake.root.rglob(".*") if path.name != ".mia.lock"]
+
+
+def test_next_night_reingests_a_day_left_half_written_by_a_killed_ingest(lake, monkeypatch):
+    import mia.ingest
+    from flows.steps import ingest_new_days
+
+    deliver(lake.incoming(DAY), valid_day())
+    crash_after(monkeypatch, mia.ingest, writes=6)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_new_days(lake, DAY)
+    monkeypatch.undo()
+    assert len(lake.dates("raw", "subscribers")) == 1 and ingested_dates(lake) == []
+
+    deliver(lake.incoming(NEXT_DAY), valid_day(NEXT_DAY))
+    assert ingest_new_days(lake, NEXT_DAY) == [DAY, NEXT_DAY]
+    assert ingested_dates(lake) == [DAY, NEXT_DAY]
+    for name, frame in valid_day().items():
+        assert_frame_equal(read_raw_partition(lake, name), frame, check_row_order=False)
+    assert hidden_entries(lake) == []
+
+
+def test_half_written_day_whose_delivery_is_gone_is_refused_by_name(lake, monkeypatch):
+    import shutil
+
+    import mia.ingest
+    from flows.steps import ingest_new_days
+    from mia.ingest import IncompleteDayError
+
+    deliver(lake.incoming(DAY), valid_day())
+    crash_after(monkeypatch, mia.ingest, writes=3)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_new_days(lake, DAY)
+    monkeypatch.undo()
+    shutil.rmtree(lake.incoming(DAY))
+    deliver(lake.incoming(NEXT_DAY), valid_day(NEXT_DAY))
+    with pytest.raises(IncompleteDayError, match=f"{DAY}: the ingest was interrupted"):
+        ingest_new_days(lake, NEXT_DAY)
+    assert ingested_dates(lake) == []
+
+
+def assert_daily_of(lake: Lake, frames: dict[str, pl.DataFrame]) -> None:
+    """The daily aggregates of DAY in the lake are those of the delivery `frames`."""
+    expected = aggregate_day({name: frames[name] for name in (*DAILY_TABLES, "catalog")}, DAY)
+    for table in DAILY_TABLES:
+        built = read_partition(partition_files(lake.daily(table, DAY)))
+        assert_frame_equal(built, expected[table], check_row_order=False)
+
+
+def test_interrupted_daily_rebuild_is_redone_in_full(lake, monkeypatch):
+    import features.daily
+    from flows.steps import update_daily_aggregates
+
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    assert update_daily_aggregates(lake, DAY) == [DAY]
+    # A corrected delivery with the same row counts: only a value of the last tables changes.
+    corrected = valid_day()
+    corrected["transfers"] = with_value(corrected["transfers"], "gb", 0, 7.0)
+    deliver(lake.incoming(DAY), corrected)
+    ingest_day(lake, DAY)
+    crash_after(monkeypatch, features.daily, writes=1)
+    with pytest.raises(KeyboardInterrupt):
+        update_daily_aggregates(lake, DAY, rebuild={DAY})
+    monkeypatch.undo()
+
+    assert update_daily_aggregates(lake, NEXT_DAY) == [DAY]
+    assert_daily_of(lake, corrected)
+    assert hidden_entries(lake) == []
+    assert update_daily_aggregates(lake, NEXT_DAY) == []  # built once
+
+
+def test_daily_aggregates_follow_a_day_ingested_again(lake):
+    from flows.steps import update_daily_aggregates
+
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    update_daily_aggregates(lake, DAY)
+    corrected = valid_day()
+    corrected["payments"] = pl.concat([corrected["payments"], corrected["payments"]])
+    deliver(lake.incoming(DAY), corrected)
+    ingest_day(lake, DAY)  # `mia ingest --date DAY`, outside a night
+    assert update_daily_aggregates(lake, NEXT_DAY) == [DAY]
+    assert_daily_of(lake, corrected)
