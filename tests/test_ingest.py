@@ -433,3 +433,59 @@ def test_daily_aggregates_follow_a_day_ingested_again(lake):
     ingest_day(lake, DAY)  # `mia ingest --date DAY`, outside a night
     assert update_daily_aggregates(lake, NEXT_DAY) == [DAY]
     assert_daily_of(lake, corrected)
+
+
+def many_subscribers(rows: int = 2000) -> pl.DataFrame:
+    """A valid subscribers table of `rows` subscribers (ids 1..rows)."""
+    first = valid_day()["subscribers"]
+    repeated = pl.concat([first] * (rows // first.height + 1)).head(rows)
+    return repeated.with_columns(pl.int_range(1, rows + 1, dtype=pl.Int64).alias("subscriber_id"))
+
+
+def damage_a_page(path: Path, column: int = 0) -> None:
+    """Overwrite bytes in the middle of a column's pages, as a bad disk would."""
+    import pyarrow.parquet as pq
+
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(column)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    middle = start + chunk.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[middle : middle + 256] = b"\xff" * 256
+    path.write_bytes(bytes(data))
+
+
+def test_parquet_with_damaged_pages_is_unreadable(lake):
+    frames = valid_day()
+    frames["subscribers"] = many_subscribers()
+    folder = deliver(lake.incoming(DAY), frames)
+    path = folder / "subscribers.parquet"
+    frames["subscribers"].write_parquet(path, compression="uncompressed")
+    damage_a_page(path)
+    with pytest.raises(ContractError) as caught:
+        ingest_day(lake, DAY)
+    assert [(v.table, v.rule) for v in caught.value.violations] == [("subscribers", "readable")]
+    assert "subscriber_id" in str(caught.value) and "subscribers.parquet" in str(caught.value)
+    assert raw_snapshot(lake) == {}
+
+
+def test_undamaged_parquet_of_any_writer_is_read(lake):
+    import pyarrow.parquet as pq
+
+    frames = valid_day()
+    folder = deliver(lake.incoming(DAY), frames)
+    pq.write_table(frames["usage"].to_arrow(), folder / "usage.parquet", row_group_size=2)
+    assert ingest_day(lake, DAY)["usage"] == frames["usage"].height
+
+
+@pytest.mark.parametrize(
+    "content", ["", "subscriber_id,region,device_os,device_vendor,tariff_id,activation_date\n"]
+)
+def test_required_state_table_without_rows_is_refused(lake, content, capsys):
+    from flows.cli import app, run_command
+
+    folder = deliver(lake.incoming(DAY), valid_day(), "csv")
+    (folder / "subscribers.csv").write_text(content)
+    arguments = ["ingest", "--data-dir", str(lake.root), "--date", DAY.isoformat()]
+    assert run_command(lambda: app(arguments, standalone_mode=True)) == 2
+    assert "subscribers: rule 'not_empty' broken" in capsys.readouterr().err
+    assert raw_snapshot(lake) == {}
