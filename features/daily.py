@@ -23,6 +23,7 @@ from mia.ingest import MANIFEST_FILE, manifest_path, raw_events, raw_state
 from mia.lake import (
     Lake,
     end_of_day,
+    naming_damage,
     partition_files,
     remove_path,
     remove_temporaries,
@@ -317,7 +318,8 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
                     f"offer_events on {date}: no catalog ingested for that day "
                     f"in {lake.root / 'raw' / 'catalog'}."
                 )
-        aggregate = aggregate_table(table, events, date, catalog=catalog)
+        with naming_damage(partition_files(lake.raw(table, date))):
+            aggregate = aggregate_table(table, events, date, catalog=catalog)
         write_partition(aggregate, lake.daily(table, date), by_shard=True)
         logger.info("daily aggregate %s %s: %d subscribers", table, date, aggregate.height)
         built = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from features.daily import DAILY_TABLES, aggregate_day
 from mia.contracts import ContractError
 from mia.errors import InputError
 from mia.ingest import MANIFEST_DIR, ingest_day, ingested_dates, raw_events, raw_state
-from mia.lake import Lake, partition_files, read_partition
+from mia.lake import DamagedFileError, Lake, partition_files, read_partition
 from mia.schema import TABLES
 from tests.test_contracts import DAY, valid_day, with_value
 
@@ -372,8 +373,6 @@ def test_next_night_reingests_a_day_left_half_written_by_a_killed_ingest(lake, m
 
 
 def test_half_written_day_whose_delivery_is_gone_is_refused_by_name(lake, monkeypatch):
-    import shutil
-
     import mia.ingest
     from flows.steps import ingest_new_days
     from mia.ingest import IncompleteDayError
@@ -489,3 +488,33 @@ def test_required_state_table_without_rows_is_refused(lake, content, capsys):
     assert run_command(lambda: app(arguments, standalone_mode=True)) == 2
     assert "subscribers: rule 'not_empty' broken" in capsys.readouterr().err
     assert raw_snapshot(lake) == {}
+
+
+def test_damaged_raw_file_is_named_with_how_to_rebuild_it(lake):
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    for table in ("subscribers", "usage"):
+        [file] = partition_files(lake.raw(table, DAY))
+        file.write_bytes(file.read_bytes()[:-100])  # a copy cut short
+    with pytest.raises(DamagedFileError, match="mia ingest --date 2026-03-10") as caught:
+        raw_state(lake, "subscribers", DAY)
+    assert str(lake.raw("subscribers", DAY) / "part-0.parquet") in str(caught.value)
+    with pytest.raises(DamagedFileError, match=str(lake.raw("usage", DAY))):
+        raw_events(lake, "usage", DAY, DAY)
+
+
+def test_damaged_daily_aggregate_is_named_and_rebuilt_once_removed(lake):
+    from features.snapshot import build_snapshot
+    from flows.steps import update_daily_aggregates
+
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    update_daily_aggregates(lake, DAY)
+    expected = build_snapshot(lake, DAY, write=False)
+    [file] = partition_files(lake.daily("usage", DAY))
+    file.write_bytes(b"\0" * 16 + file.read_bytes()[16:])  # its pages, not its footer
+    with pytest.raises(DamagedFileError, match="rebuild the usage aggregates of 2026-03-10"):
+        build_snapshot(lake, DAY, write=False)
+    shutil.rmtree(lake.daily("usage", DAY))
+    assert update_daily_aggregates(lake, DAY) == [DAY]
+    assert_frame_equal(build_snapshot(lake, DAY, write=False), expected)
