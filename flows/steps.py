@@ -55,7 +55,7 @@ class ShardResult:
     subscribers: int
 
 
-def ingest_new_days(lake: Lake, as_of: dt.date) -> list[dt.date]:
+def ingest_new_days(lake: Lake, as_of: dt.date, settings: Settings | None = None) -> list[dt.date]:
     """Validate and store every delivered day up to `as_of` that is not ingested yet.
 
     A day counts as ingested only when its manifest exists: a day left half-written by an
@@ -71,7 +71,7 @@ def ingest_new_days(lake: Lake, as_of: dt.date) -> list[dt.date]:
     )
     todo = [date for date in delivered if date not in ingested or date == as_of]
     for date in todo:
-        ingest_day(lake, date)
+        ingest_day(lake, date, settings=settings)
     if as_of not in ingested and as_of not in todo:
         raise InputError(
             f"no input for {as_of}: {lake.incoming(as_of)} does not exist and the day was never "

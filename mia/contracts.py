@@ -153,9 +153,12 @@ def validate_tables(frames: Mapping[str, pl.DataFrame], as_of: dt.date) -> dict[
 
 
 def check_tables(
-    frames: Mapping[str, pl.DataFrame], as_of: dt.date
+    frames: Mapping[str, pl.DataFrame], as_of: dt.date, event_max_age_days: int | None = None
 ) -> tuple[dict[str, CheckResult], list[Violation]]:
-    """Check a delivery table by table plus cross-table rules; returns results and violations."""
+    """Check a delivery table by table plus cross-table rules; returns results and violations.
+
+    With `event_max_age_days`, events older than that many days before `as_of` break `max_age`.
+    """
     violations: list[Violation] = []
     for name in frames:
         if name not in TABLES:
@@ -175,7 +178,7 @@ def check_tables(
     context: dict[str, pl.DataFrame] = {}
     results: dict[str, CheckResult] = {}
     for name in order:
-        result = check_table(frames[name], name, as_of, context)
+        result = check_table(frames[name], name, as_of, context, event_max_age_days)
         context[name] = result.frame
         results[name] = result
         violations.extend(result.violations)
@@ -188,8 +191,10 @@ def check_table(
     table: str,
     as_of: dt.date,
     context: Mapping[str, pl.DataFrame] | None = None,
+    event_max_age_days: int | None = None,
 ) -> CheckResult:
-    """Check one table against every rule without raising; see `validate_table`."""
+    """Check one table against every rule without raising; see `validate_table` and
+    `check_tables`."""
     contract = _contract(table)
     context = context or {}
     violations: list[Violation] = []
@@ -232,7 +237,7 @@ def check_table(
     present = [name for name in contract.column_names if name in frame.columns]
     typed, type_violations = _read_types(frame, contract, present)
     violations.extend(type_violations)
-    rules = _row_rules(contract, present, as_of, context)
+    rules = _row_rules(contract, present, as_of, context, event_max_age_days)
     warn_rules = _warning_rules(contract, present, context)
     all_rules = rules + warn_rules
     if all_rules and typed.height:
@@ -343,7 +348,11 @@ class _Rule:
 
 
 def _row_rules(
-    contract: Table, present: list[str], as_of: dt.date, context: Mapping[str, pl.DataFrame]
+    contract: Table,
+    present: list[str],
+    as_of: dt.date,
+    context: Mapping[str, pl.DataFrame],
+    event_max_age_days: int | None = None,
 ) -> list[_Rule]:
     rules: list[_Rule] = []
     for column in contract.columns:
@@ -400,6 +409,17 @@ def _row_rules(
                 pl.col(contract.event_time) >= pl.lit(limit, dtype=pl.Datetime("us")),
             )
         )
+        if event_max_age_days is not None:
+            oldest = as_of - dt.timedelta(days=event_max_age_days)
+            rules.append(
+                _Rule(
+                    contract.event_time,
+                    "max_age",
+                    f"must be on or after {oldest} ({event_max_age_days} days before {as_of}, "
+                    "setting event_max_age_days)",
+                    pl.col(contract.event_time) < pl.lit(oldest).cast(pl.Datetime("us")),
+                )
+            )
     if contract.key and all(name in present for name in contract.key):
         complete = pl.all_horizontal([pl.col(name).is_not_null() for name in contract.key])
         rules.append(

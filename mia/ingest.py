@@ -39,6 +39,7 @@ from mia.lake import (
     write_partition,
 )
 from mia.schema import DATE, EVENT_TABLES, STATE_TABLES, TABLES
+from mia.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,14 @@ class IncompleteDayError(InputError):
     """A day whose ingest was interrupted and whose delivery is no longer in the drop zone."""
 
 
-def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[str, int]:
-    """Validate the delivery of `date` and store it in raw/; returns rows written per table."""
+def ingest_day(
+    lake: Lake, date: dt.date, source: Path | None = None, settings: Settings | None = None
+) -> dict[str, int]:
+    """Validate the delivery of `date` and store it in raw/; returns rows written per table.
+
+    `settings` gives the oldest event accepted (`event_max_age_days`; default Settings()).
+    """
+    settings = settings or Settings()
     source = Path(source) if source is not None else lake.incoming(date)
     files, ignored, violations = find_delivery(source)
     frames: dict[str, pl.DataFrame] = {}
@@ -67,7 +74,7 @@ def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[st
         logger.info("%s: optional table not delivered for %s, skipped", name, date)
     # A required table that is unreadable or ambiguous is not reported missing as well.
     reported = {violation.table for violation in violations}
-    results, checked = check_tables(frames, date)
+    results, checked = check_tables(frames, date, settings.event_max_age_days)
     violations += [
         found
         for found in checked

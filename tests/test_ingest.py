@@ -518,3 +518,17 @@ def test_damaged_daily_aggregate_is_named_and_rebuilt_once_removed(lake):
     shutil.rmtree(lake.daily("usage", DAY))
     assert update_daily_aggregates(lake, DAY) == [DAY]
     assert_frame_equal(build_snapshot(lake, DAY, write=False), expected)
+
+
+def test_ingest_refuses_events_older_than_the_setting(lake):
+    from mia.settings import Settings, SettingsError
+
+    frames = valid_day()
+    frames["offer_events"] = with_value(frames["offer_events"], "ts", 2, dt.datetime(1900, 1, 1))
+    deliver(lake.incoming(DAY), frames)
+    with pytest.raises(ContractError, match=r"offer_events.ts: rule 'max_age' broken by 1 row"):
+        ingest_day(lake, DAY)
+    assert raw_snapshot(lake) == {}
+    assert ingest_day(lake, DAY, settings=Settings(event_max_age_days=60_000))["offer_events"] == 3
+    with pytest.raises(SettingsError, match="event_max_age_days == 0, must be >= 1"):
+        Settings(event_max_age_days=0)
