@@ -294,8 +294,10 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
     ingest the aggregates come from; a forced build marks it pending first, so a build that is
     interrupted half-way is redone in full (`daily_needs_rebuild`).
     """
-    _remove_leftovers(lake, date)
     marker = daily_manifest_path(lake, date)
+    done = {DATE: date.isoformat(), "ingest": _ingest_fingerprint(lake, date)}
+    if force or _read_marker(marker) != done:  # only an unfinished build leaves temporaries
+        _remove_leftovers(lake, date)
     if force:
         write_json({DATE: date.isoformat(), "building": True}, marker)
     built = False
@@ -323,7 +325,6 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
         write_partition(aggregate, lake.daily(table, date), by_shard=True)
         logger.info("daily aggregate %s %s: %d subscribers", table, date, aggregate.height)
         built = True
-    done = {DATE: date.isoformat(), "ingest": _ingest_fingerprint(lake, date)}
     if built or _read_marker(marker) != done:
         write_json(done, marker)
     return built
