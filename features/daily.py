@@ -9,14 +9,27 @@ order in which a parallel engine adds the rows: the same inputs give byte-identi
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from mia.errors import InputError
-from mia.ingest import raw_events, raw_state
-from mia.lake import Lake, end_of_day, partition_files, remove_path, write_partition
+from mia.ingest import MANIFEST_FILE, manifest_path, raw_events, raw_state
+from mia.lake import (
+    Lake,
+    end_of_day,
+    naming_damage,
+    partition_files,
+    remove_path,
+    remove_temporaries,
+    write_json,
+    write_partition,
+)
 from mia.schema import (
     APP_SCREENS,
     CATEGORIES,
@@ -42,6 +55,8 @@ DAILY_TABLES = ("usage", "offer_events", "payments", "app_events", "transfers")
 FIXED_POINT = 1000
 MILLI = "_milli"
 CATEGORY_TYPE = pl.Enum(CATEGORIES)
+# Folder under daily/ of the build manifests (metadata, not a table).
+DAILY_MANIFEST_DIR = "_built"
 _COUNT = pl.Int32
 _FIXED = pl.Int64
 
@@ -275,8 +290,16 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
     """Fold the ingested events of `date` into daily aggregates; True if anything was built.
 
     Tables already built for that day are skipped unless `force`; a rebuilt day replaces the
-    previous partition atomically.
+    previous partition atomically. The day's build manifest (`daily_manifest_path`) names the
+    ingest the aggregates come from; a forced build marks it pending first, so a build that is
+    interrupted half-way is redone in full (`daily_needs_rebuild`).
     """
+    marker = daily_manifest_path(lake, date)
+    done = {DATE: date.isoformat(), "ingest": _ingest_fingerprint(lake, date)}
+    if force or _read_marker(marker) != done:  # only an unfinished build leaves temporaries
+        _remove_leftovers(lake, date)
+    if force:
+        write_json({DATE: date.isoformat(), "building": True}, marker)
     built = False
     catalog: pl.DataFrame | None = None
     for table in DAILY_TABLES:
@@ -297,11 +320,51 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
                     f"offer_events on {date}: no catalog ingested for that day "
                     f"in {lake.root / 'raw' / 'catalog'}."
                 )
-        aggregate = aggregate_table(table, events, date, catalog=catalog)
+        with naming_damage(partition_files(lake.raw(table, date))):
+            aggregate = aggregate_table(table, events, date, catalog=catalog)
         write_partition(aggregate, lake.daily(table, date), by_shard=True)
         logger.info("daily aggregate %s %s: %d subscribers", table, date, aggregate.height)
         built = True
+    if built or _read_marker(marker) != done:
+        write_json(done, marker)
     return built
+
+
+def daily_manifest_path(lake: Lake, date: dt.date) -> Path:
+    """Where the build manifest of the daily aggregates of `date` lives."""
+    return lake.root / "daily" / DAILY_MANIFEST_DIR / f"date={date.isoformat()}" / MANIFEST_FILE
+
+
+def daily_needs_rebuild(lake: Lake, date: dt.date) -> bool:
+    """True when the aggregates of `date` must be built again in full: a forced build was
+    interrupted, or they were built from an earlier ingest of the day."""
+    marker = _read_marker(daily_manifest_path(lake, date))
+    if marker is None:  # never completed: build_daily builds the tables still missing
+        return False
+    return bool(marker.get("building")) or marker.get("ingest") != _ingest_fingerprint(lake, date)
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # unreadable: treat as an interrupted build
+        return {"building": True}
+
+
+def _ingest_fingerprint(lake: Lake, date: dt.date) -> str | None:
+    """A digest of the day's ingest manifest: it changes whenever the day is ingested anew."""
+    path = manifest_path(lake, date)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def _remove_leftovers(lake: Lake, date: dt.date) -> None:
+    """Temporary partitions and manifests of `date` that a killed build left behind."""
+    partition = f"date={date.isoformat()}"
+    for table in (*DAILY_TABLES, DAILY_MANIFEST_DIR):
+        remove_temporaries(lake.daily(table, date).parent, partition)
+    remove_temporaries(daily_manifest_path(lake, date).parent, MANIFEST_FILE)
 
 
 def build_daily_range(

@@ -41,6 +41,8 @@ from mia.ingest import raw_state
 from mia.lake import (
     Lake,
     Shard,
+    files_between,
+    naming_damage,
     only_shard,
     partition_files,
     remove_path,
@@ -486,7 +488,14 @@ def build_snapshot(
         )
     part = None if shard is None else (shard, settings.n_shards)
     daily, state = snapshot_inputs(lake, as_of, settings.windows, shard=part)
-    snapshot = compute_snapshot(daily, state, as_of, settings.windows)
+    first_day = as_of - dt.timedelta(days=max(settings.windows) - 1)
+    window = [
+        file
+        for table in daily
+        for _, file in files_between(lake.root / "daily" / table, first_day, as_of)
+    ]
+    with naming_damage(window):
+        snapshot = compute_snapshot(daily, state, as_of, settings.windows)
     logger.info(
         "snapshot %s%s: %d subscribers, %d features",
         as_of,

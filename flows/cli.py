@@ -309,7 +309,7 @@ def ingest(
         _progress(f"ingesting {len(dates)} day(s)") as advance,
     ):
         for done, day in enumerate(dates, start=1):
-            counts = ingest_day(lake, day, source)
+            counts = ingest_day(lake, day, source, settings)
             advance(done, len(dates))
     if len(dates) == 1:
         _print_table(f"ingested {dates[0]}", [{"table": t, "rows": n} for t, n in counts.items()])

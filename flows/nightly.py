@@ -75,9 +75,9 @@ def default_as_of(settings: Settings, today: dt.date | None = None) -> dt.date:
 
 
 @task(name="ingest new days", cache_policy=NO_CACHE)
-def ingest_task(lake: Lake, as_of: dt.date) -> list[dt.date]:
+def ingest_task(lake: Lake, as_of: dt.date, settings: Settings) -> list[dt.date]:
     """Validate and store the delivered days up to `as_of`."""
-    return steps.ingest_new_days(lake, as_of)
+    return steps.ingest_new_days(lake, as_of, settings)
 
 
 @task(name="daily aggregates", cache_policy=NO_CACHE)
@@ -184,7 +184,7 @@ def nightly(
         timings: dict[str, float] = {}
         memory: dict[str, float] = {}  # peak RSS of the flow process after each step
         with _timed(timings, "ingest", memory):
-            ingested = ingest_task(lake, as_of)
+            ingested = ingest_task(lake, as_of, settings)
         with _timed(timings, "daily", memory):
             daily_task(lake, as_of, ingested)
         with _timed(timings, "snapshot", memory):
@@ -246,7 +246,7 @@ def train(
     lake = Lake(settings.data_dir)
     as_of = parse_date(date)
     with run_lock(lake.root, owner=f"train {as_of}"):
-        ingested = ingest_task(lake, as_of)
+        ingested = ingest_task(lake, as_of, settings)
         daily_task(lake, as_of, ingested)
         sharded_snapshot(lake, as_of, settings)
         return train_task(lake, as_of, settings)
@@ -273,7 +273,7 @@ def backfill(
     with run_lock(lake.root, owner=f"backfill {first}..{last}"):
         day = first
         while day <= last:
-            ingested = ingest_task(lake, day)
+            ingested = ingest_task(lake, day, settings)
             daily_task(lake, day, ingested)
             if snapshots:
                 sharded_snapshot(lake, day, settings)

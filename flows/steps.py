@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from features.daily import build_daily
+from features.daily import build_daily, daily_needs_rebuild
 from features.drift import drift_table
 from features.snapshot import (
     clear_snapshot_shards,
@@ -25,7 +25,15 @@ from features.snapshot import (
     write_snapshot_shard,
 )
 from mia.errors import InputError
-from mia.ingest import ingest_day, manifest_path, raw_events, raw_state
+from mia.ingest import (
+    incomplete_dates,
+    ingest_day,
+    ingested_dates,
+    manifest_path,
+    raw_events,
+    raw_state,
+    refuse_lost_days,
+)
 from mia.lake import Lake, merge_sorted_parquet, write_parquet
 from mia.schema import SUBSCRIBER_ID
 from mia.settings import Settings
@@ -47,17 +55,23 @@ class ShardResult:
     subscribers: int
 
 
-def ingest_new_days(lake: Lake, as_of: dt.date) -> list[dt.date]:
+def ingest_new_days(lake: Lake, as_of: dt.date, settings: Settings | None = None) -> list[dt.date]:
     """Validate and store every delivered day up to `as_of` that is not ingested yet.
 
-    The day `as_of` itself is always (re)ingested when its files are in the drop zone, so a
-    corrected delivery replaces the earlier one. Raises InputError when `as_of` has no input.
+    A day counts as ingested only when its manifest exists: a day left half-written by an
+    interrupted ingest is ingested again from the drop zone, or refused (IncompleteDayError)
+    when its delivery is gone. The day `as_of` itself is always (re)ingested when its files are
+    in the drop zone, so a corrected delivery replaces the earlier one. Raises InputError when
+    `as_of` has no input.
     """
-    ingested = set(lake.dates("raw", "subscribers"))
+    ingested = set(ingested_dates(lake))
     delivered = [date for date in lake.dates("incoming") if date <= as_of]
+    refuse_lost_days(
+        lake, [date for date in incomplete_dates(lake) if date <= as_of and date not in delivered]
+    )
     todo = [date for date in delivered if date not in ingested or date == as_of]
     for date in todo:
-        ingest_day(lake, date)
+        ingest_day(lake, date, settings=settings)
     if as_of not in ingested and as_of not in todo:
         # A synthetic world would overwrite deliveries: suggested only where there are none.
         incoming = lake.root / "incoming"
@@ -73,12 +87,16 @@ def ingest_new_days(lake: Lake, as_of: dt.date) -> list[dt.date]:
 def update_daily_aggregates(
     lake: Lake, as_of: dt.date, rebuild: set[dt.date] = frozenset()
 ) -> list[dt.date]:
-    """Fold every ingested day up to `as_of` into daily aggregates once; returns the days built."""
+    """Fold every ingested day up to `as_of` into daily aggregates once; returns the days built.
+
+    Days in `rebuild`, and days whose aggregates are not those of their current ingest (an
+    interrupted or outdated build, see `daily_needs_rebuild`), are built again.
+    """
     built = []
-    for date in lake.dates("raw", "subscribers"):
+    for date in ingested_dates(lake):
         if date > as_of:
             break
-        if build_daily(lake, date, force=date in rebuild):
+        if build_daily(lake, date, force=date in rebuild or daily_needs_rebuild(lake, date)):
             built.append(date)
     return built
 

@@ -49,7 +49,13 @@ logger = logging.getLogger(__name__)
 MAX_EXAMPLES = 5
 ROW = "_row"  # 0-based row number added to example rows (CSV line = row + 2)
 FILE_SUFFIXES = (".csv", ".parquet")
-READ_ERRORS = (pl.exceptions.PolarsError, OSError)
+
+
+class CorruptFileError(ValueError):
+    """A delivered file that parses but contradicts its own metadata (damaged bytes)."""
+
+
+READ_ERRORS = (pl.exceptions.PolarsError, OSError, CorruptFileError)
 # Per table, pairs of columns whose values must differ when both are present.
 DISTINCT_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "catalog": (("requires_product", "excludes_product"),),
@@ -148,9 +154,12 @@ def validate_tables(frames: Mapping[str, pl.DataFrame], as_of: dt.date) -> dict[
 
 
 def check_tables(
-    frames: Mapping[str, pl.DataFrame], as_of: dt.date
+    frames: Mapping[str, pl.DataFrame], as_of: dt.date, event_max_age_days: int | None = None
 ) -> tuple[dict[str, CheckResult], list[Violation]]:
-    """Check a delivery table by table plus cross-table rules; returns results and violations."""
+    """Check a delivery table by table plus cross-table rules; returns results and violations.
+
+    With `event_max_age_days`, events older than that many days before `as_of` break `max_age`.
+    """
     violations: list[Violation] = []
     for name in frames:
         if name not in TABLES:
@@ -170,7 +179,7 @@ def check_tables(
     context: dict[str, pl.DataFrame] = {}
     results: dict[str, CheckResult] = {}
     for name in order:
-        result = check_table(frames[name], name, as_of, context)
+        result = check_table(frames[name], name, as_of, context, event_max_age_days)
         context[name] = result.frame
         results[name] = result
         violations.extend(result.violations)
@@ -183,8 +192,10 @@ def check_table(
     table: str,
     as_of: dt.date,
     context: Mapping[str, pl.DataFrame] | None = None,
+    event_max_age_days: int | None = None,
 ) -> CheckResult:
-    """Check one table against every rule without raising; see `validate_table`."""
+    """Check one table against every rule without raising; see `validate_table` and
+    `check_tables`."""
     contract = _contract(table)
     context = context or {}
     violations: list[Violation] = []
@@ -210,6 +221,16 @@ def check_table(
                 detail=f"column is missing; columns found: {frame.columns}",
             )
         )
+    if contract.required and table in STATE_TABLES and frame.height == 0:
+        violations.append(
+            Violation(
+                table,
+                "",
+                "not_empty",
+                1,
+                detail="a required state table must have at least one row; the delivery has none",
+            )
+        )
     dropped = [name for name in frame.columns if name not in contract.column_names]
     if dropped:
         logger.warning("%s: dropping columns outside the contract: %s", table, dropped)
@@ -217,7 +238,7 @@ def check_table(
     present = [name for name in contract.column_names if name in frame.columns]
     typed, type_violations = _read_types(frame, contract, present)
     violations.extend(type_violations)
-    rules = _row_rules(contract, present, as_of, context)
+    rules = _row_rules(contract, present, as_of, context, event_max_age_days)
     warn_rules = _warning_rules(contract, present, context)
     all_rules = rules + warn_rules
     if all_rules and typed.height:
@@ -251,15 +272,62 @@ def read_raw(path: Path) -> pl.DataFrame:
         )
         if not parts:
             return pl.DataFrame()
-        scans = [pl.scan_parquet(part) for part in parts]
-        return pl.concat(scans, how="diagonal_relaxed").collect(engine="streaming")
+        return pl.concat([_read_parquet(part) for part in parts], how="diagonal_relaxed")
     if path.suffix == ".csv":
         if path.stat().st_size == 0:
             return pl.DataFrame()
         return pl.scan_csv(path, infer_schema=False).collect(engine="streaming")
     if path.suffix == ".parquet":
-        return pl.scan_parquet(path).collect(engine="streaming")
+        return _read_parquet(path)
     raise InputError(f"{path}: unsupported file type, expected one of {FILE_SUFFIXES}.")
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    """A Parquet file as stored, refused (CorruptFileError) when its values contradict the
+    statistics in its own footer: damaged pages can decode into garbage without an error."""
+    import pyarrow.parquet as pq
+
+    frame = pl.scan_parquet(path).collect(engine="streaming")
+    metadata = pq.ParquetFile(path).metadata
+    start = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        rows = frame.slice(start, row_group.num_rows)
+        start += row_group.num_rows
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            name = chunk.path_in_schema
+            if chunk.statistics is not None and name in rows.columns:
+                problem = _contradicts(rows.get_column(name), chunk.statistics)
+                if problem:
+                    raise CorruptFileError(
+                        f"row group {group}, column {name!r}: {problem}; the file is damaged, "
+                        "deliver it again"
+                    )
+    return frame
+
+
+def _contradicts(values: pl.Series, statistics: Any) -> str:
+    """What in `values` disagrees with their Parquet column statistics ('' when nothing)."""
+    if statistics.has_null_count and statistics.null_count != values.null_count():
+        return f"{values.null_count()} null(s), the footer records {statistics.null_count}"
+    if not statistics.has_min_max or values.dtype == pl.Boolean or values.dtype.is_nested():
+        return ""
+    # Outside [min, max] only: writers may widen (truncate) the bounds of long strings.
+    # NaN is left out of float statistics.
+    value = pl.col(values.name)
+    try:
+        low, high = statistics.min, statistics.max
+        bounds = [pl.lit(bound).cast(values.dtype) for bound in (low, high)]
+        outside = ~value.is_between(*bounds)
+        if values.dtype.is_float():
+            outside = outside & value.is_not_nan()
+        count = values.to_frame().select(outside.fill_null(False).sum()).item()
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError, NotImplementedError):
+        return ""  # statistics of a type polars cannot compare with: nothing to check
+    if count:
+        return f"{count} value(s) outside the range [{low}, {high}] recorded in the file's footer"
+    return ""
 
 
 def unreadable(table: str, path: Path, error: Exception) -> Violation:
@@ -281,7 +349,11 @@ class _Rule:
 
 
 def _row_rules(
-    contract: Table, present: list[str], as_of: dt.date, context: Mapping[str, pl.DataFrame]
+    contract: Table,
+    present: list[str],
+    as_of: dt.date,
+    context: Mapping[str, pl.DataFrame],
+    event_max_age_days: int | None = None,
 ) -> list[_Rule]:
     rules: list[_Rule] = []
     for column in contract.columns:
@@ -347,6 +419,17 @@ def _row_rules(
                 pl.col(contract.event_time) >= pl.lit(limit, dtype=pl.Datetime("us")),
             )
         )
+        if event_max_age_days is not None:
+            oldest = as_of - dt.timedelta(days=event_max_age_days)
+            rules.append(
+                _Rule(
+                    contract.event_time,
+                    "max_age",
+                    f"must be on or after {oldest} ({event_max_age_days} days before {as_of}, "
+                    "setting event_max_age_days)",
+                    pl.col(contract.event_time) < pl.lit(oldest).cast(pl.Datetime("us")),
+                )
+            )
     if contract.key and all(name in present for name in contract.key):
         complete = pl.all_horizontal([pl.col(name).is_not_null() for name in contract.key])
         rules.append(
@@ -358,7 +441,7 @@ def _row_rules(
             )
         )
     catalog = context.get("catalog")
-    if contract.name == "offer_events" and OFFER_ID in present and catalog is not None:
+    if contract.name == "offer_events" and OFFER_ID in present and _has(catalog, OFFER_ID):
         offers = catalog.get_column(OFFER_ID).drop_nulls().unique()
         rules.append(
             _Rule(
@@ -375,7 +458,9 @@ def _warning_rules(
     contract: Table, present: list[str], context: Mapping[str, pl.DataFrame]
 ) -> list[_Rule]:
     subscribers = context.get("subscribers")
-    if contract.name == "subscribers" or subscribers is None or SUBSCRIBER_ID not in present:
+    if contract.name == "subscribers" or SUBSCRIBER_ID not in present:
+        return []
+    if not _has(subscribers, SUBSCRIBER_ID):  # absent, or refused for lacking the column
         return []
     known = subscribers.get_column(SUBSCRIBER_ID).drop_nulls().unique()
     mask = pl.col(SUBSCRIBER_ID).is_not_null() & ~pl.col(SUBSCRIBER_ID).is_in(known.implode())
@@ -557,6 +642,11 @@ def _contract(table: str) -> Table:
         raise ContractError(
             [Violation(table, "", "known_table", 1, detail=f"expected one of {_names()}")]
         ) from None
+
+
+def _has(frame: pl.DataFrame | None, column: str) -> bool:
+    """Whether a context table was delivered with `column` (cross-table rules need it)."""
+    return frame is not None and column in frame.columns
 
 
 def _names() -> list[str]:

@@ -33,11 +33,13 @@ from mia.lake import (
     partition_files,
     read_partition,
     remove_path,
+    remove_temporaries,
     scan_partitions,
     write_json,
     write_partition,
 )
 from mia.schema import DATE, EVENT_TABLES, STATE_TABLES, TABLES
+from mia.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,18 @@ MANIFEST_DIR = "_ingest"
 MANIFEST_FILE = "manifest.json"
 
 
-def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[str, int]:
-    """Validate the delivery of `date` and store it in raw/; returns rows written per table."""
+class IncompleteDayError(InputError):
+    """A day whose ingest was interrupted and whose delivery is no longer in the drop zone."""
+
+
+def ingest_day(
+    lake: Lake, date: dt.date, source: Path | None = None, settings: Settings | None = None
+) -> dict[str, int]:
+    """Validate the delivery of `date` and store it in raw/; returns rows written per table.
+
+    `settings` gives the oldest event accepted (`event_max_age_days`; default Settings()).
+    """
+    settings = settings or Settings()
     source = Path(source) if source is not None else lake.incoming(date)
     files, ignored, violations = find_delivery(source)
     frames: dict[str, pl.DataFrame] = {}
@@ -62,7 +74,7 @@ def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[st
         logger.info("%s: optional table not delivered for %s, skipped", name, date)
     # A required table that is unreadable or ambiguous is not reported missing as well.
     reported = {violation.table for violation in violations}
-    results, checked = check_tables(frames, date)
+    results, checked = check_tables(frames, date, settings.event_max_age_days)
     violations += [
         found
         for found in checked
@@ -75,6 +87,7 @@ def ingest_day(lake: Lake, date: dt.date, source: Path | None = None) -> dict[st
     # The manifest marks a complete day: withdrawn first, written again only at the end.
     day_manifest = manifest_path(lake, date)
     remove_path(day_manifest)
+    _remove_leftovers(lake, date)
     for table, result in results.items():
         write_partition(result.frame, lake.raw(table, date), by_shard=True)
     for table in TABLES:
@@ -167,9 +180,35 @@ def ingested_dates(lake: Lake) -> list[dt.date]:
     return [day for day in lake.dates("raw", MANIFEST_DIR) if manifest_path(lake, day).exists()]
 
 
+def incomplete_dates(lake: Lake) -> list[dt.date]:
+    """Days with raw partitions (or a manifest folder) but no manifest: an interrupted ingest."""
+    found = {day for table in (*TABLES, MANIFEST_DIR) for day in lake.dates("raw", table)}
+    return sorted(day for day in found if not manifest_path(lake, day).exists())
+
+
+def refuse_lost_days(lake: Lake, days: list[dt.date]) -> None:
+    """Raise IncompleteDayError naming the `days` without a delivery left to re-ingest them from."""
+    if not days:
+        return
+    listed = ", ".join(day.isoformat() for day in days)
+    raise IncompleteDayError(
+        f"{listed}: the ingest was interrupted (partitions under {lake.root / 'raw'} but no "
+        f"{MANIFEST_DIR}/date=D/{MANIFEST_FILE}) and {lake.root / 'incoming'} no longer holds "
+        "the delivery; put the day's files back in incoming/date=D and run again."
+    )
+
+
 def manifest_path(lake: Lake, date: dt.date) -> Path:
     """Where the ingest manifest of `date` lives (it exists once the day is fully ingested)."""
     return lake.root / "raw" / MANIFEST_DIR / f"date={date.isoformat()}" / MANIFEST_FILE
+
+
+def _remove_leftovers(lake: Lake, date: dt.date) -> None:
+    """Temporary partitions and manifests of `date` that a killed ingest left behind."""
+    partition = f"date={date.isoformat()}"
+    for table in (*TABLES, MANIFEST_DIR):
+        remove_temporaries(lake.raw(table, date).parent, partition)
+    remove_temporaries(manifest_path(lake, date).parent, MANIFEST_FILE)
 
 
 def _with_location(violations: list[Violation], source: Path) -> list[Violation]:

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -39,6 +40,15 @@ LOCK_HOLDER_FILE = ".mia.lock.holder.json"
 
 class LockedError(RunError):
     """Another run holds the data root."""
+
+
+class DamagedFileError(RunError):
+    """A stored Parquet file of the data root that cannot be read; the message names it and
+    says how to rebuild it."""
+
+
+# What a damaged stored file is read as: polars' errors, or the OS's.
+READ_FAILURES = (pl.exceptions.PolarsError, OSError)
 
 
 class Lake:
@@ -107,6 +117,29 @@ def end_of_day(date: dt.date) -> dt.datetime:
 
 def _temporary_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+_TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{8}")
+
+
+def remove_temporaries(directory: Path | str, name: str | None = None) -> list[Path]:
+    """Remove the temporary siblings (of `name`, or of any entry) that a killed write left in
+    `directory`; returns what was removed. Run it only while holding the data root."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in sorted(directory.iterdir()):
+        match = _TEMPORARY_NAME.fullmatch(entry.name)
+        if match is None or (name is not None and match["name"] != name):
+            continue
+        logger.warning("removing %s, left by an interrupted write", entry)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -273,9 +306,45 @@ def read_partition(
     files: list[Path], shard: Shard | None = None, columns: list[str] | None = None
 ) -> pl.DataFrame:
     """The rows of the Parquet `files` of one partition (of one shard), without SHARD_KEY;
-    only `columns` when given."""
-    scan = only_shard(pl.scan_parquet(files), shard)
-    return (scan if columns is None else scan.select(columns)).collect()
+    only `columns` when given. A damaged file raises DamagedFileError naming it."""
+    with naming_damage(files):
+        scan = only_shard(pl.scan_parquet(files), shard)
+        return (scan if columns is None else scan.select(columns)).collect()
+
+
+@contextlib.contextmanager
+def naming_damage(files: list[Path]) -> Iterator[None]:
+    """Turn a read failure inside the block into DamagedFileError naming the damaged one of
+    `files` (each is read again to find it; when all read fine, the failure stays as it was)."""
+    try:
+        yield
+    except READ_FAILURES as failure:
+        for file in files:
+            try:
+                pl.scan_parquet(file).collect()
+            except READ_FAILURES as error:
+                raise damaged_file_error(Path(file), error) from failure
+        raise
+
+
+def damaged_file_error(path: Path, error: Exception) -> DamagedFileError:
+    """The error of a stored file that cannot be read: which file, why, how to rebuild it."""
+    reason = " ".join(str(error).split())
+    partition, table, layer = path.parent.name, path.parent.parent.name, path.parents[2].name
+    day = partition.split("=", 1)[1] if partition.startswith("date=") else None
+    if layer == "raw" and day:
+        remedy = (
+            f"re-ingest that day: `mia ingest --date {day}` (its delivery must be in "
+            f"incoming/date={day})"
+        )
+    elif layer == "daily" and day:
+        remedy = (
+            f"rebuild the {table} aggregates of {day}: remove {path.parent} and run the night "
+            "again, which builds the missing aggregate from raw/"
+        )
+    else:
+        remedy = "remove it and run again the step that writes it"
+    return DamagedFileError(f"{path} is damaged and cannot be read ({reason}); {remedy}.")
 
 
 def write_json(payload: Any, path: Path | str) -> Path:
@@ -304,17 +373,26 @@ def scan_partitions(
 
     With `shard`, only that shard's subscribers (`only_shard`); SHARD_KEY is never returned.
     """
-    lake = Lake(Path(base))
     frames = []
-    for date in lake.dates():
-        if (start is not None and date < start) or (end is not None and date > end):
-            continue
-        for file in partition_files(Path(base) / f"date={date.isoformat()}"):
+    for date, file in files_between(base, start, end):
+        with naming_damage([file]):  # a damaged footer fails here, when the schema is read
             scan = only_shard(pl.scan_parquet(file), shard)
-            frames.append(scan.with_columns(pl.lit(date).alias("date")))
+        frames.append(scan.with_columns(pl.lit(date).alias("date")))
     if not frames:
         return None
     return pl.concat(frames, how="diagonal_relaxed")
+
+
+def files_between(
+    base: Path | str, start: dt.date | None = None, end: dt.date | None = None
+) -> list[tuple[dt.date, Path]]:
+    """(date, file) of the Parquet files of `base/date=D/` for D in [start, end], in order."""
+    found = []
+    for date in Lake(Path(base)).dates():
+        if (start is None or date >= start) and (end is None or date <= end):
+            partition = Path(base) / f"date={date.isoformat()}"
+            found += [(date, file) for file in partition_files(partition)]
+    return found
 
 
 @contextlib.contextmanager

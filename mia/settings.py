@@ -32,6 +32,8 @@ class Settings:
     # Features and labels
     windows: tuple[int, ...] = (7, 30, 90)
     horizon_days: int = 7
+    # Ingest refuses events more than this many days before their delivery day (rule max_age).
+    event_max_age_days: int = 400
     train_snapshots: int = 13
     snapshot_step_days: int = 7
     # Models
@@ -64,6 +66,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check_range("horizon_days", self.horizon_days, low=1)
+        _check_range("event_max_age_days", self.event_max_age_days, low=1)
         _check_range("top_k", self.top_k, low=1)
         _check_range("max_per_category", self.max_per_category, low=1)
         _check_range("num_threads", self.num_threads, low=1)

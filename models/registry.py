@@ -252,9 +252,26 @@ def _champion_version(client: MlflowClient, name: str) -> Any | None:
         raise
 
 
-def _load_scorer(name: str, reference: str) -> Any:
-    model = mlflow.pyfunc.load_model(f"models:/{name}{reference}")
+def _load_scorer(name: str, version: str) -> Any:
+    """The scorer of one registered version; RegistryError naming it when its files are gone."""
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    except (MlflowException, OSError) as error:
+        where = MlflowClient().get_model_version_download_uri(name, version)
+        raise RegistryError(
+            f"model {name!r} v{version}: its files are missing from {where} "
+            f"({' '.join(str(error).split())}); the artifacts folder was deleted or moved. "
+            "Run `mia train` to train and register a new version (or restore the folder)."
+        ) from error
     return model.unwrap_python_model().scorer
+
+
+def _scorer_or_error(name: str, version: str) -> Any:
+    """The scorer of a registered version, or the RegistryError saying its files are gone."""
+    try:
+        return _load_scorer(name, version)
+    except RegistryError as error:
+        return error
 
 
 def _metric_of(evaluate: Callable[[Any], dict[str, float]], scorer: Any, metric: str) -> float:
@@ -288,15 +305,18 @@ def promote(
         raise RegistryError(f"model {name!r} has no version {version!r}.") from error
     champion = _champion_version(client, name)
     champion_version = None if champion is None else str(champion.version)
-    candidate_metric = _metric_of(evaluate, _load_scorer(name, f"/{version}"), metric)
+    candidate_metric = _metric_of(evaluate, _load_scorer(name, version), metric)
     champion_metric: float | None = None
     if champion is None:
         promoted, reason = True, "no champion yet"
     elif champion_version == version:
         promoted, reason = True, "already champion"
         champion_metric = candidate_metric
+    elif isinstance(champion_scorer := _scorer_or_error(name, champion_version), RegistryError):
+        # A champion whose files are gone cannot score: any loadable candidate replaces it.
+        promoted, reason = True, f"champion v{champion_version} cannot be loaded: {champion_scorer}"
     else:
-        champion_metric = _metric_of(evaluate, _load_scorer(name, f"/{champion_version}"), metric)
+        champion_metric = _metric_of(evaluate, champion_scorer, metric)
         margin = candidate_metric - champion_metric
         if not higher_is_better:
             margin = -margin
@@ -337,12 +357,13 @@ def promote(
 def load_champion(name: str, settings: Settings) -> Any:
     """The scorer object registered as `models:/<name>@champion`."""
     with tracking(settings) as client:
-        if _champion_version(client, name) is None:
+        champion = _champion_version(client, name)
+        if champion is None:
             raise RegistryError(
                 f"model {name!r} has no {CHAMPION!r} version in {settings.mlflow_uri}; "
                 "train and promote one first."
             )
-        return _load_scorer(name, f"@{CHAMPION}")
+        return _load_scorer(name, str(champion.version))
 
 
 def champion_info(name: str, settings: Settings) -> dict | None:

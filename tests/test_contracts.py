@@ -12,6 +12,7 @@ from mia.contracts import (
     ContractError,
     Violation,
     check_table,
+    check_tables,
     read_table_file,
     validate_table,
     validate_tables,
@@ -238,6 +239,17 @@ def test_event_after_the_end_of_the_ingest_date():
 def test_events_before_the_ingest_date_are_accepted():
     frame = with_value(valid_day()["app_events"], "ts", 0, dt.datetime(2026, 3, 1, 8))
     assert validate_table(frame, "app_events", DAY).height == 2
+
+
+def test_event_older_than_the_age_bound_breaks_max_age():
+    frames = valid_day()
+    frames["usage"] = with_value(frames["usage"], "ts", 1, dt.datetime(1900, 1, 1))
+    frames["payments"] = with_value(frames["payments"], "ts", 0, dt.datetime(2025, 3, 5))
+    results, violations = check_tables(frames, DAY, event_max_age_days=400)
+    [old] = violations  # the payment 400 days back is on the bound, so accepted
+    assert (old.table, old.column, old.rule, old.count) == ("usage", "ts", "max_age", 1)
+    assert "must be on or after 2025-02-03 (400 days before 2026-03-10" in old.message()
+    assert check_tables(frames, DAY, event_max_age_days=50_000)[1] == []
 
 
 def test_activation_after_the_delivery_date():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from features.daily import DAILY_TABLES, aggregate_day
 from mia.contracts import ContractError
 from mia.errors import InputError
 from mia.ingest import MANIFEST_DIR, ingest_day, ingested_dates, raw_events, raw_state
-from mia.lake import Lake, partition_files, read_partition
+from mia.lake import DamagedFileError, Lake, partition_files, read_partition
 from mia.schema import TABLES
 from tests.test_contracts import DAY, valid_day, with_value
 
@@ -325,3 +327,208 @@ def test_ingests_a_simulated_world_exactly(tmp_path):
     for day, frames in simulate.generate_days(config):
         for name, frame in frames.items():
             assert_frame_equal(read_raw_partition(lake, name, day), frame, check_row_order=False)
+
+
+NEXT_DAY = DAY + dt.timedelta(days=1)
+
+
+def crash_after(monkeypatch, module, writes: int) -> None:
+    """Make `module.write_partition` die like a killed process after `writes` partitions:
+    the next write leaves its hidden temporary folder behind and raises."""
+    real = module.write_partition
+    done = []
+
+    def write_partition(frame, directory, *args, **kwargs):
+        if len(done) == writes:
+            directory = Path(directory)
+            (directory.parent / f".{directory.name}.tmp-0123abcd").mkdir(parents=True)
+            raise KeyboardInterrupt("killed")
+        done.append(directory)
+        return real(frame, directory, *args, **kwargs)
+
+    monkeypatch.setattr(module, "write_partition", write_partition)
+
+
+def hidden_entries(lake: Lake) -> list[Path]:
+    return [path for path in lake.root.rglob(".*") if path.name != ".mia.lock"]
+
+
+def test_next_night_reingests_a_day_left_half_written_by_a_killed_ingest(lake, monkeypatch):
+    import mia.ingest
+    from flows.steps import ingest_new_days
+
+    deliver(lake.incoming(DAY), valid_day())
+    crash_after(monkeypatch, mia.ingest, writes=6)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_new_days(lake, DAY)
+    monkeypatch.undo()
+    assert len(lake.dates("raw", "subscribers")) == 1 and ingested_dates(lake) == []
+
+    deliver(lake.incoming(NEXT_DAY), valid_day(NEXT_DAY))
+    assert ingest_new_days(lake, NEXT_DAY) == [DAY, NEXT_DAY]
+    assert ingested_dates(lake) == [DAY, NEXT_DAY]
+    for name, frame in valid_day().items():
+        assert_frame_equal(read_raw_partition(lake, name), frame, check_row_order=False)
+    assert hidden_entries(lake) == []
+
+
+def test_half_written_day_whose_delivery_is_gone_is_refused_by_name(lake, monkeypatch):
+    import mia.ingest
+    from flows.steps import ingest_new_days
+    from mia.ingest import IncompleteDayError
+
+    deliver(lake.incoming(DAY), valid_day())
+    crash_after(monkeypatch, mia.ingest, writes=3)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_new_days(lake, DAY)
+    monkeypatch.undo()
+    shutil.rmtree(lake.incoming(DAY))
+    deliver(lake.incoming(NEXT_DAY), valid_day(NEXT_DAY))
+    with pytest.raises(IncompleteDayError, match=f"{DAY}: the ingest was interrupted"):
+        ingest_new_days(lake, NEXT_DAY)
+    assert ingested_dates(lake) == []
+
+
+def assert_daily_of(lake: Lake, frames: dict[str, pl.DataFrame]) -> None:
+    """The daily aggregates of DAY in the lake are those of the delivery `frames`."""
+    expected = aggregate_day({name: frames[name] for name in (*DAILY_TABLES, "catalog")}, DAY)
+    for table in DAILY_TABLES:
+        built = read_partition(partition_files(lake.daily(table, DAY)))
+        assert_frame_equal(built, expected[table], check_row_order=False)
+
+
+def test_interrupted_daily_rebuild_is_redone_in_full(lake, monkeypatch):
+    import features.daily
+    from flows.steps import update_daily_aggregates
+
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    assert update_daily_aggregates(lake, DAY) == [DAY]
+    # A corrected delivery with the same row counts: only a value of the last tables changes.
+    corrected = valid_day()
+    corrected["transfers"] = with_value(corrected["transfers"], "gb", 0, 7.0)
+    deliver(lake.incoming(DAY), corrected)
+    ingest_day(lake, DAY)
+    crash_after(monkeypatch, features.daily, writes=1)
+    with pytest.raises(KeyboardInterrupt):
+        update_daily_aggregates(lake, DAY, rebuild={DAY})
+    monkeypatch.undo()
+
+    assert update_daily_aggregates(lake, NEXT_DAY) == [DAY]
+    assert_daily_of(lake, corrected)
+    assert hidden_entries(lake) == []
+    assert update_daily_aggregates(lake, NEXT_DAY) == []  # built once
+
+
+def test_daily_aggregates_follow_a_day_ingested_again(lake):
+    from flows.steps import update_daily_aggregates
+
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    update_daily_aggregates(lake, DAY)
+    corrected = valid_day()
+    corrected["payments"] = pl.concat([corrected["payments"], corrected["payments"]])
+    deliver(lake.incoming(DAY), corrected)
+    ingest_day(lake, DAY)  # `mia ingest --date DAY`, outside a night
+    assert update_daily_aggregates(lake, NEXT_DAY) == [DAY]
+    assert_daily_of(lake, corrected)
+
+
+def many_subscribers(rows: int = 2000) -> pl.DataFrame:
+    """A valid subscribers table of `rows` subscribers (ids 1..rows)."""
+    first = valid_day()["subscribers"]
+    repeated = pl.concat([first] * (rows // first.height + 1)).head(rows)
+    return repeated.with_columns(pl.int_range(1, rows + 1, dtype=pl.Int64).alias("subscriber_id"))
+
+
+def damage_a_page(path: Path, column: int = 0) -> None:
+    """Overwrite bytes in the middle of a column's pages, as a bad disk would."""
+    import pyarrow.parquet as pq
+
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(column)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    middle = start + chunk.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[middle : middle + 256] = b"\xff" * 256
+    path.write_bytes(bytes(data))
+
+
+def test_parquet_with_damaged_pages_is_unreadable(lake):
+    frames = valid_day()
+    frames["subscribers"] = many_subscribers()
+    folder = deliver(lake.incoming(DAY), frames)
+    path = folder / "subscribers.parquet"
+    frames["subscribers"].write_parquet(path, compression="uncompressed")
+    damage_a_page(path)
+    with pytest.raises(ContractError) as caught:
+        ingest_day(lake, DAY)
+    assert [(v.table, v.rule) for v in caught.value.violations] == [("subscribers", "readable")]
+    assert "subscriber_id" in str(caught.value) and "subscribers.parquet" in str(caught.value)
+    assert raw_snapshot(lake) == {}
+
+
+def test_undamaged_parquet_of_any_writer_is_read(lake):
+    import pyarrow.parquet as pq
+
+    frames = valid_day()
+    folder = deliver(lake.incoming(DAY), frames)
+    pq.write_table(frames["usage"].to_arrow(), folder / "usage.parquet", row_group_size=2)
+    assert ingest_day(lake, DAY)["usage"] == frames["usage"].height
+
+
+@pytest.mark.parametrize(
+    "content", ["", "subscriber_id,region,device_os,device_vendor,tariff_id,activation_date\n"]
+)
+def test_required_state_table_without_rows_is_refused(lake, content, capsys):
+    from flows.cli import app, run_command
+
+    folder = deliver(lake.incoming(DAY), valid_day(), "csv")
+    (folder / "subscribers.csv").write_text(content)
+    arguments = ["ingest", "--data-dir", str(lake.root), "--date", DAY.isoformat()]
+    assert run_command(lambda: app(arguments, standalone_mode=True)) == 2
+    assert "subscribers: rule 'not_empty' broken" in capsys.readouterr().err
+    assert raw_snapshot(lake) == {}
+
+
+def test_damaged_raw_file_is_named_with_how_to_rebuild_it(lake):
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    for table in ("subscribers", "usage"):
+        [file] = partition_files(lake.raw(table, DAY))
+        file.write_bytes(file.read_bytes()[:-100])  # a copy cut short
+    with pytest.raises(DamagedFileError, match="mia ingest --date 2026-03-10") as caught:
+        raw_state(lake, "subscribers", DAY)
+    assert str(lake.raw("subscribers", DAY) / "part-0.parquet") in str(caught.value)
+    with pytest.raises(DamagedFileError, match=str(lake.raw("usage", DAY))):
+        raw_events(lake, "usage", DAY, DAY)
+
+
+def test_damaged_daily_aggregate_is_named_and_rebuilt_once_removed(lake):
+    from features.snapshot import build_snapshot
+    from flows.steps import update_daily_aggregates
+
+    deliver(lake.incoming(DAY), valid_day())
+    ingest_day(lake, DAY)
+    update_daily_aggregates(lake, DAY)
+    expected = build_snapshot(lake, DAY, write=False)
+    [file] = partition_files(lake.daily("usage", DAY))
+    file.write_bytes(b"\0" * 16 + file.read_bytes()[16:])  # its pages, not its footer
+    with pytest.raises(DamagedFileError, match="rebuild the usage aggregates of 2026-03-10"):
+        build_snapshot(lake, DAY, write=False)
+    shutil.rmtree(lake.daily("usage", DAY))
+    assert update_daily_aggregates(lake, DAY) == [DAY]
+    assert_frame_equal(build_snapshot(lake, DAY, write=False), expected)
+
+
+def test_ingest_refuses_events_older_than_the_setting(lake):
+    from mia.settings import Settings, SettingsError
+
+    frames = valid_day()
+    frames["offer_events"] = with_value(frames["offer_events"], "ts", 2, dt.datetime(1900, 1, 1))
+    deliver(lake.incoming(DAY), frames)
+    with pytest.raises(ContractError, match=r"offer_events.ts: rule 'max_age' broken by 1 row"):
+        ingest_day(lake, DAY)
+    assert raw_snapshot(lake) == {}
+    assert ingest_day(lake, DAY, settings=Settings(event_max_age_days=60_000))["offer_events"] == 3
+    with pytest.raises(SettingsError, match="event_max_age_days == 0, must be >= 1"):
+        Settings(event_max_age_days=0)

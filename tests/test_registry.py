@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -220,3 +221,23 @@ def test_registry_errors(settings):
     assert champion_info("errors", settings) is None
     with start_run(settings, "bad"), pytest.raises(InputError, match="no predict_frame"):
         log_scorer("errors", object(), EXAMPLE)
+
+
+def test_deleted_model_files_name_the_version_and_how_to_rebuild(tmp_path):
+    settings = Settings().replace(
+        mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", mlflow_artifacts=tmp_path / "artifacts"
+    )
+    version = _register(settings, "gone", QualityScorer(0.2))
+    with tracking(settings):
+        promote("gone", version, _quality, "map@5")
+    shutil.rmtree(settings.mlflow_artifacts)
+    with pytest.raises(RegistryError) as caught:
+        load_champion("gone", settings)
+    message = str(caught.value)
+    assert f"'gone' v{version}" in message and "mia train" in message
+    # Training again registers a version that replaces the champion it cannot compare with.
+    retrained = _register(settings, "gone", QualityScorer(0.1))
+    with tracking(settings):
+        decision = promote("gone", retrained, _quality, "map@5")
+    assert decision.promoted and f"champion v{version} cannot be loaded" in decision.reason
+    assert load_champion("gone", settings).quality == 0.1
