@@ -405,15 +405,22 @@ def audience_list(
 def audience_export(
     date: DateOption,
     offer: Annotated[str, typer.Option("--offer", help="Offer id.")],
-    out_file: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
+    out_file: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="CSV file to write, or an existing folder to write <offer file>.csv into."
+        ),
+    ],
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CSV file.")] = False,
 ) -> None:
     """Copy one offer's audience CSV for marketing (spreadsheet-safe cells)."""
     from offers.audience import export_audience
 
     settings = _settings(data_dir, config)
-    path = export_audience(Lake(settings.data_dir).audiences(_date(date)), offer, out_file)
+    audiences = Lake(settings.data_dir).audiences(_date(date))
+    path = export_audience(audiences, offer, out_file, overwrite=force)
     out.print(f"wrote {path}")
 
 

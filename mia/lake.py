@@ -1,7 +1,9 @@
 """The data root: partition paths, reads, and atomic writes.
 
 Every write goes to a hidden temporary sibling and is renamed into place only when complete, so a
-failed or interrupted run leaves the previous outputs untouched and readable.
+failed or interrupted run leaves the previous outputs untouched and readable. The swaps here are
+for paths Mia owns: a file never replaces a directory, and a path a user names is checked by its
+caller before anything is written there.
 """
 
 from __future__ import annotations
@@ -124,8 +126,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 
 def replace_path(source: Path, target: Path) -> None:
-    """Move `source` onto `target`; a directory target is swapped, never half-replaced."""
-    if target.is_dir():
+    """Move `source` onto `target`; a directory target is swapped, never half-replaced.
+
+    Only a directory replaces a directory: a file written onto a folder is refused, whatever the
+    folder holds.
+    """
+    if target.is_dir() and not target.is_symlink():
+        if not source.is_dir():
+            raise IsADirectoryError(f"{target} is a folder; refusing to replace it with a file.")
         retired = _temporary_sibling(target)
         os.replace(target, retired)
         os.replace(source, target)
