@@ -229,10 +229,11 @@ def nightly(
     night = parse_date(manifest["as_of"])
     out.print(f"published night {night} (run {manifest['run_id']})")
     rows = manifest["rows"]
-    out.print(f"  offers:    {lake.offers(night) / 'offers.parquet'}  ({rows['offers']:,} rows)")
-    out.print(f"  audiences: {lake.audiences(night)}  ({manifest['rows']['audiences']} offers)")
-    out.print(f"  report:    {lake.reports(night) / 'report.md'}")
-    out.print(f"  manifest:  {lake.offers(night) / 'manifest.json'}")
+    offers = lake.link("offers", night)
+    out.print(f"  offers:    {offers / 'offers.parquet'}  ({rows['offers']:,} rows)")
+    out.print(f"  audiences: {lake.link('audiences', night)}  ({rows['audiences']} offers)")
+    out.print(f"  report:    {lake.link('reports', night) / 'report.md'}")
+    out.print(f"  manifest:  {offers / 'manifest.json'}")
 
 
 @app.command()
@@ -499,11 +500,12 @@ def report(
 ) -> None:
     """Print the run report of a published night."""
     settings = _settings(data_dir, config)
-    path = Lake(settings.data_dir).reports(_date(date)) / "report.md"
+    lake, night = Lake(settings.data_dir), _date(date)
+    path = lake.reports(night) / "report.md"
     if not path.exists():
         raise InputError(f"no report for {date} at {path}; run `mia nightly --date {date}` first.")
     out.print(path.read_text(), markup=False, highlight=False)
-    out.print(f"(plots in {path.parent})")
+    out.print(f"(plots in {lake.link('reports', night)})")
 
 
 def _configure_logging(verbose: bool) -> None:
