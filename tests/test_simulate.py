@@ -96,6 +96,19 @@ def test_write_world_rejects_unknown_format(tmp_path):
     assert not (tmp_path / "incoming").exists()
 
 
+def test_write_world_never_replaces_a_delivery(tmp_path):
+    config = SimulationConfig(subscribers=10, days=2)
+    delivery = Lake(tmp_path).incoming(config.start + dt.timedelta(days=1)) / "usage.csv"
+    delivery.parent.mkdir(parents=True)
+    delivery.write_text("the operator's file")
+    with pytest.raises(SimulationError, match="not a simulated world"):
+        write_world(tmp_path, config)
+    assert delivery.read_text() == "the operator's file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["incoming"]
+    simulated = tmp_path / "simulated"
+    assert write_world(simulated, config) == write_world(simulated, config)  # a rerun replaces
+
+
 # ---- determinism -----------------------------------------------------------------------------
 
 

@@ -807,6 +807,16 @@ def write_world(
     root = Path(root)
     lake = Lake(root)
     truth_root = root / TRUTH_DIR
+    if not (truth_root / "meta.json").exists():
+        # A day folder is replaced whole: only those of a simulated world, never a delivery.
+        days = [config.start + dt.timedelta(days=day) for day in range(config.days)]
+        delivered = [day.isoformat() for day in days if lake.incoming(day).exists()]
+        if delivered:
+            raise SimulationError(
+                f"{lake.root / 'incoming'} already holds days {delivered[:3]}"
+                f"{' ...' if len(delivered) > 3 else ''} and is not a simulated world; rule: "
+                "simulate into a data root without deliveries (another --data-dir)."
+            )
     world = _World(config)
     meta = {"version": TRUTH_VERSION, **dataclasses.asdict(config)}
     write_json(meta, truth_root / "meta.json")
