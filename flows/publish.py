@@ -152,7 +152,8 @@ def _new_version(staging: Staging, manifest: dict[str, Any]) -> Path:
     night = staging.lake.night_versions(staging.as_of)
     _remove_strays(night)
     night.mkdir(parents=True, exist_ok=True)
-    fsync_path(night.parent)
+    fsync_path(night.parent)  # its entry for a new night's folder
+    fsync_path(staging.lake.root)  # its entry for `nights/` on the first publish
     numbers = [number for number, _ in _versions(night)]
     version = night / f"{VERSION_PREFIX}{max(numbers, default=0) + 1:06d}-{staging.run_id}"
     os.rename(staging.night, version)
