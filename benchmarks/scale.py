@@ -40,7 +40,7 @@ import polars as pl
 
 from benchmarks.common import READY, RESULTS, SEED, START, replicated
 from mia.ingest import ingest_day
-from mia.lake import Lake, atomic_path, remove_path, write_parquet
+from mia.lake import PUBLISHED, Lake, atomic_path, remove_path, write_parquet
 from mia.schema import SHARD_KEY
 from mia.settings import Settings
 from mia.simulate import SimulationConfig, generate_days
@@ -197,7 +197,8 @@ def clear_night(root: Path, date: dt.date) -> None:
         remove_path(lake.raw(table, date))
     for table in [path.name for path in (root / "daily").iterdir()]:
         remove_path(lake.daily(table, date))
-    for path in (lake.snapshot(date), lake.offers(date), lake.audiences(date), lake.reports(date)):
+    links = [lake.link(product, date) for product in PUBLISHED]
+    for path in (lake.snapshot(date), lake.night_versions(date), *links):
         remove_path(path)
     for leftover in root.glob("**/.*tmp-*"):
         remove_path(leftover)

@@ -363,10 +363,11 @@ def nightly(
     night = parse_date(manifest["as_of"])
     _say(f"published night {night} (run {manifest['run_id']})")
     rows = manifest["rows"]
-    _say(f"  offers:    {lake.offers(night) / 'offers.parquet'}  ({rows['offers']:,} rows)")
-    _say(f"  audiences: {lake.audiences(night)}  ({manifest['rows']['audiences']} offers)")
-    _say(f"  report:    {lake.reports(night) / 'report.md'}")
-    _say(f"  manifest:  {lake.offers(night) / 'manifest.json'}")
+    offers = lake.link("offers", night)
+    _say(f"  offers:    {offers / 'offers.parquet'}  ({rows['offers']:,} rows)")
+    _say(f"  audiences: {lake.link('audiences', night)}  ({rows['audiences']} offers)")
+    _say(f"  report:    {lake.link('reports', night) / 'report.md'}")
+    _say(f"  manifest:  {offers / 'manifest.json'}")
 
 
 @app.command()
@@ -539,15 +540,22 @@ def audience_list(
 def audience_export(
     date: DateOption,
     offer: Annotated[str, typer.Option("--offer", help="Offer id.")],
-    out_file: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
+    out_file: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="CSV file to write, or an existing folder to write <offer file>.csv into."
+        ),
+    ],
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CSV file.")] = False,
 ) -> None:
     """Copy one offer's audience CSV for marketing (spreadsheet-safe cells)."""
     from offers.audience import export_audience
 
     settings = _settings(data_dir, config)
-    path = export_audience(Lake(settings.data_dir).audiences(_date(date)), offer, out_file)
+    audiences = Lake(settings.data_dir).audiences(_date(date))
+    path = export_audience(audiences, offer, out_file, overwrite=force)
     _say(f"wrote {path}")
 
 
@@ -645,11 +653,12 @@ def report(
 ) -> None:
     """Print the run report of a published night."""
     settings = _settings(data_dir, config)
-    path = Lake(settings.data_dir).reports(_date(date)) / "report.md"
+    lake, night = Lake(settings.data_dir), _date(date)
+    path = lake.reports(night) / "report.md"
     if not path.exists():
         raise InputError(f"no report for {date} at {path}; run `mia nightly --date {date}` first.")
     _say(path.read_text())
-    _say(f"(plots in {path.parent})")
+    _say(f"(plots in {lake.link('reports', night)})")
 
 
 def _configure_logging(verbose: bool) -> None:

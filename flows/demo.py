@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
             "--days", str(args.days),
             "--start", args.start,
             "--seed", str(args.seed),
+            # an interrupted simulation of the demo world is simulated again, never a delivery
+            *(["--force"] if (args.data_dir / "truth" / "meta.json").exists() else []),
         )  # fmt: skip
     print(f"running the nightly pipeline for {last_day} ...", flush=True)
     _mia("nightly", "--data-dir", str(args.data_dir), "--date", last_day.isoformat())

@@ -158,9 +158,9 @@ def report_task(
 
 
 @task(name="publish", cache_policy=NO_CACHE, retries=IO_RETRIES)
-def publish_task(staging: Staging, manifest: dict[str, Any]) -> str:
-    """Move the night's outputs into place atomically."""
-    return str(publish(staging, manifest))
+def publish_task(staging: Staging, manifest: dict[str, Any], keep_versions: int) -> str:
+    """Publish the night's outputs as one new version, atomically; a retry completes it."""
+    return str(publish(staging, manifest, keep_versions))
 
 
 # Shards run one after another in a local run: each already uses every core (polars, LightGBM),
@@ -215,7 +215,7 @@ def nightly(
             facts["mlflow_nightly_run_id"] = report_task(lake, as_of, settings, staging, facts)
         manifest = steps.manifest(lake, as_of, settings, staging, facts, ingested)
         with _timed(timings, "publish", memory):
-            path = publish_task(staging, manifest)
+            path = publish_task(staging, manifest, settings.keep_night_versions)
         report_progress("nightly", len(NIGHTLY_STEPS), len(NIGHTLY_STEPS))
     log.info("published %s: %s", as_of, path)
     return json.loads(Path(path).read_text())

@@ -393,7 +393,7 @@ def report(
     from offers.audience import read_summary
 
     # Only what the report shows: it must not hold a night's whole offers or snapshot.
-    offers = pl.scan_parquet(staging.root / "offers" / OFFERS_FILE)
+    offers = pl.scan_parquet(staging.product("offers") / OFFERS_FILE)
     previous_scores = None
     earlier = [date for date in published_dates(lake) if date < as_of]
     if earlier:
@@ -415,7 +415,7 @@ def report(
         as_of=as_of,
         run_id=staging.run_id,
         offers=offers,
-        audience_summary=read_summary(staging.root / "audiences"),
+        audience_summary=read_summary(staging.product("audiences")),
         model_metrics=training.get("metrics", {}),
         model_versions={MODEL_NAME: ",".join(facts.get("model_versions", []))},
         training_note=training.get("note", ""),

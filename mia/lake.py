@@ -1,7 +1,13 @@
 """The data root: partition paths, reads, and atomic writes.
 
 Every write goes to a hidden temporary sibling and is renamed into place only when complete, so a
-failed or interrupted run leaves the previous outputs untouched and readable.
+failed or interrupted run leaves the previous outputs untouched and readable. The swaps here are
+for paths Mia owns: a file never replaces a directory, and a path a user names is checked by its
+caller before anything is written there.
+
+A published night is one folder per version, `nights/date=D/<version>/{offers,audiences,reports}`,
+and a pointer `nights/date=D/current` (a symlink) names the version readers see; `flows.publish`
+writes them. `Lake.night` resolves the pointer once, so one reader reads one version.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ ROW_GROUP_ROWS = 65_536
 MERGE_PART_ROWS = 1_000_000
 LOCK_FILE = ".mia.lock"
 LOCK_HOLDER_FILE = ".mia.lock.holder.json"
+NIGHTS = "nights"
+CURRENT = "current"  # the pointer of a night: a symlink to its published version
+PUBLISHED = ("offers", "audiences", "reports")
 
 
 class LockedError(RunError):
@@ -73,17 +82,45 @@ class Lake:
         """Feature snapshot as of the end of `date`."""
         return self.root / "features" / f"snapshot={date.isoformat()}"
 
+    def night_versions(self, date: dt.date) -> Path:
+        """Folder of one night's published versions and its `current` pointer."""
+        return self.root / NIGHTS / f"date={date.isoformat()}"
+
+    def night(self, date: dt.date) -> Path | None:
+        """The version of a night readers see now (its pointer read once), or None if unpublished.
+
+        A pointer that is a real folder (a copy of the data root that followed links) is read as
+        the version itself.
+        """
+        pointer = self.night_versions(date) / CURRENT
+        try:
+            return pointer.parent / os.readlink(pointer)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return pointer if pointer.is_dir() else None
+
+    def link(self, product: str, date: dt.date) -> Path:
+        """The documented path of a published product, `<product>/date=D` (a link to the night's
+        pointer; a real folder in a night published before versions)."""
+        return self.root / product / f"date={date.isoformat()}"
+
+    def published(self, product: str, date: dt.date) -> Path:
+        """Folder of one published product (offers, audiences, reports) of the current version."""
+        version = self.night(date)
+        return version / product if version is not None else self.link(product, date)
+
     def offers(self, date: dt.date) -> Path:
         """Published ranked offers of one night."""
-        return self.root / "offers" / f"date={date.isoformat()}"
+        return self.published("offers", date)
 
     def audiences(self, date: dt.date) -> Path:
         """Published audience CSVs of one night."""
-        return self.root / "audiences" / f"date={date.isoformat()}"
+        return self.published("audiences", date)
 
     def reports(self, date: dt.date) -> Path:
         """Run report of one night."""
-        return self.root / "reports" / f"date={date.isoformat()}"
+        return self.published("reports", date)
 
     def dates(self, *parts: str) -> list[dt.date]:
         """Sorted dates of the `date=`/`snapshot=` partitions below root/parts."""
@@ -115,7 +152,8 @@ def end_of_day(date: dt.date) -> dt.datetime:
     return dt.datetime.combine(date + dt.timedelta(days=1), dt.time())
 
 
-def _temporary_sibling(path: Path) -> Path:
+def temporary_sibling(path: Path) -> Path:
+    """A free hidden name beside `path`, for what is written before it is renamed onto `path`."""
     return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
@@ -147,7 +185,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling to write; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(path)
+    temporary = temporary_sibling(path)
     try:
         yield temporary
         replace_path(temporary, path)
@@ -159,9 +197,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 
 def replace_path(source: Path, target: Path) -> None:
-    """Move `source` onto `target`; a directory target is swapped, never half-replaced."""
-    if target.is_dir():
-        retired = _temporary_sibling(target)
+    """Move `source` onto `target`; a directory target is swapped, never half-replaced.
+
+    Only a directory replaces a directory: a file written onto a folder is refused, whatever the
+    folder holds.
+    """
+    if target.is_dir() and not target.is_symlink():
+        if not source.is_dir():
+            raise IsADirectoryError(f"{target} is a folder; refusing to replace it with a file.")
+        retired = temporary_sibling(target)
         os.replace(target, retired)
         os.replace(source, target)
         shutil.rmtree(retired, ignore_errors=True)
@@ -169,15 +213,36 @@ def replace_path(source: Path, target: Path) -> None:
         os.replace(source, target)
 
 
+def fsync_path(path: Path | str) -> None:
+    """Flush a file, or a folder's entries, to disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def fsync_tree(root: Path | str) -> None:
+    """Flush every file below `root`, then every folder's entries, deepest first."""
+    folders = []
+    for folder, _, files in os.walk(root):
+        folders.append(folder)
+        for name in files:
+            fsync_path(Path(folder) / name)
+    for folder in reversed(folders):
+        fsync_path(folder)
+
+
 def remove_path(path: Path | str) -> None:
-    """Remove a file or directory; a directory is renamed aside first, never seen half-removed."""
+    """Remove a file, link or directory; a directory is renamed aside first, never seen
+    half-removed."""
     path = Path(path)
-    if path.is_dir():
-        retired = _temporary_sibling(path)
+    if path.is_dir() and not path.is_symlink():
+        retired = temporary_sibling(path)
         os.replace(path, retired)
         shutil.rmtree(retired, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+    elif path.is_symlink() or path.exists():
+        path.unlink()  # a link goes, never what it points to
 
 
 def write_parquet(

@@ -60,6 +60,8 @@ class Settings:
     dask_address: str | None = None
     # With dask_address: categories with at least this many training rows train on the cluster.
     dask_train_rows: int = 1_000_000
+    # Published versions kept per night, the current one included (older ones are removed).
+    keep_night_versions: int = 3
     # Schedule
     schedule_cron: str = "0 3 * * *"
     timezone: str = "UTC"
@@ -80,6 +82,7 @@ class Settings:
         _check_range("diversity_positions", self.diversity_positions, low=0)
         _check_range("exploration_share", self.exploration_share, low=0.0, high=1.0)
         _check_range("uplift_min_control", self.uplift_min_control, low=1)
+        _check_range("keep_night_versions", self.keep_night_versions, low=1)
         if not self.windows or any(window < 1 for window in self.windows):
             raise SettingsError(f"windows == {self.windows!r}, must be positive day counts.")
         for category, weight in self.category_weights.items():

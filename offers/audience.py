@@ -244,6 +244,7 @@ def write_audiences(
             "summary: column offer_id, rule: the same offers as the audiences; "
             f"summary has {summary.height}, audiences have {len(audiences)}."
         )
+    _check_replaceable(Path(directory))
     with atomic_path(Path(directory)) as temporary:
         temporary.mkdir(parents=True)
         names = _write_audience_files(audiences, temporary)
@@ -262,6 +263,7 @@ def write_audiences_in_parts(
     """
     names: dict[str, str] = {}
     summaries = []
+    _check_replaceable(Path(directory))
     with atomic_path(Path(directory)) as temporary:
         temporary.mkdir(parents=True)
         for part in parts:
@@ -279,6 +281,24 @@ def write_audiences_in_parts(
         _write_summary(summary, names, temporary)
     logger.info("wrote %d audience files to %s", len(names), directory)
     return summary
+
+
+def _check_replaceable(directory: Path) -> None:
+    """Refuse a folder that holds anything but the files of audiences written there before: a
+    folder is replaced as a whole, and a user's files are never removed with it."""
+    if not directory.is_dir():
+        return
+    entries = {entry.name for entry in directory.iterdir()}
+    written = set()
+    if SUMMARY_FILE in entries:
+        written = {SUMMARY_FILE, *read_summary(directory)[FILE_COLUMN].to_list()}
+    foreign = sorted(entries - written)
+    if foreign:
+        raise OffersInputError(
+            f"audiences: {directory} holds {foreign[:5]}{' ...' if len(foreign) > 5 else ''}, "
+            "which are not audience files; rule: audiences replace only an empty folder or "
+            "earlier audiences."
+        )
 
 
 def _write_audience_files(
@@ -323,9 +343,16 @@ def read_summary(directory: Path | str) -> pl.DataFrame:
     )
 
 
-def export_audience(directory: Path | str, offer_id: str, out_path: Path | str) -> Path:
-    """Copy one offer's audience CSV from an audience directory to `out_path`, atomically."""
-    source = Path(directory) / f"{safe_file_name(offer_id)}.csv"
+def export_audience(
+    directory: Path | str, offer_id: str, out_path: Path | str, overwrite: bool = False
+) -> Path:
+    """Copy one offer's audience CSV from an audience directory to `out_path`, atomically.
+
+    An existing folder `out_path` receives `<safe offer id>.csv`; an existing file is replaced
+    only with `overwrite`. Nothing but the written file is ever touched. Returns the file written.
+    """
+    name = f"{safe_file_name(offer_id)}.csv"
+    source = Path(directory) / name
     if not source.is_file():
         known = read_summary(directory)[OFFER_ID].to_list() if Path(directory).is_dir() else []
         raise OffersInputError(
@@ -333,6 +360,15 @@ def export_audience(directory: Path | str, offer_id: str, out_path: Path | str) 
             f"known offers: {known[:10]}{' ...' if len(known) > 10 else ''}."
         )
     out_path = Path(out_path)
+    if out_path.is_dir():
+        out_path = out_path / name
+    if out_path.is_dir():
+        raise OffersInputError(f"export: {out_path} is a folder; rule: never replaced by a file.")
+    if (out_path.exists() or out_path.is_symlink()) and not overwrite:
+        raise OffersInputError(
+            f"export: {out_path} already exists; rule: an existing file is replaced only with "
+            "--force (overwrite=True)."
+        )
     with atomic_path(out_path) as temporary:
         shutil.copyfile(source, temporary)
     return out_path

@@ -248,6 +248,55 @@ def test_export_audience(tmp_path):
     assert read_summary(directory).height == len(UNSAFE_IDS) + 2
 
 
+def test_export_into_a_folder_writes_one_file_and_keeps_the_rest(tmp_path):
+    directory = _write(tmp_path / "audiences")
+    folder = tmp_path / "marketing"
+    folder.mkdir()
+    (folder / "plan.xlsx").write_bytes(b"the user's own file")
+    source = directory / "gift_box.csv"
+
+    out = export_audience(directory, "gift_box", folder)
+    assert out == folder / "gift_box.csv" and out.read_bytes() == source.read_bytes()
+    assert (folder / "plan.xlsx").read_bytes() == b"the user's own file"
+    out.write_text("edited by hand")
+    with pytest.raises(OffersInputError, match="already exists.*--force"):
+        export_audience(directory, "gift_box", folder)
+    with pytest.raises(OffersInputError, match="already exists"):
+        export_audience(directory, "gift_box", out)
+    assert out.read_text() == "edited by hand"
+    assert export_audience(directory, "gift_box", out, overwrite=True) == out
+    assert out.read_bytes() == source.read_bytes()
+    (folder / "gift_box.csv").unlink()
+    (folder / "gift_box.csv").mkdir()  # a folder where the file would go is never replaced
+    with pytest.raises(OffersInputError, match="is a folder"):
+        export_audience(directory, "gift_box", folder, overwrite=True)
+    assert sorted(path.name for path in folder.iterdir()) == ["gift_box.csv", "plan.xlsx"]
+
+
+def test_a_file_never_replaces_a_folder(tmp_path):
+    from mia.lake import write_json
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(IsADirectoryError, match="refusing"):
+        write_json({"a": 1}, folder)
+    assert (folder / "keep.txt").read_text() == "mine"
+    assert [path.name for path in tmp_path.iterdir()] == ["notes"]
+
+
+def test_audiences_never_replace_a_folder_holding_other_files(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(OffersInputError, match=r"\['notes.txt'\].*not audience files"):
+        _write(folder)
+    assert [path.name for path in folder.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _contents(_write(empty)) == _contents(_write(empty))  # earlier audiences are replaced
+
+
 def test_failed_write_leaves_previous_audiences(tmp_path, monkeypatch):
     directory = _write(tmp_path / "audiences")
     before = _contents(directory)

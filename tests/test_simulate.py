@@ -96,6 +96,23 @@ def test_write_world_rejects_unknown_format(tmp_path):
     assert not (tmp_path / "incoming").exists()
 
 
+def test_write_world_never_replaces_a_delivery(tmp_path):
+    config = SimulationConfig(subscribers=10, days=2)
+    delivery = Lake(tmp_path).incoming(config.start + dt.timedelta(days=1)) / "usage.csv"
+    delivery.parent.mkdir(parents=True)
+    delivery.write_text("the operator's file")
+    with pytest.raises(SimulationError, match="not a simulated world"):
+        write_world(tmp_path, config)
+    assert delivery.read_text() == "the operator's file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["incoming"]
+    with pytest.raises(SimulationError, match="not a simulated world"):
+        write_world(tmp_path, config, overwrite=True)  # not even when asked to
+    assert delivery.read_text() == "the operator's file"
+    simulated = tmp_path / "simulated"
+    dates = write_world(simulated, config)
+    assert write_world(simulated, config, overwrite=True) == dates  # a simulated world is
+
+
 # ---- determinism -----------------------------------------------------------------------------
 
 
@@ -106,16 +123,16 @@ def test_simulate_refuses_to_overwrite_deliveries_unless_forced(tmp_path, capsys
         arguments = ["simulate", "--data-dir", str(tmp_path), "--subscribers", "20", "--days", "3"]
         return run_command(lambda: app([*arguments, *extra], standalone_mode=True))
 
-    delivered = tmp_path / "incoming" / "date=2026-01-02"
-    delivered.mkdir(parents=True)
-    (delivered / "usage.csv").write_text("subscriber_id,ts,kind,quantity,charge\n")
+    assert simulate() == 0
+    marker = tmp_path / "incoming" / "date=2026-01-02" / "marker"
+    marker.write_text("written after the simulation")
     assert simulate() == 2
-    assert "already holds deliveries for 1 of the 3 days to simulate (2026-01-02)" in (
+    assert "already holds 3 of the 3 days to simulate (2026-01-01, 2026-01-02, 2026-01-03)" in (
         capsys.readouterr().err.replace("\n", " ")
     )
-    assert [path.name for path in tmp_path.glob("*/*")] == ["date=2026-01-02"]
+    assert marker.exists()
     assert simulate("--force") == 0
-    assert not (delivered / "usage.csv").exists()
+    assert not marker.exists()
     assert len(Lake(tmp_path).dates("incoming")) == 3
 
 

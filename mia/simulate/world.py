@@ -795,17 +795,28 @@ def _write_table(frame: pl.DataFrame, path: Path, file_format: str) -> None:
         frame.write_csv(path)
 
 
-def _refuse_delivered_days(lake: Lake, config: SimulationConfig) -> None:
-    """Raise when incoming/ already holds a delivery for a day of the simulation."""
+def _refuse_delivered_days(lake: Lake, config: SimulationConfig, overwrite: bool) -> None:
+    """Raise when incoming/ already holds a day of the simulation that may not be replaced.
+
+    Days of an earlier simulated world (it has truth/meta.json) are replaced with `overwrite`;
+    deliveries of a root that is not a simulated world never are: Mia did not write them.
+    """
     days = [config.start + dt.timedelta(days=day) for day in range(config.days)]
     delivered = [day for day in days if lake.incoming(day).exists()]
-    if delivered:
-        shown = ", ".join(str(day) for day in delivered[:3]) + (", ..." * (len(delivered) > 3))
+    simulated = (lake.root / TRUTH_DIR / "meta.json").exists()
+    if not delivered or (overwrite and simulated):
+        return
+    shown = ", ".join(str(day) for day in delivered[:3]) + (", ..." * (len(delivered) > 3))
+    held = f"{lake.root / 'incoming'} already holds {len(delivered)} of the {config.days} days"
+    if simulated:
         raise SimulationError(
-            f"{lake.root / 'incoming'} already holds deliveries for {len(delivered)} of the "
-            f"{config.days} days to simulate ({shown}); simulate into another data root, or "
-            "overwrite them (`mia simulate --force`, write_world(..., overwrite=True))."
+            f"{held} to simulate ({shown}); simulate into another data root, or overwrite the "
+            "earlier simulated world (`mia simulate --force`, write_world(..., overwrite=True))."
         )
+    raise SimulationError(
+        f"{held} to simulate ({shown}) and is not a simulated world; rule: deliveries are never "
+        "replaced, not even with --force: simulate into another data root (--data-dir)."
+    )
 
 
 def write_world(
@@ -817,15 +828,14 @@ def write_world(
 ) -> list[dt.date]:
     """Write root/incoming/date=D/<table>.<format> for every day plus root/truth/; returns dates.
 
-    Refuses, writing nothing, when incoming/ already holds a delivery for one of the days, unless
-    `overwrite`.
+    Refuses, writing nothing, when incoming/ already holds one of the days, unless `overwrite` and
+    those days are an earlier simulated world's (`_refuse_delivered_days`).
     """
     if file_format not in FILE_FORMATS:
         raise SimulationError(f"file_format == {file_format!r}, must be one of {FILE_FORMATS}.")
     root = Path(root)
     lake = Lake(root)
-    if not overwrite:
-        _refuse_delivered_days(lake, config)
+    _refuse_delivered_days(lake, config, overwrite)
     truth_root = root / TRUTH_DIR
     world = _World(config)
     meta = {"version": TRUTH_VERSION, **dataclasses.asdict(config)}
