@@ -27,7 +27,7 @@ from features.snapshot import (
 from mia.errors import InputError
 from mia.ingest import ingest_day, manifest_path, raw_events, raw_state
 from mia.lake import Lake, merge_sorted_parquet, write_parquet
-from mia.schema import SUBSCRIBER_ID
+from mia.schema import CATEGORY, SUBSCRIBER_ID
 from mia.settings import Settings
 from models.scoring import MODEL_NAME
 from models.training import TRAINED_AS_OF_TAG
@@ -114,6 +114,7 @@ def night_inputs(
     catalog = raw_state(lake, "catalog", as_of)
     if subscribers is None or catalog is None:
         raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
+    settings.check_categories(catalog[CATEGORY].unique(), where=f"the catalog of {as_of}")
     holdings = raw_state(lake, "holdings", as_of, shard=part)
     lookback = max(settings.windows)
     start = as_of - dt.timedelta(days=lookback - 1)
