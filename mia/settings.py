@@ -344,14 +344,14 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def _config_path(config_file: Path | None, environ: Mapping[str, str]) -> Path | None:
     """The settings file to read: the one named, else MIA_CONFIG, else ./mia.toml if present."""
     if config_file is not None:
-        named, source = Path(config_file), "the settings file named"
+        named, source = Path(config_file), ""
     elif environ.get(CONFIG_VARIABLE):
-        named, source = Path(environ[CONFIG_VARIABLE]), CONFIG_VARIABLE
+        named, source = Path(environ[CONFIG_VARIABLE]), f"{CONFIG_VARIABLE}: "
     else:
         default = Path(CONFIG_FILE)
         return default if default.exists() else None
     if not named.is_file():
-        raise SettingsError(f"{source}: settings file {named} does not exist.")
+        raise SettingsError(f"{source}settings file {named} does not exist.")
     return named
 
 
