@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
@@ -101,7 +101,9 @@ def wait_all(futures: Any) -> list[Any]:
 def sharded_snapshot(lake: Lake, as_of: dt.date, settings: Settings) -> int:
     """The snapshot as one mapped task per shard, swapped in when every shard is built."""
     steps.begin_snapshot(lake, as_of)
-    futures = snapshot_shard_task.map(lake, as_of, settings, list(range(settings.n_shards)))
+    # Settings is a pydantic model, which Prefect would map over field by field: unmapped.
+    shards = list(range(settings.n_shards))
+    futures = snapshot_shard_task.map(lake, as_of, unmapped(settings), shards)
     rows = sum(wait_all(futures))
     steps.finish_snapshot(lake, as_of, settings)
     return rows
@@ -200,13 +202,15 @@ def nightly(
         with _timed(timings, "score", memory):
             shards = wait_all(
                 score_shard_task.map(
-                    lake, as_of, settings, shard_numbers, staging.work("candidates")
+                    lake, as_of, unmapped(settings), shard_numbers, staging.work("candidates")
                 )
             )
         with _timed(timings, "rank", memory):
             ranked = rank_task(lake, as_of, settings, staging, shards)
         with _timed(timings, "reasons", memory):
-            wait_all(explain_shard_task.map(lake, as_of, settings, staging, shard_numbers))
+            wait_all(
+                explain_shard_task.map(lake, as_of, unmapped(settings), staging, shard_numbers)
+            )
             steps.gather_offers(settings, staging)
         with _timed(timings, "audiences", memory):
             audience = audiences_task(lake, as_of, settings, staging, shards)

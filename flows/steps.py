@@ -35,7 +35,7 @@ from mia.ingest import (
     refuse_lost_days,
 )
 from mia.lake import Lake, merge_sorted_parquet, write_parquet
-from mia.schema import SUBSCRIBER_ID
+from mia.schema import CATEGORY, SUBSCRIBER_ID
 from mia.settings import Settings
 from models.scoring import MODEL_NAME
 from models.training import TRAINED_AS_OF_TAG
@@ -136,6 +136,7 @@ def night_inputs(
     catalog = raw_state(lake, "catalog", as_of)
     if subscribers is None or catalog is None:
         raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
+    settings.check_categories(catalog[CATEGORY].unique(), where=f"the catalog of {as_of}")
     holdings = raw_state(lake, "holdings", as_of, shard=part)
     lookback = max(settings.windows)
     start = as_of - dt.timedelta(days=lookback - 1)
@@ -198,29 +199,68 @@ def train(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, Any]:
     }
 
 
+# Settings that say where and how a night runs, not what it publishes: not in the run id.
+RUN_ID_IGNORES = frozenset(
+    {
+        "data_dir",
+        "mlflow_uri",
+        "mlflow_artifacts",
+        "experiment",
+        "num_threads",
+        "n_shards",
+        "dask_address",
+        "dask_train_rows",
+        "keep_night_versions",
+        "schedule_cron",
+        "timezone",
+    }
+)
+
+
 def run_id(lake: Lake, as_of: dt.date, settings: Settings) -> str:
-    """Deterministic id of tonight's run: date, champion version, ingested rows, policy."""
+    """Deterministic id of tonight's run, from what decides its outputs: the content of the
+    ingested days up to `as_of`, the champion (version and MLflow run) and the settings."""
     from flows.publish import run_id_for
     from models.registry import champion_info
 
-    info = champion_info(MODEL_NAME, settings) or {}
-    manifest = manifest_path(lake, as_of)
+    champion = champion_info(MODEL_NAME, settings) or {}
     return run_id_for(
         as_of,
         {
-            "model_version": info.get("version"),
-            "ingest": manifest.read_text() if manifest.exists() else "",
-            "policy": [
-                settings.top_k,
-                settings.max_per_category,
-                settings.min_probability,
-                settings.control_share,
-                settings.coverage,
-                settings.group_salt,
-                sorted(settings.category_weights.items()),
-            ],  # not the shard count: outputs do not depend on how the work is split
+            "inputs": input_hashes(lake, as_of),
+            # The MLflow run as well: a store made anew numbers its versions from 1 again.
+            "model": [champion.get("version"), champion.get("run_id")],
+            "settings": settings.model_dump(mode="json", exclude=set(RUN_ID_IGNORES)),
         },
     )
+
+
+def input_hashes(lake: Lake, as_of: dt.date) -> dict[str, dict[str, str]]:
+    """Content hash of every raw partition up to `as_of`, by day and table.
+
+    The hashes come from the ingest manifests, which record them once at ingest, so this reads
+    no data; a partition whose manifest has no hash (ingested before manifests had one) is
+    hashed here.
+    """
+    import json
+
+    from mia.hashing import file_digest
+    from mia.ingest import CONTENT_HASH
+    from mia.lake import partition_files
+    from mia.schema import TABLES
+
+    days = sorted({day for table in TABLES for day in lake.dates("raw", table) if day <= as_of})
+    hashes = {}
+    for day in days:
+        manifest = manifest_path(lake, day)
+        tables = json.loads(manifest.read_text()).get("tables", {}) if manifest.exists() else {}
+        hashes[day.isoformat()] = {
+            table: tables.get(table, {}).get(CONTENT_HASH)
+            or file_digest(partition_files(lake.raw(table, day)))
+            for table in TABLES
+            if lake.raw(table, day).is_dir()
+        }
+    return hashes
 
 
 def score_shard(

@@ -2,11 +2,14 @@
 
 The hash is SplitMix64 over the id mixed with a salt digest, computed in numpy, so it does not
 depend on the version of any dataframe library and is the same on every machine and every night.
+Files are identified by a SHA-256 of their bytes (`file_digest`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -76,3 +79,14 @@ def control_mask(ids: np.ndarray | pl.Series, salt: str, control_share: float) -
 def coverage_mask(ids: np.ndarray | pl.Series, salt: str, coverage: float) -> np.ndarray:
     """True for subscribers covered by tonight's offers (a stable `coverage` share of ids)."""
     return unit_interval(ids, salt + ":coverage") < coverage
+
+
+def file_digest(paths: Iterable[Path | str]) -> str:
+    """SHA-256 (hex) of the files' names, sizes and bytes, in the order given."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -27,6 +27,7 @@ from mia.contracts import (
     unreadable,
 )
 from mia.errors import InputError
+from mia.hashing import file_digest
 from mia.lake import (
     Lake,
     Shard,
@@ -44,6 +45,8 @@ from mia.settings import Settings
 logger = logging.getLogger(__name__)
 
 MANIFEST_DIR = "_ingest"
+# Manifest field of each table: SHA-256 of its raw partition files, hashed once, here.
+CONTENT_HASH = "sha256"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -95,7 +98,8 @@ def ingest_day(
         if table not in results and stale.exists():
             logger.info("removing %s: its table is not in the new delivery", stale)
             remove_path(stale)
-    write_json(_manifest(date, files, results, ignored, skipped), day_manifest)
+    hashes = {table: file_digest(partition_files(lake.raw(table, date))) for table in results}
+    write_json(_manifest(date, files, results, ignored, skipped, hashes), day_manifest)
     counts = {table: result.frame.height for table, result in results.items()}
     logger.info("%s: ingested %s", date, counts)
     return counts
@@ -229,6 +233,7 @@ def _manifest(
     results: dict[str, CheckResult],
     ignored: list[str],
     skipped: list[str],
+    hashes: dict[str, str],
 ) -> dict[str, Any]:
     return {
         DATE: date.isoformat(),
@@ -236,6 +241,7 @@ def _manifest(
             table: {
                 "rows": result.frame.height,
                 "file": files[table].name,
+                CONTENT_HASH: hashes[table],
                 "dropped_columns": result.dropped_columns,
                 "warnings": [warning.message() for warning in result.warnings],
             }
