@@ -236,7 +236,8 @@ def test_a_night_published_before_versions_is_read_then_migrated(tmp_path):
 
 def test_keep_night_versions_is_at_least_one():
     assert load_settings(environ={}).keep_night_versions == 3
-    with pytest.raises(SettingsError, match="keep_night_versions == 0, must be >= 1"):
+    rule = r"keep_night_versions == 0 \(from argument keep_night_versions\), must be >= 1"
+    with pytest.raises(SettingsError, match=rule):
         load_settings(environ={}, keep_night_versions=0)
 
 
