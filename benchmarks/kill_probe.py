@@ -68,7 +68,10 @@ def _new_files(*parts: str) -> Callable[[str, Path, dt.date], bool]:
     def reached(stderr: str, root: Path, night: dt.date) -> bool:
         for part in parts:
             base = root / part
-            if base.is_dir() and any(night.isoformat() in str(p) for p in base.rglob("*")):
+            try:
+                if base.is_dir() and any(night.isoformat() in str(p) for p in base.rglob("*")):
+                    return True
+            except FileNotFoundError:  # a temporary renamed while walking: the run writes
                 return True
         return False
 
