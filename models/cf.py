@@ -11,6 +11,11 @@ positive are dropped.
 under `threadpool_limits(1, "blas")`; with the seed fixed two fits give identical factors
 (each ALS half-step solves users or items independently, so implicit's own `num_threads` does
 not change results; one thread is the default all the same, to share the machine fairly).
+
+Scores (factor dot products) are summed factor by factor in float64, not by a BLAS matrix
+product: BLAS rounds a row's dot products differently depending on the shape of the matrix and
+the row's position in it, so the same subscriber would score differently in another shard or
+chunk. Each score depends only on its own two factor vectors.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 INTERACTION_COLUMNS = (SUBSCRIBER_ID, OFFER_ID, CONFIDENCE)
 _POSITION = "_position"
 _CHUNK_ROWS = 1_000_000
+_SCORE_BLOCK = 1024  # subscribers per block of `score`: the block's sums stay in cache
 
 
 class InteractionError(InputError):
@@ -77,6 +83,18 @@ def _event_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
         if event != "dismiss" and weight < 0:
             raise InteractionError(f"weights[{event!r}] == {weight!r}, must be >= 0.")
     return merged
+
+
+def factor_dot(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Dot products of factor vectors along the last axis (shapes broadcast), as float32.
+
+    Summed in float64 in factor order, so each result depends only on its own two vectors, never
+    on the other rows computed with it (float32 products are exact in float64).
+    """
+    total = np.zeros(np.broadcast_shapes(left.shape[:-1], right.shape[:-1]), dtype=np.float64)
+    for factor in range(left.shape[-1]):
+        total += left[..., factor].astype(np.float64) * right[..., factor]
+    return total.astype(np.float32)
 
 
 def build_interactions(
@@ -308,10 +326,11 @@ class ALSRecommender:
         factors, has_factors = self._user_factors(subscriber_ids, interactions)
         scores = np.zeros((factors.shape[0], items.size), dtype=np.float32)
         known_items = np.flatnonzero(items >= 0)
-        item_factors = self.model_.item_factors[items[known_items]]
-        with threadpool_limits(1, "blas"):
-            dot = factors[has_factors] @ item_factors.T
-        scores[np.ix_(np.flatnonzero(has_factors), known_items)] = dot
+        item_factors = self.model_.item_factors[items[known_items]][None, :, :]
+        with_factors = np.flatnonzero(has_factors)
+        for start in range(0, with_factors.size, _SCORE_BLOCK):
+            block = with_factors[start : start + _SCORE_BLOCK]
+            scores[np.ix_(block, known_items)] = factor_dot(factors[block, None, :], item_factors)
         scores[np.ix_(np.flatnonzero(~has_factors), known_items)] = self.popularity_[
             items[known_items]
         ]
@@ -327,10 +346,8 @@ class ALSRecommender:
         both = np.flatnonzero((users >= 0) & (items >= 0))
         for start in range(0, both.size, _CHUNK_ROWS):
             rows = both[start : start + _CHUNK_ROWS]
-            scores[rows] = np.einsum(
-                "ij,ij->i",
-                self.model_.user_factors[users[rows]],
-                self.model_.item_factors[items[rows]],
+            scores[rows] = factor_dot(
+                self.model_.user_factors[users[rows]], self.model_.item_factors[items[rows]]
             )
         popular = np.flatnonzero((users < 0) & (items >= 0))
         scores[popular] = self.popularity_[items[popular]]

@@ -243,6 +243,21 @@ def test_predict_frame_matches_score_and_pickles(fitted):
     assert np.allclose(got[CF_SCORE].to_numpy(), expected, rtol=1e-6)
 
 
+def test_a_score_does_not_depend_on_the_subscribers_scored_with_it():
+    # Shards and chunks score different sets of subscribers: each one's scores must be the same
+    # bytes in any set, in any position, and in predict_frame.
+    interactions = _planted(seed=5, users_per_group=150)
+    model = ALSRecommender(factors=32, iterations=3, regularization=0.05).fit(interactions)
+    users = interactions[SUBSCRIBER_ID].unique().sort().to_list()
+    offers = GROUP_B + GROUP_A
+    together = model.score(users, offers)
+    for subset in (users[::-1], users[1::3], users[7:20], [users[-1]]):
+        rows = [users.index(user) for user in subset]
+        assert model.score(subset, offers).tobytes() == together[rows].tobytes()
+    pairs = pl.DataFrame({SUBSCRIBER_ID: np.repeat(users, 10), OFFER_ID: offers * len(users)})
+    assert model.predict_frame(pairs)[CF_SCORE].to_numpy().tobytes() == together.tobytes()
+
+
 def test_fit_and_score_reject_bad_input(planted):
     model = ALSRecommender(**SMALL)
     with pytest.raises(InputError, match="not fitted"):
