@@ -215,6 +215,7 @@ def nightly(
         with _timed(timings, "audiences", memory):
             audience = audiences_task(lake, as_of, settings, staging, shards)
         facts = {"subscribers": subscribers, "training": training, **ranked, **audience}
+        facts["ingested_tonight"] = ingested
         with _timed(timings, "report", memory):
             facts["mlflow_nightly_run_id"] = report_task(lake, as_of, settings, staging, facts)
         manifest = steps.manifest(lake, as_of, settings, staging, facts, ingested)

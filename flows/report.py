@@ -36,6 +36,7 @@ class ReportInputs:
     subscribers: int = 0
     control_subscribers: int = 0
     no_offers_reason: str = ""  # why a night published no offers, when it did not
+    input_warnings: list[str] = field(default_factory=list)  # from the ingest of the inputs
 
 
 def _figure(width: float, height: float) -> tuple[Figure, object]:
@@ -161,6 +162,7 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
             directory / "model_auc.png",
         )
 
+    warnings += [f"input: {warning}" for warning in inputs.input_warnings]
     drift = inputs.feature_drift
     if drift is not None and not drift.is_empty():
         for row in drift.filter(pl.col("level") == "warning").iter_rows(named=True):

@@ -32,10 +32,12 @@ from mia.ingest import (
     manifest_path,
     raw_events,
     raw_state,
+    read_manifest,
     refuse_lost_days,
+    state_delivery,
 )
 from mia.lake import Lake, merge_sorted_parquet, write_parquet
-from mia.schema import CATEGORY, SUBSCRIBER_ID
+from mia.schema import CATEGORY, STATE_TABLES, SUBSCRIBER_ID
 from mia.settings import Settings
 from models.scoring import MODEL_NAME
 from models.training import TRAINED_AS_OF_TAG
@@ -464,8 +466,48 @@ def report(
         subscribers=int(facts.get("subscribers", 0)),
         control_subscribers=int(facts.get("control_subscribers", 0)),
         no_offers_reason="" if facts.get("offers_rows") else no_offers_reason(lake, as_of),
+        input_warnings=input_warnings(lake, warned_days(as_of, facts.get("ingested_tonight", []))),
     )
     return write_report(inputs, staging.product("reports"))
+
+
+def warned_days(as_of: dt.date, ingested_tonight: list[dt.date]) -> list[dt.date]:
+    """Days whose input warnings a night reports: those ingested tonight, and `as_of`."""
+    return sorted({as_of, *ingested_tonight})
+
+
+def input_warnings(lake: Lake, days: list[dt.date]) -> list[str]:
+    """The warnings of the ingest of `days`, one short line per table, column, rule and detail
+    (days and rows summed; the ingest manifests hold the example rows)."""
+    found: dict[tuple[str, str, str, str], list[tuple[dt.date, int]]] = {}
+    for day in days:
+        tables = (read_manifest(lake, day) or {}).get("tables", {})
+        for table, facts in tables.items():
+            for warning in facts.get("warnings", []):
+                if not isinstance(warning, dict):  # ingested before warnings had fields
+                    warning = {"column": "", "rule": "", "rows": 0, "detail": str(warning)}
+                key = (table, warning["column"], warning["rule"], warning["detail"])
+                found.setdefault(key, []).append((day, int(warning["rows"])))
+    lines = []
+    for (table, column, rule, detail), seen in sorted(found.items()):
+        dates = f"{seen[0][0]}" + (f" .. {seen[-1][0]} ({len(seen)} days)" if len(seen) > 1 else "")
+        rows = sum(count for _, count in seen)
+        lines.append(f"{table}.{column} '{rule}' on {dates}, {rows:,} row(s): {detail}")
+    return lines
+
+
+def state_tables_in_force(lake: Lake, as_of: dt.date) -> dict[str, dict[str, Any]]:
+    """Per state table: the day of the delivery in force on `as_of` and the optional columns
+    that delivery left out."""
+    found = {}
+    for table in STATE_TABLES:
+        day = state_delivery(lake, table, as_of)
+        if day is None:
+            continue
+        tables = (read_manifest(lake, day) or {}).get("tables", {})
+        absent = tables.get(table, {}).get("absent_columns", [])
+        found[table] = {"delivered": day.isoformat(), "absent_columns": absent}
+    return found
 
 
 def no_offers_reason(lake: Lake, as_of: dt.date) -> str:
@@ -516,16 +558,16 @@ def manifest(
     facts: dict[str, Any],
     ingested: list[dt.date],
 ) -> dict[str, Any]:
-    """What tonight used and produced: inputs, row counts, models, MLflow run, settings."""
+    """What tonight used and produced: inputs, row counts, models, MLflow run, settings.
+
+    `ingested` are the days ingested tonight; the history the night used is every day ingested
+    up to `as_of`, whenever that was.
+    """
     from models.registry import champion_info
 
-    raw_rows = {}
-    ingest_manifest = manifest_path(lake, as_of)
-    if ingest_manifest.exists():
-        import json
-
-        tables = json.loads(ingest_manifest.read_text()).get("tables", {})
-        raw_rows = {table: facts_["rows"] for table, facts_ in sorted(tables.items())}
+    tables = (read_manifest(lake, as_of) or {}).get("tables", {})
+    raw_rows = {table: facts_["rows"] for table, facts_ in sorted(tables.items())}
+    history = [day for day in ingested_dates(lake) if day <= as_of]
     champion = champion_info(MODEL_NAME, settings) or {}
     training = facts.get("training", {})
     return {
@@ -534,10 +576,13 @@ def manifest(
         "inputs": {
             "data_dir": str(lake.root),
             "ingested_days": {
-                "count": len(ingested),
-                "first": min(ingested).isoformat() if ingested else None,
-                "last": max(ingested).isoformat() if ingested else None,
+                "count": len(history),
+                "first": history[0].isoformat() if history else None,
+                "last": history[-1].isoformat() if history else None,
+                "tonight": [day.isoformat() for day in sorted(ingested)],
             },
+            "state_tables": state_tables_in_force(lake, as_of),
+            "warnings": input_warnings(lake, warned_days(as_of, ingested)),
             "raw_rows": raw_rows,
             "snapshot": str(lake.snapshot(as_of)),
         },

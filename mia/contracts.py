@@ -11,9 +11,15 @@ Behaviour worth knowing (documented for users in data/README.md):
   column) is reported with its raw value, never silently turned into a null. Empty cells and
   empty strings are nulls.
 - Columns outside the contract are dropped with a logged warning and listed in the check result.
-- An event row whose subscriber is missing from the same delivery's `subscribers` table is a
+- An optional column (`Column.optional`) may be left out: it is read as empty in every row and
+  listed in `CheckResult.absent_columns`. A missing column is reported as a whole, never as
+  "broken by N rows".
+- A state table missing from a day's delivery is taken from its latest earlier delivery
+  (`in_force` of `check_tables`); a required one is refused only when there is none.
+- An event row whose subscriber is missing from the `subscribers` table in force on the day is a
   warning, not a violation: the row is kept (features are only built for known subscribers).
-- An `offer_events.offer_id` missing from the same delivery's catalog is a violation.
+- An `offer_events.offer_id` missing from the catalog in force on the day is a violation.
+- A subscriber's daily usage total above `USAGE_DAILY_LIMITS` is a warning (units look wrong).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -31,20 +37,26 @@ from mia.errors import InputError
 from mia.lake import end_of_day
 from mia.schema import (
     DATE_RANGES,
+    KIND,
     LIST_COLUMNS,
     LIST_SEPARATOR,
     NOT_AFTER_DELIVERY,
     OFFER_ID,
+    QUANTITY,
     REQUIRED_TABLES,
     STATE_TABLES,
     SUBSCRIBER_ID,
     TABLES,
+    TS,
+    USAGE_DAILY_LIMITS,
     Column,
     Table,
 )
 from mia.text import CONTROL_CHARACTERS, SHORT_TEXT, shorten
 
 logger = logging.getLogger(__name__)
+
+AnyFrame = TypeVar("AnyFrame", pl.DataFrame, pl.LazyFrame)
 
 MAX_EXAMPLES = 5
 ROW = "_row"  # 0-based row number added to example rows (CSV line = row + 2)
@@ -63,6 +75,8 @@ DISTINCT_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
 # Integers read from float text ("3.0") are exact only up to 2**53.
 _MAX_EXACT_FLOAT_INT = float(2**53)
 _BAD_TYPE = "__bad_type__"
+# Rules about a column as a whole (its header), not about rows.
+COLUMN_RULES = ("required_column", "unique_column")
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,8 @@ class Violation:
         """One line naming table, column, rule, count, the rule in words and example rows."""
         if not self.column:  # a rule about the table as a whole (missing, unreadable, ...)
             return f"{self.table}: rule '{self.rule}' broken: {self.detail}"
+        if self.rule in COLUMN_RULES:
+            return f"{self.table}.{self.column}: rule '{self.rule}' broken: {self.detail}"
         text = f"{self.table}.{self.column}: rule '{self.rule}' broken by {self.count} row(s)"
         if self.detail:
             text += f": {self.detail}"
@@ -106,6 +122,7 @@ class CheckResult:
     violations: list[Violation]
     warnings: list[Violation]
     dropped_columns: list[str]
+    absent_columns: list[str] = field(default_factory=list)  # optional columns not delivered
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,12 +171,19 @@ def validate_tables(frames: Mapping[str, pl.DataFrame], as_of: dt.date) -> dict[
 
 
 def check_tables(
-    frames: Mapping[str, pl.DataFrame], as_of: dt.date, event_max_age_days: int | None = None
+    frames: Mapping[str, pl.DataFrame],
+    as_of: dt.date,
+    event_max_age_days: int | None = None,
+    in_force: Mapping[str, pl.DataFrame] | None = None,
 ) -> tuple[dict[str, CheckResult], list[Violation]]:
     """Check a delivery table by table plus cross-table rules; returns results and violations.
 
     With `event_max_age_days`, events older than that many days before `as_of` break `max_age`.
+    `in_force` holds the latest earlier delivery of state tables (only the key columns are
+    needed): a state table the day does not deliver is taken from there, for the cross-table
+    rules and for the `required_table` rule.
     """
+    in_force = {name: frame for name, frame in (in_force or {}).items() if name not in frames}
     violations: list[Violation] = []
     for name in frames:
         if name not in TABLES:
@@ -169,14 +193,15 @@ def check_tables(
                 )
             )
     for name in REQUIRED_TABLES:
-        if name not in frames:
-            violations.append(
-                Violation(name, "", "required_table", 1, detail="required table is missing")
-            )
+        if name not in frames and name not in in_force:
+            detail = "required table is missing"
+            if name in STATE_TABLES:
+                detail += " and has no earlier delivery (a state table is needed on its first day)"
+            violations.append(Violation(name, "", "required_table", 1, detail=detail))
     # State tables first: they are the context of the cross-table rules of the event tables.
     order = [name for name in STATE_TABLES if name in frames]
     order += [name for name in TABLES if name in frames and name not in STATE_TABLES]
-    context: dict[str, pl.DataFrame] = {}
+    context: dict[str, pl.DataFrame] = dict(in_force)
     results: dict[str, CheckResult] = {}
     for name in order:
         result = check_table(frames[name], name, as_of, context, event_max_age_days)
@@ -206,21 +231,25 @@ def check_table(
                 table,
                 _duplicate_of(name, contract) or name,
                 "unique_column",
-                frame.height,
+                1,
                 detail=f"the column appears more than once (also read as {name!r})",
             )
         )
-    missing = [name for name in contract.column_names if name not in frame.columns]
-    for name in missing:
-        violations.append(
-            Violation(
-                table,
-                name,
-                "required_column",
-                frame.height,
-                detail=f"column is missing; columns found: {frame.columns}",
+    missing = [column for column in contract.columns if column.name not in frame.columns]
+    absent = [column.name for column in missing if column.optional]
+    for column in missing:
+        if not column.optional:
+            violations.append(
+                Violation(
+                    table,
+                    column.name,
+                    "required_column",
+                    1,
+                    detail=f"the column is missing; columns found: {frame.columns}",
+                )
             )
-        )
+    if absent:
+        logger.info("%s: optional column(s) %s not delivered: read as empty", table, absent)
     if contract.required and table in STATE_TABLES and frame.height == 0:
         violations.append(
             Violation(
@@ -260,7 +289,24 @@ def check_table(
             warnings.append(found)
         else:
             violations.append(found)
-    return CheckResult(table, typed.select(present), violations, warnings, dropped)
+    cleaned = typed.select(present).with_columns(
+        pl.lit(None, dtype=contract.polars_schema[name]).alias(name) for name in absent
+    )
+    order = [name for name in contract.column_names if name in cleaned.columns]
+    return CheckResult(table, cleaned.select(order), violations, warnings, dropped, absent)
+
+
+def with_absent_columns(frame: AnyFrame, table: str) -> AnyFrame:
+    """The frame with every optional column of `table` it lacks added as empty (null) cells."""
+    contract = _contract(table)
+    lazy = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+    names = set(lazy.collect_schema().names())
+    absent = [
+        pl.lit(None, dtype=column.dtype).alias(column.name)
+        for column in contract.columns
+        if column.optional and column.name not in names
+    ]
+    return frame.with_columns(absent) if absent else frame
 
 
 def read_raw(path: Path) -> pl.DataFrame:
@@ -447,7 +493,7 @@ def _row_rules(
             _Rule(
                 OFFER_ID,
                 "known_offer",
-                "must exist in the same day's catalog",
+                "must exist in the catalog in force on the day (its own or the latest earlier)",
                 pl.col(OFFER_ID).is_not_null() & ~pl.col(OFFER_ID).is_in(offers.implode()),
             )
         )
@@ -457,15 +503,35 @@ def _row_rules(
 def _warning_rules(
     contract: Table, present: list[str], context: Mapping[str, pl.DataFrame]
 ) -> list[_Rule]:
+    rules = _plausibility_rules(contract, present)
     subscribers = context.get("subscribers")
     if contract.name == "subscribers" or SUBSCRIBER_ID not in present:
-        return []
+        return rules
     if not _has(subscribers, SUBSCRIBER_ID):  # absent, or refused for lacking the column
-        return []
+        return rules
     known = subscribers.get_column(SUBSCRIBER_ID).drop_nulls().unique()
     mask = pl.col(SUBSCRIBER_ID).is_not_null() & ~pl.col(SUBSCRIBER_ID).is_in(known.implode())
-    detail = "not in the same day's subscribers table (warning: rows kept)"
-    return [_Rule(SUBSCRIBER_ID, "known_subscriber", detail, mask)]
+    detail = "not in the subscribers table in force on the day (warning: rows kept)"
+    return [*rules, _Rule(SUBSCRIBER_ID, "known_subscriber", detail, mask)]
+
+
+def _plausibility_rules(contract: Table, present: list[str]) -> list[_Rule]:
+    """Usage whose daily total per subscriber and kind exceeds `USAGE_DAILY_LIMITS`: most
+    likely a unit error (seconds as minutes, bytes as megabytes); every row of such a
+    subscriber-day of that kind is counted."""
+    if contract.name != "usage" or not {SUBSCRIBER_ID, TS, KIND, QUANTITY} <= set(present):
+        return []
+    daily = pl.col(QUANTITY).sum().over(SUBSCRIBER_ID, pl.col(TS).dt.date(), KIND)
+    return [
+        _Rule(
+            QUANTITY,
+            "plausible_daily_total",
+            f"{kind}: a subscriber's total of one day above {limit:,g} {unit}; are the units "
+            "right? (warning: rows kept)",
+            (pl.col(KIND) == kind) & (daily > limit),
+        )
+        for kind, (limit, unit) in USAGE_DAILY_LIMITS.items()
+    ]
 
 
 def _list_rules(name: str, allowed: tuple[str, ...] | None) -> list[_Rule]:

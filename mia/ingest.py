@@ -3,13 +3,16 @@
 Reads `incoming/date=D/<table>.csv|.parquet` (or `<table>/*.parquet`), checks the whole delivery
 with `mia.contracts`, and only when every table passes writes `raw/<table>/date=D/part-0.parquet`
 for each delivered table plus a manifest `raw/_ingest/date=D/manifest.json` (rows, source files,
-dropped columns, warnings). Re-ingesting a day replaces it exactly, removing partitions of tables
-the new delivery no longer has. Callers that run alongside others hold `mia.lake.run_lock`.
+dropped and absent columns, warnings, the delivery each state table comes from). A state table
+the day does not deliver stays in force from its latest earlier delivery. Re-ingesting a day
+replaces it exactly, removing partitions of tables the new delivery no longer has. Callers that
+run alongside others hold `mia.lake.run_lock`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from mia.lake import (
     write_json,
     write_partition,
 )
-from mia.schema import DATE, EVENT_TABLES, STATE_TABLES, TABLES
+from mia.schema import DATE, EVENT_TABLES, OFFER_ID, STATE_TABLES, SUBSCRIBER_ID, TABLES
 from mia.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ MANIFEST_DIR = "_ingest"
 # Manifest field of each table: SHA-256 of its raw partition files, hashed once, here.
 CONTENT_HASH = "sha256"
 MANIFEST_FILE = "manifest.json"
+# Manifest field: state table -> the date of its delivery in force on the day.
+STATE_FROM = "state_from"
+# Columns of a state table that the cross-table rules read, when an earlier delivery is in force.
+_CONTEXT_COLUMNS = {"subscribers": [SUBSCRIBER_ID], "catalog": [OFFER_ID]}
 
 
 class IncompleteDayError(InputError):
@@ -72,12 +79,30 @@ def ingest_day(
             violations.append(unreadable(table, path, error))
     if not source.is_dir():
         logger.warning("no delivery folder %s", source)
-    skipped = [name for name in TABLES if name not in files and not TABLES[name].required]
+    # A state table left out of the day stays in force from its latest earlier delivery.
+    earlier = {
+        table: day
+        for table in STATE_TABLES
+        if table not in files
+        and (day := state_delivery(lake, table, date - dt.timedelta(days=1))) is not None
+    }
+    for table, day in earlier.items():
+        logger.info("%s: not delivered for %s; the delivery of %s stays in force", table, date, day)
+    in_force = {
+        table: raw_state(lake, table, day, columns=_CONTEXT_COLUMNS[table])
+        for table, day in earlier.items()
+        if table in _CONTEXT_COLUMNS
+    }
+    skipped = [
+        name
+        for name in TABLES
+        if name not in files and name not in earlier and not TABLES[name].required
+    ]
     for name in skipped:
         logger.info("%s: optional table not delivered for %s, skipped", name, date)
     # A required table that is unreadable or ambiguous is not reported missing as well.
     reported = {violation.table for violation in violations}
-    results, checked = check_tables(frames, date, settings.event_max_age_days)
+    results, checked = check_tables(frames, date, settings.event_max_age_days, in_force)
     violations += [
         found
         for found in checked
@@ -99,7 +124,8 @@ def ingest_day(
             logger.info("removing %s: its table is not in the new delivery", stale)
             remove_path(stale)
     hashes = {table: file_digest(partition_files(lake.raw(table, date))) for table in results}
-    write_json(_manifest(date, files, results, ignored, skipped, hashes), day_manifest)
+    state_from = {table: date for table in STATE_TABLES if table in results} | earlier
+    write_json(_manifest(date, files, results, ignored, skipped, hashes, state_from), day_manifest)
     counts = {table: result.frame.height for table, result in results.items()}
     logger.info("%s: ingested %s", date, counts)
     return counts
@@ -167,16 +193,29 @@ def raw_state(
     With `shard` (shard, n_shards), only that shard's subscribers are read; with `columns`,
     only those columns.
     """
-    if table not in STATE_TABLES:
-        raise InputError(f"table == {table!r}, must be a state table: {list(STATE_TABLES)}.")
-    delivered = [day for day in lake.dates("raw", table) if day <= date]
-    if not delivered:
+    day = state_delivery(lake, table, date)
+    if day is None:
         return None
-    files = partition_files(lake.raw(table, delivered[-1]))
+    files = partition_files(lake.raw(table, day))
     if not files:
         empty = pl.DataFrame(schema=TABLES[table].polars_schema)
         return empty if columns is None else empty.select(columns)
     return read_partition(files, shard, columns)
+
+
+def state_delivery(lake: Lake, table: str, date: dt.date) -> dt.date | None:
+    """The day whose delivery of state `table` is in force on `date`: `date` itself when it
+    delivered the table, else the latest day before that did; None when none did."""
+    if table not in STATE_TABLES:
+        raise InputError(f"table == {table!r}, must be a state table: {list(STATE_TABLES)}.")
+    delivered = [day for day in lake.dates("raw", table) if day <= date]
+    return delivered[-1] if delivered else None
+
+
+def read_manifest(lake: Lake, date: dt.date) -> dict[str, Any] | None:
+    """The ingest manifest of `date`, or None when the day is not (completely) ingested."""
+    path = manifest_path(lake, date)
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def ingested_dates(lake: Lake) -> list[dt.date]:
@@ -234,6 +273,7 @@ def _manifest(
     ignored: list[str],
     skipped: list[str],
     hashes: dict[str, str],
+    state_from: dict[str, dt.date],
 ) -> dict[str, Any]:
     return {
         DATE: date.isoformat(),
@@ -243,10 +283,21 @@ def _manifest(
                 "file": files[table].name,
                 CONTENT_HASH: hashes[table],
                 "dropped_columns": result.dropped_columns,
-                "warnings": [warning.message() for warning in result.warnings],
+                "absent_columns": result.absent_columns,
+                "warnings": [
+                    {
+                        "column": warning.column,
+                        "rule": warning.rule,
+                        "rows": warning.count,
+                        "detail": warning.detail,
+                        "message": warning.message(),
+                    }
+                    for warning in result.warnings
+                ],
             }
             for table, result in results.items()
         },
+        STATE_FROM: {table: day.isoformat() for table, day in sorted(state_from.items())},
         "skipped_tables": skipped,
         "ignored_files": ignored,
     }

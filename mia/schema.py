@@ -22,6 +22,7 @@ DATE = "date"
 SNAPSHOT_DATE = "snapshot_date"
 EVENT = "event"
 KIND = "kind"
+QUANTITY = "quantity"
 P_ACCEPT = "p_accept"
 VALUE = "value"
 EXPECTED_VALUE = "expected_value"
@@ -88,14 +89,23 @@ LIST_SEPARATOR = "|"
 
 @dataclass(frozen=True)
 class Column:
-    """One column of an input table: name, polars type, nullability and allowed values."""
+    """One column of an input table: name, polars type, nullability and allowed values.
+
+    `nullable`: a row may leave the cell empty. `optional`: a delivery may leave the column out
+    altogether; it is then read as empty in every row (so an optional column is nullable).
+    """
 
     name: str
     dtype: pl.DataType
     nullable: bool = False
+    optional: bool = False
     allowed: tuple[str, ...] | None = None
     non_negative: bool = False
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.optional and not self.nullable:
+            raise ValueError(f"column {self.name!r}: an optional column must be nullable")
 
 
 @dataclass(frozen=True)
@@ -151,7 +161,7 @@ TABLES: dict[str, Table] = {
                 Column(TS, _TS, description="Event time (UTC, naive)."),
                 Column(KIND, pl.String, allowed=USAGE_KINDS, description="Kind of usage."),
                 Column(
-                    "quantity",
+                    QUANTITY,
                     pl.Float64,
                     non_negative=True,
                     description="Minutes (voice), messages (sms) or megabytes (data).",
@@ -170,18 +180,32 @@ TABLES: dict[str, Table] = {
                 Column("title", pl.String, description="Title shown to the subscriber."),
                 Column(VALUE, pl.Float64, non_negative=True, description="Value of one accept."),
                 Column("start_date", pl.Date, description="First day the offer is active."),
-                Column("end_date", pl.Date, nullable=True, description="Last active day."),
-                Column(PRODUCT_ID, pl.String, description="Product granted by accepting."),
+                Column(
+                    "end_date",
+                    pl.Date,
+                    nullable=True,
+                    optional=True,
+                    description="Last active day; empty means open-ended.",
+                ),
+                Column(
+                    PRODUCT_ID,
+                    pl.String,
+                    nullable=True,
+                    optional=True,
+                    description="Product granted by accepting; empty means none is tracked.",
+                ),
                 Column(
                     "regions",
                     pl.String,
                     nullable=True,
+                    optional=True,
                     description="Allowed regions separated by '|'; empty means any.",
                 ),
                 Column(
                     "device_os",
                     pl.String,
                     nullable=True,
+                    optional=True,
                     description="Allowed device OS separated by '|'; empty means any.",
                 ),
                 Column(
@@ -194,12 +218,14 @@ TABLES: dict[str, Table] = {
                     "requires_product",
                     pl.String,
                     nullable=True,
+                    optional=True,
                     description="Product the subscriber must hold.",
                 ),
                 Column(
                     "excludes_product",
                     pl.String,
                     nullable=True,
+                    optional=True,
                     description="Product the subscriber must not hold.",
                 ),
                 Column(
@@ -212,6 +238,7 @@ TABLES: dict[str, Table] = {
                     "capacity",
                     pl.Int64,
                     nullable=True,
+                    optional=True,
                     non_negative=True,
                     description="Maximum audience size per night; empty means unlimited.",
                 ),
@@ -274,7 +301,7 @@ TABLES: dict[str, Table] = {
                 Column(SUBSCRIBER_ID, _ID),
                 Column(PRODUCT_ID, pl.String),
                 Column("start_date", pl.Date),
-                Column("end_date", pl.Date, nullable=True),
+                Column("end_date", pl.Date, nullable=True, optional=True),
             ),
         ),
     )
@@ -295,6 +322,17 @@ LIST_COLUMNS: dict[str, dict[str, tuple[str, ...] | None]] = {
 DATE_RANGES: dict[str, tuple[tuple[str, str], ...]] = {
     "catalog": (("start_date", "end_date"),),
     "holdings": (("start_date", "end_date"),),
+}
+# The most of each usage kind one subscriber can plausibly use in one day, in the contract's
+# units, with the unit in words: a higher daily total is a warning (seconds delivered as minutes,
+# bytes as megabytes), not a refusal.
+USAGE_DAILY_LIMITS: dict[str, tuple[float, str]] = {
+    "voice_out": (24 * 60, "minutes (24 h)"),
+    "voice_in": (24 * 60, "minutes (24 h)"),
+    "roaming_voice": (24 * 60, "minutes (24 h)"),
+    "sms_out": (10_000, "messages"),
+    "data": (1_000_000, "megabytes (1 TB)"),
+    "roaming_data": (1_000_000, "megabytes (1 TB)"),
 }
 # Date columns that must not lie after the delivery date.
 NOT_AFTER_DELIVERY: dict[str, tuple[str, ...]] = {

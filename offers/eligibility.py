@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from mia.contracts import with_absent_columns
 from mia.errors import InputError
 from mia.lake import end_of_day
 from mia.schema import (
@@ -166,6 +167,7 @@ def held_products(holdings: Frame | None, night: dt.date) -> pl.LazyFrame:
     """Distinct (subscriber_id, product_id) pairs with a holding covering `night`."""
     if holdings is None:
         return pl.LazyFrame(schema={SUBSCRIBER_ID: pl.Int64, PRODUCT_ID: pl.String})
+    holdings = with_absent_columns(lazy(holdings), "holdings")  # no end_date: still held
     require_columns(holdings, "holdings", HOLDINGS_COLUMNS)
     return (
         lazy(holdings)
@@ -228,6 +230,8 @@ def _candidates(
 ) -> pl.LazyFrame:
     """Subscriber x offer pairs with every column the rules read (shared by both paths)."""
     require_columns(subscribers, "subscribers", SUBSCRIBER_COLUMNS)
+    # An optional column the catalog leaves out reads as empty: any region, no product, ...
+    catalog = with_absent_columns(lazy(catalog), "catalog")
     require_columns(catalog, "catalog", CATALOG_COLUMNS)
     night = as_of + dt.timedelta(days=1)
     offers = (

@@ -150,7 +150,15 @@ def test_empty_event_tables_are_fine():
 
 def test_missing_required_column():
     error = broken("usage", valid_day()["usage"].drop("charge"))
-    assert_names(error, "usage", "charge", "required_column", 3)
+    violation = only(error)
+    assert (violation.table, violation.column, violation.rule) == (
+        "usage",
+        "charge",
+        "required_column",
+    )
+    # A missing column is a fact about the header, never counted in rows.
+    assert "usage.charge: rule 'required_column' broken: the column is missing" in str(error)
+    assert "row(s)" not in str(error)
     assert "columns found" in str(error)
 
 
@@ -494,3 +502,87 @@ def test_duplicated_csv_header_is_refused(tmp_path):
     frames["app_events"] = pl.read_csv(path, infer_schema=False)
     with pytest.raises(ContractError, match="app_events.screen: rule 'unique_column'"):
         validate_tables(frames, DAY)
+
+
+OPTIONAL_COLUMNS = {
+    "catalog": [
+        "end_date",
+        "product_id",
+        "regions",
+        "device_os",
+        "requires_product",
+        "excludes_product",
+        "capacity",
+    ],
+    "holdings": ["end_date"],
+}
+
+
+def test_optional_columns_may_be_absent_and_read_as_empty(caplog):
+    assert OPTIONAL_COLUMNS == {
+        name: [column.name for column in table.columns if column.optional]
+        for name, table in TABLES.items()
+        if any(column.optional for column in table.columns)
+    }
+    frames = valid_day()
+    for table, columns in OPTIONAL_COLUMNS.items():
+        frames[table] = frames[table].drop(columns)
+    with caplog.at_level("INFO"):
+        results, violations = check_tables(frames, DAY)
+    assert violations == []
+    for table, columns in OPTIONAL_COLUMNS.items():
+        result = results[table]
+        assert result.absent_columns == columns
+        assert result.frame.schema == TABLES[table].polars_schema
+        assert result.frame.select(columns).null_count().row(0) == (result.frame.height,) * len(
+            columns
+        )
+    assert "catalog: optional column(s)" in caplog.text
+
+
+def test_a_state_table_in_force_from_an_earlier_delivery_is_not_missing():
+    frames = valid_day()
+    earlier = {name: frames.pop(name) for name in ("subscribers", "catalog", "holdings")}
+    # Without an earlier delivery, a required state table is missing.
+    _, violations = check_tables(frames, DAY)
+    assert {(v.table, v.rule) for v in violations} == {
+        ("subscribers", "required_table"),
+        ("catalog", "required_table"),
+    }
+    assert "no earlier delivery" in violations[0].message()
+    # With one, the day passes and its events are checked against the tables in force.
+    results, violations = check_tables(frames, DAY, in_force=earlier)
+    assert violations == []
+    assert set(results) == set(frames)
+    ghost = with_value(frames["offer_events"], "offer_id", 2, "ghost_offer")
+    _, violations = check_tables({**frames, "offer_events": ghost}, DAY, in_force=earlier)
+    assert [(v.table, v.column, v.rule) for v in violations] == [
+        ("offer_events", "offer_id", "known_offer")
+    ]
+    stranger = with_value(frames["usage"], "subscriber_id", 0, 999)
+    results, _ = check_tables({**frames, "usage": stranger}, DAY, in_force=earlier)
+    assert [warning.rule for warning in results["usage"].warnings] == ["known_subscriber"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "quantities", "rows"),
+    [
+        ("voice_out", [900.0, 600.0], 2),  # 25 minutes of calls written in seconds
+        ("voice_in", [700.0, 700.0], 0),  # 23 h 20 min: long, but possible
+        ("sms_out", [12_000.0, 1.0], 2),
+        ("data", [1.2e6, 0.0], 2),  # 1.2 TB in a day: bytes read as megabytes
+    ],
+)
+def test_implausible_daily_usage_is_a_warning_per_kind(kind, quantities, rows):
+    usage = (
+        valid_day()["usage"]
+        .head(2)
+        .with_columns(pl.lit(kind).alias("kind"), pl.Series("quantity", quantities))
+    )
+    result = check_table(usage, "usage", DAY)
+    assert result.violations == []
+    assert result.frame.height == 2
+    found = [(w.column, w.rule, w.count) for w in result.warnings]
+    assert found == ([("quantity", "plausible_daily_total", rows)] if rows else [])
+    if rows:
+        assert result.warnings[0].detail.startswith(f"{kind}: a subscriber's total of one day")

@@ -233,7 +233,7 @@ def test_missing_column_is_named():
     with pytest.raises(OffersInputError, match=r"catalog: missing column\(s\) \['cooldown_days'\]"):
         eligible_pairs(subscribers(), catalog().drop("cooldown_days"), None, None, AS_OF)
     with pytest.raises(OffersInputError, match="holdings"):
-        eligible_pairs(subscribers(), catalog(), holdings().drop("end_date"), None, AS_OF)
+        eligible_pairs(subscribers(), catalog(), holdings().drop("start_date"), None, AS_OF)
 
 
 def test_simulated_impressions_are_eligible_and_control_sees_none():

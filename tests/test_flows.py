@@ -19,7 +19,7 @@ from mia.errors import InputError
 from mia.hashing import control_mask
 from mia.lake import LOCK_FILE, Lake, LockedError, run_lock
 from mia.settings import Settings
-from tests.conftest import TINY_LAST_DAY, night_overrides
+from tests.conftest import TINY_DAYS, TINY_LAST_DAY, TINY_START, night_overrides
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -227,6 +227,15 @@ def test_manifest_is_valid_json_with_inputs(night_run):
     path = Lake(night_run.data_dir).offers(TINY_LAST_DAY) / MANIFEST
     manifest = json.loads(path.read_text())
     assert manifest["inputs"]["raw_rows"]["usage"] > 0
+    # Every day was ingested before the night (ingested_root); the night re-ingested its own.
+    assert manifest["inputs"]["ingested_days"] == {
+        "count": TINY_DAYS,
+        "first": TINY_START.isoformat(),
+        "last": TINY_LAST_DAY.isoformat(),
+        "tonight": [TINY_LAST_DAY.isoformat()],
+    }
+    assert manifest["inputs"]["state_tables"]["catalog"]["delivered"] == TINY_LAST_DAY.isoformat()
+    assert manifest["inputs"]["warnings"] == []
     assert manifest["models"]["trained_tonight"] is True
     assert manifest["models"]["mlflow_run_id"]
 

@@ -248,7 +248,9 @@ def test_broken_rule_refuses_the_whole_day(lake, mutate, table, column, rule):
         ingest_day(lake, DAY)
     assert [(v.table, v.column, v.rule) for v in caught.value.violations] == [(table, column, rule)]
     count = caught.value.violations[0].count
-    assert f"{table}.{column}: rule '{rule}' broken by {count} row(s)" in str(caught.value)
+    # A rule about rows says how many break it; a missing column is not counted in rows.
+    says = "broken:" if rule == "required_column" else f"broken by {count} row(s)"
+    assert f"{table}.{column}: rule '{rule}' {says}" in str(caught.value)
     assert not (lake.root / "raw").exists()
 
 
@@ -532,3 +534,131 @@ def test_ingest_refuses_events_older_than_the_setting(lake):
     assert ingest_day(lake, DAY, settings=Settings(event_max_age_days=60_000))["offer_events"] == 3
     with pytest.raises(SettingsError, match="event_max_age_days == 0, must be >= 1"):
         Settings(event_max_age_days=0)
+
+
+def read_day_manifest(lake: Lake, day: dt.date = DAY) -> dict:
+    return json.loads(
+        (lake.root / "raw" / MANIFEST_DIR / f"date={day}" / "manifest.json").read_text()
+    )
+
+
+def test_catalog_without_optional_columns_is_ingested_and_its_offers_are_for_everyone(lake):
+    from offers.eligibility import eligible_pairs
+    from tests.test_contracts import OPTIONAL_COLUMNS
+
+    frames = valid_day()
+    catalog = frames["catalog"].with_columns(pl.lit(0).alias("min_tenure_days"))
+    frames["catalog"] = catalog.drop(OPTIONAL_COLUMNS["catalog"])
+    frames["holdings"] = frames["holdings"].drop(OPTIONAL_COLUMNS["holdings"])
+    deliver(lake.incoming(DAY), frames, "csv")
+    ingest_day(lake, DAY)
+    manifest = read_day_manifest(lake)
+    assert manifest["tables"]["catalog"]["absent_columns"] == OPTIONAL_COLUMNS["catalog"]
+    assert manifest["tables"]["holdings"]["absent_columns"] == ["end_date"]
+    assert manifest["tables"]["usage"]["absent_columns"] == []
+    stored = raw_state(lake, "catalog", DAY)
+    assert stored.schema == TABLES["catalog"].polars_schema
+    # No regions, OS, products or end dates: every subscriber may have every started offer.
+    started = ["data_5gb", "roam_eu"]
+    expected = pl.DataFrame({"subscriber_id": [1, 1, 2, 2, 3, 3], "offer_id": started * 3})
+    subscribers, holdings = raw_state(lake, "subscribers", DAY), raw_state(lake, "holdings", DAY)
+    assert_frame_equal(eligible_pairs(subscribers, stored, holdings, None, DAY), expected)
+    # The same from frames that lack the columns (a notebook's own catalog).
+    pairs = eligible_pairs(frames["subscribers"], frames["catalog"], frames["holdings"], None, DAY)
+    assert_frame_equal(pairs, expected)
+
+
+def test_later_days_without_state_tables_use_the_latest_earlier_delivery(lake, caplog):
+    from features.daily import build_daily
+
+    first, second = DAY, DAY + dt.timedelta(days=1)
+    deliver(lake.incoming(first), valid_day(first))
+    ingest_day(lake, first)
+    events = {name: valid_day(second)[name] for name in ("usage", "offer_events")}
+    deliver(lake.incoming(second), events)
+    with caplog.at_level("INFO"):
+        counts = ingest_day(lake, second)
+    assert set(counts) == {"usage", "offer_events"}
+    assert f"catalog: not delivered for {second}; the delivery of {first} stays in force" in (
+        caplog.text
+    )
+    manifest = read_day_manifest(lake, second)
+    in_force = {"catalog": str(first), "holdings": str(first), "subscribers": str(first)}
+    assert manifest["state_from"] == in_force
+    assert manifest["skipped_tables"] == ["payments", "app_events", "transfers"]
+    assert read_day_manifest(lake, first)["state_from"] == in_force
+    assert raw_state(lake, "catalog", second).equals(raw_state(lake, "catalog", first))
+    # The day's offer events name offers of the catalog in force and are aggregated with it.
+    assert build_daily(lake, second)
+    # An offer that no catalog in force has is still refused.
+    ghost = with_value(events["offer_events"], "offer_id", 0, "ghost_offer")
+    source = deliver(lake.root / "redelivery", {**events, "offer_events": ghost})
+    with pytest.raises(ContractError, match="offer_events.offer_id: rule 'known_offer'"):
+        ingest_day(lake, second, source=source)
+
+
+def test_seconds_delivered_as_minutes_give_a_warning_in_the_manifest(lake):
+    frames = valid_day()
+    # Subscriber 1 talked 45 minutes, delivered as 2,700 "minutes".
+    frames["usage"] = with_value(frames["usage"], "quantity", 1, 2700.0)
+    deliver(lake.incoming(DAY), frames)
+    ingest_day(lake, DAY)
+    [warning] = read_day_manifest(lake)["tables"]["usage"]["warnings"]
+    assert (warning["column"], warning["rule"], warning["rows"]) == (
+        "quantity",
+        "plausible_daily_total",
+        1,
+    )
+    assert warning["detail"].startswith("voice_out: a subscriber's total of one day above 1,440")
+    assert "usage.quantity: rule 'plausible_daily_total' broken by 1 row(s)" in warning["message"]
+
+
+def test_the_nights_manifest_names_the_history_the_state_deliveries_and_warnings(lake, monkeypatch):
+    from types import SimpleNamespace
+
+    import models.registry
+    from flows.steps import manifest
+    from mia.settings import Settings
+
+    days = [DAY + dt.timedelta(days=offset) for offset in range(3)]
+    for day in days:
+        frames = valid_day(day)
+        if day != days[0]:  # state tables delivered on the first day only
+            frames = {name: frames[name] for name in ("usage", "offer_events")}
+        frames["usage"] = with_value(frames["usage"], "quantity", 1, 2700.0)
+        deliver(lake.incoming(day), frames)
+        ingest_day(lake, day)
+    monkeypatch.setattr(models.registry, "champion_info", lambda *args, **kwargs: None)
+    settings = Settings(data_dir=lake.root)
+    night = manifest(lake, days[-1], settings, SimpleNamespace(run_id="r"), {}, [days[-1]])
+    inputs = night["inputs"]
+    # The history the night used, ingested before the night or during it.
+    assert inputs["ingested_days"] == {
+        "count": 3,
+        "first": str(days[0]),
+        "last": str(days[-1]),
+        "tonight": [str(days[-1])],
+    }
+    assert inputs["state_tables"]["catalog"] == {"delivered": str(days[0]), "absent_columns": []}
+    assert set(inputs["state_tables"]) == {"subscribers", "catalog", "holdings"}
+    [line] = inputs["warnings"]
+    assert line.startswith(f"usage.quantity 'plausible_daily_total' on {days[-1]}, 1 row(s)")
+
+
+def test_daily_aggregate_log_says_what_it_counts(lake, caplog):
+    from features.daily import build_daily
+
+    frames = valid_day()
+    # Subscriber 1 answers offers of two categories, subscriber 3 of one.
+    frames["offer_events"] = with_value(frames["offer_events"], "offer_id", 1, "roam_eu")
+    deliver(lake.incoming(DAY), frames)
+    ingest_day(lake, DAY)
+    with caplog.at_level("INFO", logger="features.daily"):
+        build_daily(lake, DAY)
+    assert (
+        f"daily aggregate offer_events {DAY}: 3 rows (one per subscriber_id x category) "
+        "for 2 subscribers" in caplog.text
+    )
+    assert f"daily aggregate usage {DAY}: 2 rows (one per subscriber_id) for 2 subscribers" in (
+        caplog.text
+    )

@@ -117,3 +117,10 @@ def test_the_reason_for_no_offers_names_expired_offers(tmp_path):
     assert no_offers_reason(lake, AS_OF) == (
         "no covered subscriber was eligible for any of the 3 offers valid on 2026-03-11"
     )
+
+
+def test_input_warnings_are_listed(tmp_path):
+    ids = ["o1", "o2"]
+    line = "usage.quantity 'plausible_daily_total' on 2026-03-10, 4 row(s): voice_out: ..."
+    text = report_text(tmp_path, ids, input_warnings=[line])
+    assert f"- ⚠ input: {line}" in text
