@@ -51,10 +51,10 @@ SUBSCRIBERS_PER_SHARD = 200_000
 TRAIN_SNAPSHOTS = 4
 STEPS = ("ingest", "daily", "snapshot", "score", "rank", "reasons", "audiences", "report")
 SAMPLE_SECONDS = 0.2
-# What a night reads of the days before it: daily aggregates, state tables (yesterday's snapshot
-# needs holdings), the offer events of the last 90 days (eligibility, lift) and the list of
-# ingested days. Raw usage, payments, app events and transfers of past days are read only to
-# build their daily aggregates, so they are not copied.
+# What a night reads of the days before it: daily aggregates and the offer state, state tables
+# (yesterday's snapshot needs holdings), the offer events of the last 90 days (interactions, lift)
+# and the list of ingested days. Raw usage, payments, app events and transfers of past days are
+# read only to build their daily aggregates, so they are not copied.
 REPLICATED = (
     "daily",
     "raw/subscribers",
@@ -142,6 +142,7 @@ def prepare_base(base: int, days: int) -> Path:
     """The base world: simulated, ingested and aggregated up to the day before the last, with a
     registered champion trained as of that day."""
     from features.daily import build_daily_range
+    from features.offer_state import update_offer_state
     from flows.steps import MODEL_NAME, TRAINED_AS_OF_TAG
     from models.registry import champion_info
     from models.training import train_models
@@ -150,6 +151,7 @@ def prepare_base(base: int, days: int) -> Path:
     lake = Lake(root)
     before = last_day(days) - dt.timedelta(days=1)
     build_daily_range(lake, START, before)
+    update_offer_state(lake, before)  # the night then folds its one new day
     settings = night_settings(root, days)
     info = champion_info(MODEL_NAME, settings)
     if info is None or info.get("tags", {}).get(TRAINED_AS_OF_TAG) != before.isoformat():

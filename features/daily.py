@@ -105,8 +105,8 @@ def _transfers_columns() -> dict[str, pl.DataType]:
     return columns
 
 
-# Offer event -> its daily count column.
-_OFFER_COUNT_COLUMNS = {
+# Offer event -> its count column (daily aggregates and the offer state).
+OFFER_COUNT_COLUMNS = {
     "impression": "impressions",
     "click": "clicks",
     "accept": "accepts",
@@ -116,7 +116,7 @@ _OFFER_COUNT_COLUMNS = {
 # Columns after the keys, per table.
 DAILY_VALUE_COLUMNS: dict[str, dict[str, pl.DataType]] = {
     "usage": _usage_columns(),
-    "offer_events": {_OFFER_COUNT_COLUMNS[event]: _COUNT for event in OFFER_EVENTS},
+    "offer_events": {OFFER_COUNT_COLUMNS[event]: _COUNT for event in OFFER_EVENTS},
     "payments": _payments_columns(),
     "app_events": _app_columns(),
     "transfers": _transfers_columns(),
@@ -189,7 +189,7 @@ def _aggregations(table: str) -> list[pl.Expr]:
     if table == "offer_events":
         return [
             _count(pl.col(EVENT) == event).alias(column)
-            for event, column in _OFFER_COUNT_COLUMNS.items()
+            for event, column in OFFER_COUNT_COLUMNS.items()
         ]
     raise DailyInputError(f"table {table!r} has no daily aggregate; known: {DAILY_TABLES}.")
 
@@ -295,8 +295,8 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
     interrupted half-way is redone in full (`daily_needs_rebuild`).
     """
     marker = daily_manifest_path(lake, date)
-    done = {DATE: date.isoformat(), "ingest": _ingest_fingerprint(lake, date)}
-    if force or _read_marker(marker) != done:  # only an unfinished build leaves temporaries
+    done = {DATE: date.isoformat(), "ingest": ingest_fingerprint(lake, date)}
+    if force or read_build_manifest(marker) != done:  # only an unfinished build leaves temporaries
         _remove_leftovers(lake, date)
     if force:
         write_json({DATE: date.isoformat(), "building": True}, marker)
@@ -332,7 +332,7 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
             aggregate[SUBSCRIBER_ID].n_unique(),
         )
         built = True
-    if built or _read_marker(marker) != done:
+    if built or read_build_manifest(marker) != done:
         write_json(done, marker)
     return built
 
@@ -345,13 +345,14 @@ def daily_manifest_path(lake: Lake, date: dt.date) -> Path:
 def daily_needs_rebuild(lake: Lake, date: dt.date) -> bool:
     """True when the aggregates of `date` must be built again in full: a forced build was
     interrupted, or they were built from an earlier ingest of the day."""
-    marker = _read_marker(daily_manifest_path(lake, date))
+    marker = read_build_manifest(daily_manifest_path(lake, date))
     if marker is None:  # never completed: build_daily builds the tables still missing
         return False
-    return bool(marker.get("building")) or marker.get("ingest") != _ingest_fingerprint(lake, date)
+    return bool(marker.get("building")) or marker.get("ingest") != ingest_fingerprint(lake, date)
 
 
-def _read_marker(path: Path) -> dict[str, Any] | None:
+def read_build_manifest(path: Path) -> dict[str, Any] | None:
+    """A build manifest (None when absent; `building` when unreadable, so it is redone)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -360,7 +361,7 @@ def _read_marker(path: Path) -> dict[str, Any] | None:
         return {"building": True}
 
 
-def _ingest_fingerprint(lake: Lake, date: dt.date) -> str | None:
+def ingest_fingerprint(lake: Lake, date: dt.date) -> str | None:
     """A digest of the day's ingest manifest: it changes whenever the day is ingested anew."""
     path = manifest_path(lake, date)
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None

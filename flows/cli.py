@@ -504,13 +504,13 @@ def offers_explain(
 
     settings = _settings(data_dir, config)
     night = _date(date)
-    inputs = night_inputs(Lake(settings.data_dir), night, settings)
+    inputs = night_inputs(Lake(settings.data_dir), night, settings, recent_events=False)
     table = explain(
         subscriber,
         inputs["subscribers"],
         inputs["catalog"],
         inputs["holdings"],
-        inputs["offer_events"],
+        inputs["offer_state"],
         night,
     ).with_columns(pl.col("failed_rules").list.join(", "))
     if not all_offers:

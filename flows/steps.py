@@ -17,6 +17,7 @@ import polars as pl
 
 from features.daily import build_daily, daily_needs_rebuild
 from features.drift import drift_table
+from features.offer_state import read_offer_state, update_offer_state
 from features.snapshot import (
     clear_snapshot_shards,
     publish_snapshot_shards,
@@ -92,7 +93,8 @@ def update_daily_aggregates(
     """Fold every ingested day up to `as_of` into daily aggregates once; returns the days built.
 
     Days in `rebuild`, and days whose aggregates are not those of their current ingest (an
-    interrupted or outdated build, see `daily_needs_rebuild`), are built again.
+    interrupted or outdated build, see `daily_needs_rebuild`), are built again. The offer state
+    follows (`update_offer_state`): its new day, and every day from one ingested again on.
     """
     built = []
     for date in ingested_dates(lake):
@@ -100,6 +102,7 @@ def update_daily_aggregates(
             break
         if build_daily(lake, date, force=date in rebuild or daily_needs_rebuild(lake, date)):
             built.append(date)
+    update_offer_state(lake, as_of)
     return built
 
 
@@ -127,11 +130,18 @@ def snapshot(lake: Lake, as_of: dt.date, settings: Settings) -> int:
 
 
 def night_inputs(
-    lake: Lake, as_of: dt.date, settings: Settings, shard: int | None = None
-) -> dict[str, pl.DataFrame]:
-    """State tables and recent offer events that eligibility and scoring need.
+    lake: Lake,
+    as_of: dt.date,
+    settings: Settings,
+    shard: int | None = None,
+    recent_events: bool = True,
+) -> dict[str, pl.DataFrame | None]:
+    """State tables, the offer state and recent offer events that eligibility and scoring need.
 
-    With `shard`, subscribers, holdings and offer events hold only that shard's subscribers.
+    `offer_state` (the whole history per subscriber x offer) serves eligibility; `offer_events`
+    (the longest feature window, only with `recent_events`) serves the interactions of scoring.
+    With `shard`, subscribers, holdings, the offer state and offer events hold only that shard's
+    subscribers.
     """
     part = None if shard is None else (shard, settings.n_shards)
     subscribers = raw_state(lake, "subscribers", as_of, shard=part)
@@ -140,13 +150,15 @@ def night_inputs(
         raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
     settings.check_categories(catalog[CATEGORY].unique(), where=f"the catalog of {as_of}")
     holdings = raw_state(lake, "holdings", as_of, shard=part)
-    lookback = max(settings.windows)
-    start = as_of - dt.timedelta(days=lookback - 1)
-    events = raw_events(lake, "offer_events", start, as_of, shard=part)
+    events = None
+    if recent_events:
+        start = as_of - dt.timedelta(days=max(settings.windows) - 1)
+        events = raw_events(lake, "offer_events", start, as_of, shard=part)
     return {
         "subscribers": subscribers,
         "catalog": catalog,
         "holdings": holdings,
+        "offer_state": read_offer_state(lake, as_of, shard=part),
         "offer_events": events.collect(engine="streaming") if events is not None else None,
     }
 
@@ -276,7 +288,7 @@ def score_shard(
     inputs = night_inputs(lake, as_of, settings, shard=shard)
     snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
     eligible = eligible_pairs(
-        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_events"], as_of
+        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_state"], as_of
     )
     bundle = load_bundle(settings)
     interactions = (
@@ -617,9 +629,9 @@ def eligible_for_night(lake: Lake, as_of: dt.date, settings: Settings) -> pl.Dat
     """[subscriber_id, offer_id] pairs eligible for the night after `as_of`."""
     from offers.eligibility import eligible_pairs
 
-    inputs = night_inputs(lake, as_of, settings)
+    inputs = night_inputs(lake, as_of, settings, recent_events=False)
     return eligible_pairs(
-        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_events"], as_of
+        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_state"], as_of
     )
 
 

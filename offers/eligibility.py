@@ -10,7 +10,8 @@ whole days from `activation_date` to the night; a product is "held" when the hol
 delivered on `as_of` shows a holding covering the night (start_date <= as_of + 1 <= end_date, end
 inclusive, empty end = open), so a product ending on `as_of` can be offered again and one starting
 on the night is already held; the cooldown counts responses (dismiss, accept) up to the end of
-`as_of`.
+`as_of`, over the whole history: `history` is the offer state as of `as_of`
+(features.offer_state), or raw offer events, folded into one.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from features.offer_state import fold_offer_events, is_offer_state, last_column
 from mia.contracts import with_absent_columns
 from mia.errors import InputError
-from mia.lake import end_of_day
 from mia.schema import (
     CATEGORY,
     EVENT,
@@ -180,17 +181,23 @@ def held_products(holdings: Frame | None, night: dt.date) -> pl.LazyFrame:
     )
 
 
-def last_responses(offer_events: Frame | None, as_of: dt.date) -> pl.LazyFrame:
-    """Date of the last dismiss or accept per (subscriber_id, offer_id), up to the end of as_of."""
+def last_responses(history: Frame | None, as_of: dt.date) -> pl.LazyFrame:
+    """Date of the last dismiss or accept per (subscriber_id, offer_id), up to the end of as_of.
+
+    `history` is the offer state as of `as_of` (features.offer_state, the whole history), or raw
+    offer events, folded into one here.
+    """
     schema = {SUBSCRIBER_ID: pl.Int64, OFFER_ID: pl.String, _LAST_RESPONSE: pl.Date}
-    if offer_events is None:
+    if history is None:
         return pl.LazyFrame(schema=schema)
-    require_columns(offer_events, "offer_events", OFFER_EVENTS_COLUMNS)
+    if not is_offer_state(history):
+        require_columns(history, "offer_events", OFFER_EVENTS_COLUMNS)
+        history = fold_offer_events(None, history, as_of)
+    last = pl.max_horizontal(last_column(event) for event in RESPONSE_EVENTS)
     return (
-        lazy(offer_events)
-        .filter(pl.col(EVENT).is_in(RESPONSE_EVENTS) & (pl.col(TS) < end_of_day(as_of)))
-        .group_by(SUBSCRIBER_ID, OFFER_ID)
-        .agg(pl.col(TS).max().dt.date().alias(_LAST_RESPONSE))
+        lazy(history)
+        .select(SUBSCRIBER_ID, OFFER_ID, last.dt.date().alias(_LAST_RESPONSE))
+        .filter(pl.col(_LAST_RESPONSE).is_not_null())
     )
 
 
@@ -224,7 +231,7 @@ def _candidates(
     subscribers: Frame,
     catalog: Frame,
     holdings: Frame | None,
-    offer_events: Frame | None,
+    history: Frame | None,
     as_of: dt.date,
     offer_filter: pl.Expr | None = None,
 ) -> pl.LazyFrame:
@@ -249,7 +256,7 @@ def _candidates(
         offers = offers.filter(offer_filter)
     offers = offers.collect().lazy()  # small; reused by the cross join and the facts
     people = lazy(subscribers).select(SUBSCRIBER_COLUMNS)
-    facts = _pair_facts(offers, held_products(holdings, night), last_responses(offer_events, as_of))
+    facts = _pair_facts(offers, held_products(holdings, night), last_responses(history, as_of))
     return (
         people.join(offers, how="cross")
         .join(facts, on=[SUBSCRIBER_ID, _OFFER_INDEX], how="left")
@@ -265,7 +272,7 @@ def eligible_pairs(
     subscribers: Frame,
     catalog: Frame,
     holdings: Frame | None,
-    offer_events: Frame | None,
+    history: Frame | None,
     as_of: dt.date,
 ) -> pl.DataFrame:
     """(subscriber_id, offer_id) pairs passing every rule in RULES for the night after as_of."""
@@ -276,7 +283,7 @@ def eligible_pairs(
             subscribers,
             catalog,
             holdings,
-            offer_events,
+            history,
             as_of,
             offer_filter=pl.all_horizontal(offer_rules),
         )
@@ -294,7 +301,7 @@ def explain(
     subscribers: Frame,
     catalog: Frame,
     holdings: Frame | None,
-    offer_events: Frame | None,
+    history: Frame | None,
     as_of: dt.date,
 ) -> pl.DataFrame:
     """Per catalog offer: whether `subscriber_id` is eligible and which rules removed it."""
@@ -307,7 +314,7 @@ def explain(
         )
     failed = [pl.when(~_passes(rule)).then(pl.lit(rule.name)) for rule in RULES]
     return (
-        _candidates(person, catalog, holdings, offer_events, as_of)
+        _candidates(person, catalog, holdings, history, as_of)
         .select(
             OFFER_ID,
             CATEGORY,
