@@ -347,7 +347,7 @@ def doctor(data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
     used = [report for report in diagnosis.tables if report.days]
     _say("\nMia will use:")
     for report in used:
-        _say(f"  {report.table}: {len(report.days)} day(s), {report.rows:,} rows")
+        _say(f"  {report.table}: delivered on {len(report.days)} day(s), {report.rows:,} rows")
         for note in report.notes:
             _say(f"    {note}")
     if not used:

@@ -138,7 +138,7 @@ def diagnose(root: Path | str, settings: Settings | None = None) -> Diagnosis:
     for (table, _, _), found in warned.items():
         reports[table].warnings.append(_summary(found))
     for name, days in sorted(ignored_files.items()):
-        diagnosis.ignored_files.append(f"{name} ({_days(days)}): not a file of a contract table")
+        diagnosis.ignored_files.append(f"{name} on {_days(days)}: not a file of a contract table")
     _describe_state(lake, reports, latest, settings, diagnosis)
     return diagnosis
 
@@ -244,14 +244,14 @@ def _summary(found: list[tuple[dt.date, Violation]]) -> str:
     """One line for one broken rule: its days, and the message of its first day."""
     days = [day for day, _ in found]
     first_day, first = found[0]
-    where = f"{_days(days)}; on {first_day}" if len(days) > 1 else str(first_day)
-    return f"[{where}] {first.message()}"
+    where = f"{_days(days)}, e.g. {first_day}" if len(days) > 1 else str(first_day)
+    return f"{where}: {first.message()}"
 
 
 def _days(days: list[dt.date]) -> str:
     if len(days) == 1:
         return str(days[0])
-    return f"{len(days)} days, {days[0]} .. {days[-1]}"
+    return f"{len(days)} days ({days[0]} .. {days[-1]})"
 
 
 def _extend(names: list[str], more: list[str]) -> None:

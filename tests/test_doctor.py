@@ -68,7 +68,7 @@ def test_extra_columns_unknown_files_and_absent_optional_tables_are_ignored(
     assert reports["offer_events"].verdict == USE
     assert reports["offer_events"].ignored_columns == ["campaign"]
     assert reports["transfers"].verdict == NOT_DELIVERED
-    assert diagnosis.ignored_files == [f"notes.txt ({TINY_START}): not a file of a contract table"]
+    assert diagnosis.ignored_files == [f"notes.txt on {TINY_START}: not a file of a contract table"]
     assert not (root / "raw").exists()
 
 
@@ -85,7 +85,7 @@ def test_broken_delivery_exits_2_naming_table_column_and_rule(simulated_root, tm
     captured = capsys.readouterr()
     assert code == EXIT_BAD_INPUT
     refused = captured.out.split("Mia will refuse:")[1]
-    assert f"[{TINY_START}] usage.kind: rule 'allowed' broken by 3 row(s)" in refused
+    assert f"{TINY_START}: usage.kind: rule 'allowed' broken by 3 row(s)" in refused
     assert "catalog: rule 'required_table' broken: no catalog.csv" in refused
     assert "a night would be refused: 2 problem(s)" in captured.err
     assert _tree(root) == before
