@@ -317,6 +317,73 @@ def ingest(
         _say(f"ingested {len(dates)} days ({dates[0]} .. {dates[-1]}) into {lake.root / 'raw'}")
 
 
+@app.command()
+def doctor(data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
+    """Before a first night: say, table by table, what Mia will use, ignore and refuse in the
+    data root (days in incoming/ checked with the ingest rules; ingested days from their
+    manifests). Writes nothing. Exit 0 when a night can run, 2 when something would be refused."""
+    from mia.doctor import diagnose
+
+    settings = _settings(data_dir, config)
+    diagnosis = diagnose(settings.data_dir, settings)
+    checked, ingested = diagnosis.checked_days, diagnosis.ingested_days
+    _say(
+        f"data root {diagnosis.root}: {len(checked)} delivered day(s) in incoming/ not ingested "
+        f"yet (checked now), {len(ingested)} day(s) already ingested."
+    )
+    _print_table(
+        "tables",
+        [
+            {
+                "table": report.table,
+                "contract": report.role,
+                "verdict": report.verdict,
+                "days": len(report.days),
+                "rows": report.rows,
+            }
+            for report in diagnosis.tables
+        ],
+    )
+    used = [report for report in diagnosis.tables if report.days]
+    _say("\nMia will use:")
+    for report in used:
+        _say(f"  {report.table}: delivered on {len(report.days)} day(s), {report.rows:,} rows")
+        for note in report.notes:
+            _say(f"    {note}")
+    if not used:
+        _say("  nothing yet")
+    ignored = list(diagnosis.ignored_files)
+    for report in diagnosis.tables:
+        if report.ignored_columns:
+            names = ", ".join(report.ignored_columns)
+            ignored.append(f"{report.table}: column(s) outside the contract, dropped: {names}")
+        if report.absent_columns:
+            names = ", ".join(report.absent_columns)
+            ignored.append(
+                f"{report.table}: optional column(s) not delivered, read as empty: {names}"
+            )
+        if report.verdict == "not delivered" and not report.required:
+            ignored.append(f"{report.table}: {report.role} never delivered; Mia runs without it")
+    _say("\nMia will ignore:")
+    for line in ignored or ["nothing"]:
+        _say(f"  {line}")
+    warnings = [line for report in diagnosis.tables for line in report.warnings]
+    if warnings:
+        _say("\nWarnings (the rows are kept):")
+        for line in warnings:
+            _say(f"  {line}")
+    problems = diagnosis.problems
+    _say("\nMia will refuse:")
+    for line in problems or ["nothing"]:
+        _say(f"  {line}")
+    if problems:
+        raise InputError(
+            f"a night would be refused: {len(problems)} problem(s) listed above under "
+            "'Mia will refuse'; fix the deliveries (see data/README.md) and run `mia doctor` again."
+        )
+    _say("\nA first night can run: `mia ingest`, then `mia nightly --date YYYY-MM-DD`.")
+
+
 def _overrides(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
