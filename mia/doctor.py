@@ -29,6 +29,7 @@ from mia.ingest import (
     manifest_path,
     raw_state,
     refuse_lost_days,
+    state_delivery,
 )
 from mia.lake import Lake
 from mia.schema import CATEGORY, STATE_TABLES, SUBSCRIBER_ID, TABLES
@@ -119,18 +120,19 @@ def diagnose(root: Path | str, settings: Settings | None = None) -> Diagnosis:
     ignored_files: dict[str, list[dt.date]] = defaultdict(list)
     refused: dict[tuple[str, str, str], list[tuple[dt.date, Violation]]] = defaultdict(list)
     warned: dict[tuple[str, str, str], list[tuple[dt.date, Violation]]] = defaultdict(list)
-    latest: dict[str, pl.DataFrame] = {}
+    latest: dict[str, tuple[dt.date, pl.DataFrame]] = {}  # per table: its last checked day
     for day in ingested:
         _add_ingested_day(lake, day, reports, ignored_files)
     for day in checked:
-        results, ignored, violations = _check_day(lake, day, settings)
+        in_force = _in_force(lake, day, latest)
+        results, ignored, violations = _check_day(lake, day, settings, in_force)
         for name in ignored:
             ignored_files[name].append(day)
         for violation in violations:
             refused[(violation.table, violation.column, violation.rule)].append((day, violation))
         for table, result in results.items():
             _add_checked_table(reports[table], day, result, warned)
-            latest[table] = result.frame
+            latest[table] = (day, result.frame)
     for (table, _, _), found in refused.items():
         report = reports.get(table)
         target = report.refusals if report is not None else diagnosis.refusals
@@ -143,8 +145,23 @@ def diagnose(root: Path | str, settings: Settings | None = None) -> Diagnosis:
     return diagnosis
 
 
+def _in_force(
+    lake: Lake, day: dt.date, latest: dict[str, tuple[dt.date, pl.DataFrame]]
+) -> dict[str, pl.DataFrame]:
+    """Per state table, its latest delivery before `day`: checked here or already ingested."""
+    found = {}
+    for table in STATE_TABLES:
+        ingested = state_delivery(lake, table, day - dt.timedelta(days=1))
+        checked = latest.get(table)
+        if checked is not None and (ingested is None or checked[0] > ingested):
+            found[table] = checked[1]
+        elif ingested is not None:
+            found[table] = raw_state(lake, table, ingested)
+    return found
+
+
 def _check_day(
-    lake: Lake, day: dt.date, settings: Settings
+    lake: Lake, day: dt.date, settings: Settings, in_force: dict[str, pl.DataFrame]
 ) -> tuple[dict[str, CheckResult], list[str], list[Violation]]:
     """The checks `mia ingest` makes of one day's delivery: results, ignored files, violations."""
     source = lake.incoming(day)
@@ -156,7 +173,8 @@ def _check_day(
         except READ_ERRORS as error:
             violations.append(unreadable(table, path, error))
     reported = {violation.table for violation in violations}
-    results, found = check_tables(frames, day, settings.event_max_age_days)
+    in_force = {table: frame for table, frame in in_force.items() if table not in frames}
+    results, found = check_tables(frames, day, settings.event_max_age_days, in_force)
     violations += [
         violation
         for violation in found
@@ -174,14 +192,7 @@ def _add_checked_table(
     report.days.append(day)
     report.rows += result.frame.height
     _extend(report.ignored_columns, result.dropped_columns)
-    # A contract column not read, and not refused as missing, is an optional one left out.
-    refused_missing = {v.column for v in result.violations if v.rule == "required_column"}
-    absent = [
-        name
-        for name in TABLES[report.table].column_names
-        if name not in result.frame.columns and name not in refused_missing
-    ]
-    _extend(report.absent_columns, absent)
+    _extend(report.absent_columns, result.absent_columns)
     for warning in result.warnings:
         warned[(warning.table, warning.column, warning.rule)].append((day, warning))
 
@@ -220,7 +231,7 @@ def _describe_state(
     """Notes on the latest subscribers and catalog; refuse category weights the catalog lacks."""
     last_ingested = diagnosis.ingested_days[-1] if diagnosis.ingested_days else None
     for table in ("subscribers", "catalog"):
-        frame = latest.get(table)
+        frame = latest[table][1] if table in latest else None
         if frame is None and last_ingested is not None:
             frame = raw_state(lake, table, last_ingested)
         if frame is None:
