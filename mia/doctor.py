@@ -19,10 +19,10 @@ from pathlib import Path
 
 import polars as pl
 
-from mia.contracts import READ_ERRORS, CheckResult, Violation, check_tables, read_raw, unreadable
+from mia.contracts import CheckResult, Violation
 from mia.errors import InputError
 from mia.ingest import (
-    _with_location,
+    check_delivery,
     find_delivery,
     incomplete_dates,
     ingested_dates,
@@ -166,21 +166,8 @@ def _check_day(
     """The checks `mia ingest` makes of one day's delivery: results, ignored files, violations."""
     source = lake.incoming(day)
     files, ignored, violations = find_delivery(source)
-    frames: dict[str, pl.DataFrame] = {}
-    for table, path in files.items():
-        try:
-            frames[table] = read_raw(path)
-        except READ_ERRORS as error:
-            violations.append(unreadable(table, path, error))
-    reported = {violation.table for violation in violations}
-    in_force = {table: frame for table, frame in in_force.items() if table not in frames}
-    results, found = check_tables(frames, day, settings.event_max_age_days, in_force)
-    violations += [
-        violation
-        for violation in found
-        if not (violation.rule == "required_table" and violation.table in reported)
-    ]
-    return results, ignored, _with_location(violations, source)
+    results, violations = check_delivery(source, files, violations, day, settings, in_force)
+    return results, ignored, violations
 
 
 def _add_checked_table(

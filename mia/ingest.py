@@ -71,12 +71,6 @@ def ingest_day(
     settings = settings or Settings()
     source = Path(source) if source is not None else lake.incoming(date)
     files, ignored, violations = find_delivery(source)
-    frames: dict[str, pl.DataFrame] = {}
-    for table, path in files.items():
-        try:
-            frames[table] = read_raw(path)
-        except READ_ERRORS as error:
-            violations.append(unreadable(table, path, error))
     if not source.is_dir():
         logger.warning("no delivery folder %s", source)
     # A state table left out of the day stays in force from its latest earlier delivery.
@@ -100,17 +94,10 @@ def ingest_day(
     ]
     for name in skipped:
         logger.info("%s: optional table not delivered for %s, skipped", name, date)
-    # A required table that is unreadable or ambiguous is not reported missing as well.
-    reported = {violation.table for violation in violations}
-    results, checked = check_tables(frames, date, settings.event_max_age_days, in_force)
-    violations += [
-        found
-        for found in checked
-        if not (found.rule == "required_table" and found.table in reported)
-    ]
+    results, violations = check_delivery(source, files, violations, date, settings, in_force)
     if violations:
         logger.error("%s: delivery %s refused, %d rule(s) broken", date, source, len(violations))
-        raise ContractError(_with_location(violations, source))
+        raise ContractError(violations)
 
     # The manifest marks a complete day: withdrawn first, written again only at the end.
     day_manifest = manifest_path(lake, date)
@@ -129,6 +116,39 @@ def ingest_day(
     counts = {table: result.frame.height for table, result in results.items()}
     logger.info("%s: ingested %s", date, counts)
     return counts
+
+
+def check_delivery(
+    source: Path,
+    files: dict[str, Path],
+    violations: list[Violation],
+    date: dt.date,
+    settings: Settings,
+    in_force: dict[str, pl.DataFrame],
+) -> tuple[dict[str, CheckResult], list[Violation]]:
+    """Read and check one day's delivered `files` against the contract, with the state tables
+    `in_force` from earlier deliveries; the results and every violation, located in `source`.
+
+    `violations` are those found before reading (`find_delivery`); what `mia ingest` refuses and
+    what `mia doctor` reports are the same list.
+    """
+    violations = list(violations)
+    frames: dict[str, pl.DataFrame] = {}
+    for table, path in files.items():
+        try:
+            frames[table] = read_raw(path)
+        except READ_ERRORS as error:
+            violations.append(unreadable(table, path, error))
+    # A required table that is unreadable or ambiguous is not reported missing as well.
+    reported = {violation.table for violation in violations}
+    in_force = {table: frame for table, frame in in_force.items() if table not in frames}
+    results, checked = check_tables(frames, date, settings.event_max_age_days, in_force)
+    violations += [
+        found
+        for found in checked
+        if not (found.rule == "required_table" and found.table in reported)
+    ]
+    return results, _with_location(violations, source)
 
 
 def find_delivery(source: Path) -> tuple[dict[str, Path], list[str], list[Violation]]:
