@@ -117,3 +117,12 @@ def test_the_reason_for_no_offers_names_expired_offers(tmp_path):
     assert no_offers_reason(lake, AS_OF) == (
         "no covered subscriber was eligible for any of the 3 offers valid on 2026-03-11"
     )
+
+
+def test_categories_scored_by_a_prior_are_named(tmp_path):
+    prior = {"late_launch": "never seen in training", "k9": "too few training accepts"}
+    text = report_text(tmp_path, ["films", "late_launch"], prior_scored_categories=prior)
+    assert (
+        r"- categories scored by a prior, not a model: k9 (too few training accepts); "
+        "late_launch (never seen in training)"
+    ) in text
