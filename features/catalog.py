@@ -444,7 +444,7 @@ CATEGORY_PLACEHOLDER = "<category>"
 
 def snapshot_categories(*category_columns: pl.Series) -> tuple[str, ...]:
     """The offer categories a snapshot has features for: every name in the given columns (the
-    catalog in force, the offer history of the window), sorted; there is no fixed list."""
+    catalog in force), sorted; there is no fixed list."""
     names: set[str] = set()
     for column in category_columns:
         names.update(column.cast(pl.String).drop_nulls().unique().to_list())
@@ -571,7 +571,7 @@ def render_markdown(windows: Sequence[int] = DEFAULT_WINDOWS) -> str:
         "",
         f"Features named with `{CATEGORY_PLACEHOLDER}` exist once per offer category, named after",
         "it. The categories come from the data, never from a fixed list: those of the catalog in",
-        "force on the snapshot day and those with offer events in the longest window, sorted.",
+        "force on the snapshot day, sorted by name.",
         "The holdings and offers counts above are for one category. A model trained on snapshots",
         "with other categories reads the features it lacks as missing.",
         "",

@@ -339,13 +339,13 @@ def _holdings(
 def _categories(
     catalog: pl.DataFrame | pl.LazyFrame | None, offer_events: pl.LazyFrame | None
 ) -> tuple[str, ...]:
-    """Offer categories with features: the catalog's and those shown in the window."""
-    columns = []
-    if catalog is not None:
-        columns.append(catalog.lazy().select(pl.col(CATEGORY).cast(pl.String).unique()))
-    if offer_events is not None:
-        columns.append(offer_events.select(pl.col(CATEGORY).cast(pl.String).unique()))
-    return snapshot_categories(*(frame.collect().to_series() for frame in columns))
+    """Offer categories with features: those of the catalog in force, else (frames without a
+    catalog) those shown in the window. Never the events' alone when there is a catalog: a shard's
+    events would give it other columns than its neighbours'."""
+    source = catalog if catalog is not None else offer_events
+    if source is None:
+        return ()
+    return snapshot_categories(source.lazy().select(pl.col(CATEGORY)).collect().to_series())
 
 
 def compute_snapshot(
