@@ -2,6 +2,8 @@
 
 The snapshot (`features.snapshot`) produces exactly these columns, in this order, for the tables
 present; `features/README.md` is generated from this module (`python -m features.catalog`).
+Offer categories come from the data (`snapshot_categories`): the holdings and offer-history
+families have one set of columns per category, named after it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import polars as pl
 
 from mia.schema import (
     APP_SCREENS,
-    CATEGORIES,
     DEVICE_OS,
     PAYMENT_METHODS,
     SNAPSHOT_DATE,
@@ -350,7 +351,7 @@ def _transfers(windows: Sequence[int]) -> list[Feature]:
     return features
 
 
-def _holdings() -> list[Feature]:
+def _holdings(categories: Sequence[str]) -> list[Feature]:
     features = [
         Feature(
             "products_held",
@@ -361,7 +362,7 @@ def _holdings() -> list[Feature]:
             dtype=COUNT,
         )
     ]
-    for category in CATEGORIES:
+    for category in categories:
         words = category.replace("_", " ")
         features.append(
             Feature(
@@ -376,10 +377,10 @@ def _holdings() -> list[Feature]:
     return features
 
 
-def _offers(windows: Sequence[int]) -> list[Feature]:
+def _offers(windows: Sequence[int], categories: Sequence[str]) -> list[Feature]:
     longest = windows[-1]
     features = []
-    for category in CATEGORIES:
+    for category in categories:
         words = category.replace("_", " ")
         for count in OFFER_COUNTS:
             what = {
@@ -414,8 +415,10 @@ def _offers(windows: Sequence[int]) -> list[Feature]:
 
 
 @cache
-def build_catalog(windows: tuple[int, ...] = DEFAULT_WINDOWS) -> tuple[Feature, ...]:
-    """Every snapshot feature for the given windows, in snapshot column order."""
+def build_catalog(
+    windows: tuple[int, ...] = DEFAULT_WINDOWS, categories: tuple[str, ...] = ()
+) -> tuple[Feature, ...]:
+    """Every snapshot feature for the given windows and offer categories, in column order."""
     windows = check_windows(windows)
     features = (
         _profile()
@@ -425,31 +428,48 @@ def build_catalog(windows: tuple[int, ...] = DEFAULT_WINDOWS) -> tuple[Feature, 
         + _balance(windows)
         + _app(windows)
         + _transfers(windows)
-        + _holdings()
-        + _offers(windows)
+        + _holdings(categories)
+        + _offers(windows, categories)
     )
     names = [feature.name for feature in features]
     assert len(names) == len(set(names)), "feature names must be unique"
     return tuple(features)
 
 
+# The features that do not depend on the offer categories (default windows).
 FEATURES: tuple[Feature, ...] = build_catalog(DEFAULT_WINDOWS)
+# Stands for a category name where the catalog is documented rather than built for data.
+CATEGORY_PLACEHOLDER = "<category>"
+
+
+def snapshot_categories(*category_columns: pl.Series) -> tuple[str, ...]:
+    """The offer categories a snapshot has features for: every name in the given columns (the
+    catalog in force), sorted; there is no fixed list."""
+    names: set[str] = set()
+    for column in category_columns:
+        names.update(column.cast(pl.String).drop_nulls().unique().to_list())
+    return tuple(sorted(names))
 
 
 def features_for_tables(
-    available_tables: Iterable[str], windows: Sequence[int] = DEFAULT_WINDOWS
+    available_tables: Iterable[str],
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    categories: Sequence[str] = (),
 ) -> tuple[Feature, ...]:
     """Features whose source table is among `available_tables`, in snapshot column order."""
     available = set(available_tables)
-    return tuple(f for f in build_catalog(tuple(windows)) if f.source_table in available)
+    catalog = build_catalog(tuple(windows), tuple(categories))
+    return tuple(f for f in catalog if f.source_table in available)
 
 
 def feature_names(
-    available_tables: Iterable[str] | None = None, windows: Sequence[int] = DEFAULT_WINDOWS
+    available_tables: Iterable[str] | None = None,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    categories: Sequence[str] = (),
 ) -> list[str]:
     """Names of the features (all, or those computable from `available_tables`)."""
     tables = TABLES if available_tables is None else available_tables
-    return [feature.name for feature in features_for_tables(tables, windows)]
+    return [feature.name for feature in features_for_tables(tables, windows, categories)]
 
 
 def categorical_features(
@@ -461,27 +481,42 @@ def categorical_features(
 
 
 def snapshot_schema(
-    available_tables: Iterable[str], windows: Sequence[int] = DEFAULT_WINDOWS
+    available_tables: Iterable[str],
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    categories: Sequence[str] = (),
 ) -> dict[str, pl.DataType]:
     """Column -> dtype of a snapshot built from `available_tables` (keys first)."""
     schema: dict[str, pl.DataType] = {SUBSCRIBER_ID: pl.Int64, SNAPSHOT_DATE: pl.Date}
-    schema.update({f.name: f.dtype for f in features_for_tables(available_tables, windows)})
+    features = features_for_tables(available_tables, windows, categories)
+    schema.update({f.name: f.dtype for f in features})
     return schema
 
 
 _WINDOW = re.compile(r"_(\d+)d(?:_|$)")
+_COUNTS = "|".join(OFFER_COUNTS)
+_CATEGORY_FEATURE = re.compile(
+    rf"^holds_(.+)$|^(.+)_(?:{_COUNTS})_\d+d$|^(.+)_days_since_last_accept$"
+)
+
+
+def is_category_feature(name: str) -> bool:
+    """True for a feature named after an offer category (holdings flags, offer history): such
+    columns come and go with the categories of the data."""
+    return _CATEGORY_FEATURE.match(name) is not None
 
 
 def describe_feature(name: str) -> str:
     """A feature's meaning in plain words, e.g. 'text messages sent in the last 30 days'."""
-    found = {feature.name: feature for feature in FEATURES}.get(name)
+    match = _CATEGORY_FEATURE.match(name)
+    categories = tuple(group for group in match.groups() if group) if match else ()
+    found = {f.name: f for f in build_catalog(DEFAULT_WINDOWS, categories)}.get(name)
     if found is None:
         windows = tuple(int(value) for value in _WINDOW.findall(name))
         if windows and all(w >= 1 for w in windows):
             # A catalog built with other windows: with one shorter and with one longer window.
             for extra in (min(windows) - 1, max(windows) + 1):
                 if extra >= 1 and found is None:
-                    catalog = build_catalog(check_windows((*windows, extra)))
+                    catalog = build_catalog(check_windows((*windows, extra)), categories)
                     found = {feature.name: feature for feature in catalog}.get(name)
     if found is None:
         return name.replace("_", " ")
@@ -496,7 +531,7 @@ def _type_name(feature: Feature) -> str:
 
 def render_markdown(windows: Sequence[int] = DEFAULT_WINDOWS) -> str:
     """The feature catalog as the Markdown of features/README.md."""
-    features = build_catalog(tuple(windows))
+    features = build_catalog(tuple(windows), (CATEGORY_PLACEHOLDER,))
     lines = [
         "# Features",
         "",
@@ -533,6 +568,12 @@ def render_markdown(windows: Sequence[int] = DEFAULT_WINDOWS) -> str:
         "",
         "Holdings flags also read the `catalog` (which product belongs to which category), and",
         "offer history maps offers to categories through it.",
+        "",
+        f"Features named with `{CATEGORY_PLACEHOLDER}` exist once per offer category, named after",
+        "it. The categories come from the data, never from a fixed list: those of the catalog in",
+        "force on the snapshot day, sorted by name.",
+        "The holdings and offers counts above are for one category. A model trained on snapshots",
+        "with other categories reads the features it lacks as missing.",
         "",
         "## Catalog",
         "",

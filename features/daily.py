@@ -32,7 +32,6 @@ from mia.lake import (
 )
 from mia.schema import (
     APP_SCREENS,
-    CATEGORIES,
     CATEGORY,
     DATE,
     EVENT,
@@ -54,7 +53,8 @@ DAILY_TABLES = ("usage", "offer_events", "payments", "app_events", "transfers")
 # Daily sums of quantities and amounts are stored in units of 1 / FIXED_POINT.
 FIXED_POINT = 1000
 MILLI = "_milli"
-CATEGORY_TYPE = pl.Enum(CATEGORIES)
+# Categories are the catalog's own names (any number of them), stored as text.
+CATEGORY_TYPE = pl.String
 # Folder under daily/ of the build manifests (metadata, not a table).
 DAILY_MANIFEST_DIR = "_built"
 _COUNT = pl.Int32
@@ -202,12 +202,12 @@ def _check_columns(table: str, frame: pl.LazyFrame, needed: list[str]) -> None:
 
 
 def _offer_categories(catalog: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """offer_id -> category (Enum) from the catalog."""
+    """offer_id -> category from the catalog."""
     catalog = catalog.lazy()
     _check_columns("catalog", catalog, [OFFER_ID, CATEGORY])
-    return catalog.select(
-        pl.col(OFFER_ID), pl.col(CATEGORY).cast(pl.String).cast(CATEGORY_TYPE, strict=False)
-    ).unique(OFFER_ID, keep="first", maintain_order=True)
+    return catalog.select(pl.col(OFFER_ID), pl.col(CATEGORY).cast(CATEGORY_TYPE)).unique(
+        OFFER_ID, keep="first", maintain_order=True
+    )
 
 
 def with_offer_category(

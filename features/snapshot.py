@@ -24,6 +24,7 @@ from features.catalog import (
     check_windows,
     features_for_tables,
     offer_windows,
+    snapshot_categories,
     trend_windows,
     usage_unit,
 )
@@ -53,7 +54,6 @@ from mia.lake import (
 )
 from mia.schema import (
     APP_SCREENS,
-    CATEGORIES,
     CATEGORY,
     DATE,
     PAYMENT_METHODS,
@@ -259,9 +259,9 @@ def _transfers(w: _Windows) -> list[pl.Expr]:
     return exprs
 
 
-def _offers(w: _Windows) -> list[pl.Expr]:
+def _offers(w: _Windows, categories: Sequence[str]) -> list[pl.Expr]:
     exprs = []
-    for category in CATEGORIES:
+    for category in categories:
         for count in OFFER_COUNTS:
             exprs += [
                 w.total(count, window, category).alias(f"{category}_{count}_{window}d")
@@ -273,10 +273,10 @@ def _offers(w: _Windows) -> list[pl.Expr]:
     return exprs
 
 
-def _offers_derived(as_of: dt.date) -> list[pl.Expr]:
+def _offers_derived(as_of: dt.date, categories: Sequence[str]) -> list[pl.Expr]:
     return [
         _since(as_of, f"{_LAST}{category}_accept").alias(f"{category}_days_since_last_accept")
-        for category in CATEGORIES
+        for category in categories
     ]
 
 
@@ -285,7 +285,6 @@ _AGGREGATIONS = {
     "payments": _payments,
     "app_events": _app,
     "transfers": _transfers,
-    "offer_events": _offers,
 }
 
 
@@ -306,7 +305,10 @@ def _profile(subscribers: pl.DataFrame | pl.LazyFrame, as_of: dt.date) -> pl.Laz
 
 
 def _holdings(
-    holdings: pl.DataFrame | pl.LazyFrame, catalog: pl.DataFrame | pl.LazyFrame, as_of: dt.date
+    holdings: pl.DataFrame | pl.LazyFrame,
+    catalog: pl.DataFrame | pl.LazyFrame,
+    as_of: dt.date,
+    categories: Sequence[str],
 ) -> pl.LazyFrame:
     """Products held at the end of `as_of`, and one flag per category of the products held."""
     day = pl.lit(as_of, dtype=pl.Date)
@@ -329,9 +331,21 @@ def _holdings(
     flags = (
         active.join(product_categories, on=PRODUCT_ID, how="inner")
         .group_by(SUBSCRIBER_ID)
-        .agg([(pl.col(CATEGORY) == c).any().cast(pl.Int8).alias(f"holds_{c}") for c in CATEGORIES])
+        .agg([(pl.col(CATEGORY) == c).any().cast(pl.Int8).alias(f"holds_{c}") for c in categories])
     )
     return counts.join(flags, on=SUBSCRIBER_ID, how="left")
+
+
+def _categories(
+    catalog: pl.DataFrame | pl.LazyFrame | None, offer_events: pl.LazyFrame | None
+) -> tuple[str, ...]:
+    """Offer categories with features: those of the catalog in force, else (frames without a
+    catalog) those shown in the window. Never the events' alone when there is a catalog: a shard's
+    events would give it other columns than its neighbours'."""
+    source = catalog if catalog is not None else offer_events
+    if source is None:
+        return ()
+    return snapshot_categories(source.lazy().select(pl.col(CATEGORY)).collect().to_series())
 
 
 def compute_snapshot(
@@ -364,25 +378,31 @@ def compute_snapshot(
         raise SnapshotInputError("daily: payments features (balance) need usage aggregates too.")
 
     first_day = as_of - dt.timedelta(days=windows[-1] - 1)
+    recent = {
+        table: frame.lazy().filter(
+            pl.col(DATE).is_between(pl.lit(first_day), pl.lit(as_of), closed="both")
+        )
+        for table, frame in daily.items()
+    }
+    categories = _categories(state.get("catalog"), recent.get("offer_events"))
     frame = _profile(subscribers, as_of)
     for table in DAILY_TABLES:
         if table not in daily:
             continue
-        recent = (
-            daily[table]
-            .lazy()
-            .filter(pl.col(DATE).is_between(pl.lit(first_day), pl.lit(as_of), closed="both"))
-        )
         windows_of_table = _Windows(as_of, windows)
-        features = windows_of_table.aggregate(recent, _AGGREGATIONS[table](windows_of_table))
+        if table == "offer_events":
+            wanted = _offers(windows_of_table, categories)
+        else:
+            wanted = _AGGREGATIONS[table](windows_of_table)
+        features = windows_of_table.aggregate(recent[table], wanted)
         frame = frame.join(features, on=SUBSCRIBER_ID, how="left")
     if holdings is not None:
         frame = frame.join(
-            _holdings(holdings, state["catalog"], as_of), on=SUBSCRIBER_ID, how="left"
+            _holdings(holdings, state["catalog"], as_of, categories), on=SUBSCRIBER_ID, how="left"
         )
 
     available = {"subscribers", *daily, *(["holdings"] if holdings is not None else [])}
-    catalog = features_for_tables(available, windows)
+    catalog = features_for_tables(available, windows, categories)
     # Counts and sums are 0 when nothing happened; "days since" and trends stay empty.
     schema = frame.collect_schema()
     names = {f.name for f in catalog}
@@ -400,7 +420,7 @@ def compute_snapshot(
     if "app_events" in daily:
         derived.append(_since(as_of, f"{_LAST}app_visit").alias("days_since_last_app_visit"))
     if "offer_events" in daily:
-        derived += _offers_derived(as_of)
+        derived += _offers_derived(as_of, categories)
     frame = frame.with_columns(derived)
     return (
         frame.select(

@@ -37,6 +37,8 @@ class ReportInputs:
     control_subscribers: int = 0
     no_offers_reason: str = ""  # why a night published no offers, when it did not
     input_warnings: list[str] = field(default_factory=list)  # from the ingest of the inputs
+    # Categories scored by a prior rather than a model -> why (e.g. never seen in training).
+    prior_scored_categories: dict[str, str] = field(default_factory=dict)
 
 
 def _figure(width: float, height: float) -> tuple[Figure, object]:
@@ -194,6 +196,11 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
     ]
     if inputs.training_note:
         lines.append(f"- training: {markdown_text(inputs.training_note)}")
+    if inputs.prior_scored_categories:
+        scored = "; ".join(
+            f"{name} ({why})" for name, why in sorted(inputs.prior_scored_categories.items())
+        )
+        lines.append(f"- categories scored by a prior, not a model: {markdown_text(scored)}")
     if score_psi is not None:
         lines.append(
             f"- score drift vs previous night: PSI {score_psi:.3f} ({drift_level(score_psi)})"

@@ -340,6 +340,7 @@ def rank(
     The policy runs shard by shard; capacity and exploration are settled across all shards.
     Reasons follow per shard (`explain_shard`), in parallel where the task runner allows.
     """
+    from models.scoring import active_offers, load_bundle, prior_scored_categories
     from offers.rank import rank_offers_by_shard
 
     ordered = sorted(shards, key=lambda result: result.shard)
@@ -359,6 +360,9 @@ def rank(
         "subscribers_with_offers": subscribers,
         "control_subscribers": int((groups["group"] == "control").sum()),
         "model_versions": sorted(versions.collect()["model_version"].to_list()),
+        "prior_scored_categories": prior_scored_categories(
+            load_bundle(settings), active_offers(catalog, as_of + dt.timedelta(days=1))
+        ),
     }
 
 
@@ -479,6 +483,7 @@ def report(
         control_subscribers=int(facts.get("control_subscribers", 0)),
         no_offers_reason="" if facts.get("offers_rows") else no_offers_reason(lake, as_of),
         input_warnings=input_warnings(lake, warned_days(as_of, facts.get("ingested_tonight", []))),
+        prior_scored_categories=facts.get("prior_scored_categories", {}),
     )
     return write_report(inputs, staging.product("reports"))
 
@@ -614,6 +619,8 @@ def manifest(
             "training_note": training.get("note", ""),
             "mlflow_run_id": training.get("mlflow_run_id"),
             "mlflow_nightly_run_id": facts.get("mlflow_nightly_run_id"),
+            # Category -> why it was scored by a prior (never seen in training, too few accepts).
+            "prior_scored_categories": facts.get("prior_scored_categories", {}),
         },
         "settings": {
             "top_k": settings.top_k,

@@ -422,6 +422,15 @@ def _row_rules(
                     value.is_not_null() & ~value.is_in(column.allowed),
                 )
             )
+        if column.pattern is not None:
+            rules.append(
+                _Rule(
+                    name,
+                    "name_pattern",
+                    f"must match {column.pattern}",
+                    value.is_not_null() & ~value.str.contains(column.pattern),
+                )
+            )
         if column.dtype == pl.Float64:
             rules.append(_Rule(name, "finite", "must be a finite number", ~value.is_finite()))
         if column.non_negative:

@@ -33,6 +33,25 @@ def stable_hash(ids: np.ndarray | pl.Series, salt: str) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def text_hash(values: np.ndarray | pl.Series | list[str], salt: str) -> np.ndarray:
+    """64-bit hash of strings (such as offer ids) mixed with `salt` (uint64 array)."""
+    texts = values.to_list() if isinstance(values, pl.Series) else list(values)
+    digests = {
+        text: int.from_bytes(hashlib.sha256(f"{salt}\0{text}".encode()).digest()[:8], "little")
+        for text in set(texts)
+    }
+    return np.array([digests[text] for text in texts], dtype=np.uint64)
+
+
+def pair_hash(
+    ids: np.ndarray | pl.Series, text_hashes: np.ndarray | pl.Series, salt: str
+) -> np.ndarray:
+    """64-bit hash of (integer id, string) pairs, such as (subscriber, offer), mixed with `salt`;
+    the strings come as their `text_hash` (computed once per distinct string)."""
+    keys = text_hashes.to_numpy() if isinstance(text_hashes, pl.Series) else text_hashes
+    return stable_hash(stable_hash(ids, salt) ^ np.asarray(keys, dtype=np.uint64), salt)
+
+
 def unit_interval(ids: np.ndarray | pl.Series, salt: str) -> np.ndarray:
     """A stable pseudo-uniform number in [0, 1) per id."""
     return (stable_hash(ids, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -1,4 +1,4 @@
-"""Names that cross modules: tables, columns, allowed values and offer categories.
+"""Names that cross modules: tables, columns, allowed values and the offer category rule.
 
 Every table of the input contract is described once here; `mia.contracts` enforces it,
 `mia.simulate` produces it, and the feature, model and offer layers read column names from it.
@@ -55,33 +55,10 @@ APP_SCREENS = (
 )
 DEVICE_OS = ("android", "ios", "other")
 
-# Offer categories of the catalog. Order is stable: it is the category id used by models.
-CATEGORIES = (
-    "tariff",
-    "data_addon",
-    "minutes_addon",
-    "roaming",
-    "gb_sharing",
-    "gb_market",
-    "loyalty_partner",
-    "cashback",
-    "gift",
-    "discount",
-    "mini_game",
-    "video",
-    "music",
-    "books",
-    "promised_payment",
-    "autopay",
-    "e_signature",
-    "extra_sim",
-    "home_internet",
-    "insurance",
-    "esim",
-    "family_plan",
-    "cloud_storage",
-    "antispam",
-)
+# Offer categories are whatever the catalog says; a name must match this pattern (lowercase
+# letters, digits, "_" and "-", at most 64 characters), so it is safe as a file, column and
+# feature name. There is no fixed list: models, ranking and reports read the set from the data.
+CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 
 # Separator of list-valued catalog cells such as `regions` ("moscow|spb"); empty means "any".
 LIST_SEPARATOR = "|"
@@ -100,6 +77,7 @@ class Column:
     nullable: bool = False
     optional: bool = False
     allowed: tuple[str, ...] | None = None
+    pattern: str | None = None  # a regular expression every value must match in full
     non_negative: bool = False
     description: str = ""
 
@@ -176,7 +154,12 @@ TABLES: dict[str, Table] = {
             description="Offers that can be shown, with their eligibility rules as data.",
             columns=(
                 Column(OFFER_ID, pl.String, description="Stable offer identifier."),
-                Column(CATEGORY, pl.String, allowed=CATEGORIES, description="Offer category."),
+                Column(
+                    CATEGORY,
+                    pl.String,
+                    pattern=CATEGORY_PATTERN,
+                    description="Offer category: any name matching the category pattern.",
+                ),
                 Column("title", pl.String, description="Title shown to the subscriber."),
                 Column(VALUE, pl.Float64, non_negative=True, description="Value of one accept."),
                 Column("start_date", pl.Date, description="First day the offer is active."),

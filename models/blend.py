@@ -20,9 +20,8 @@ import numpy as np
 import polars as pl
 
 from mia.errors import InputError
-from mia.hashing import unit_interval
+from mia.hashing import text_hash, unit_interval
 from mia.schema import (
-    CATEGORIES,
     CATEGORY,
     CF_SCORE,
     LABEL,
@@ -49,7 +48,6 @@ BLEND_FEATURES = (
     "category_code",
 )
 _MONOTONE = {"logit_p_category": 1, CF_SCORE: 1, "offer_lift": 1}
-_CATEGORY_CODE = {category: index for index, category in enumerate(CATEGORIES)}
 
 
 class BlendInputError(InputError):
@@ -143,27 +141,43 @@ def _row_centered(values: np.ndarray) -> np.ndarray:
     return values - values.mean(axis=1, keepdims=True)
 
 
+def category_code(categories: Sequence[str]) -> np.ndarray:
+    """A stable number in [0, 1) per category name: the blend's category input, the same
+    whatever other categories the catalog holds."""
+    return (text_hash(list(categories), "blend-category") >> np.uint64(11)).astype(
+        np.float64
+    ) / float(1 << 53)
+
+
 def candidate_inputs(
     p_category: np.ndarray,
     categories: Sequence[str],
     cf_scores: np.ndarray,
     offers: pl.DataFrame,
     offer_stats: pl.DataFrame,
+    unseen_prior: float | None = None,
 ) -> CandidateInputs:
     """Blend inputs as matrices: `p_category` is (subscribers x categories) in `categories`
-    order, `cf_scores` is (subscribers x offers) in `offers` order (offer_id, category, value)."""
+    order, `cf_scores` is (subscribers x offers) in `offers` order (offer_id, category, value).
+
+    Offers of a category outside `categories` (never seen in training) take `unseen_prior` as
+    their category propensity; without it they are refused."""
     missing = [column for column in (OFFER_ID, CATEGORY, VALUE) if column not in offers.columns]
     if missing:
         raise BlendInputError(f"offers: columns {missing} missing.")
     offers = offers.with_columns(pl.col(CATEGORY).cast(pl.String))
-    unknown = sorted(set(offers[CATEGORY]) - set(categories))
-    if unknown:
-        raise BlendInputError(f"offers: categories {unknown[:5]} have no propensity model.")
     n_subscribers, n_offers = p_category.shape[0], offers.height
     if p_category.ndim != 2 or p_category.shape[1] != len(categories):
         raise BlendInputError(
             f"p_category has shape {p_category.shape}, must be {(n_subscribers, len(categories))}."
         )
+    unknown = sorted(set(offers[CATEGORY]) - set(categories))
+    if unknown:
+        if unseen_prior is None:
+            raise BlendInputError(f"offers: categories {unknown[:5]} have no propensity model.")
+        categories = [*categories, *unknown]
+        prior = np.full((n_subscribers, len(unknown)), unseen_prior, dtype=np.float64)
+        p_category = np.hstack([p_category, prior])
     if cf_scores.shape != (n_subscribers, n_offers):
         raise BlendInputError(
             f"cf_scores has shape {cf_scores.shape}, must be {(n_subscribers, n_offers)}."
@@ -194,9 +208,7 @@ def candidate_inputs(
         "offer_lift": logit(offer_rate.to_numpy()) - logit(category_rate.to_numpy()),
         "offer_log_accepts": np.log1p(stats["accepts"].fill_null(0).to_numpy().astype(np.float64)),
         "log_value": np.log1p(offers[VALUE].cast(pl.Float64).to_numpy()),
-        "category_code": np.array(
-            [_CATEGORY_CODE[category] for category in offers[CATEGORY]], dtype=np.float64
-        ),
+        "category_code": category_code(offers[CATEGORY].to_list()),
     }
     return CandidateInputs(cells=cells, per_offer=per_offer)
 
@@ -208,18 +220,20 @@ def candidate_features(
     cf_scores: np.ndarray,
     offers: pl.DataFrame,
     offer_stats: pl.DataFrame,
+    unseen_prior: float | None = None,
 ) -> pl.DataFrame:
     """Blend inputs for every subscriber x offer (subscriber-major, offers in `offers` order).
 
     `p_category` is (subscribers x categories) in `categories` order, `cf_scores` is (subscribers
-    x offers) in `offers` order; `offers` has offer_id, category, value.
+    x offers) in `offers` order; `offers` has offer_id, category, value (see `candidate_inputs`
+    for `unseen_prior`).
     """
     ids = np.asarray(subscriber_ids)
     if p_category.shape[0] != ids.size:
         raise BlendInputError(
             f"p_category has shape {p_category.shape}, must be {(ids.size, len(categories))}."
         )
-    inputs = candidate_inputs(p_category, categories, cf_scores, offers, offer_stats)
+    inputs = candidate_inputs(p_category, categories, cf_scores, offers, offer_stats, unseen_prior)
     n_subscribers, n_offers = ids.size, offers.height
     columns: dict[str, pl.Series | np.ndarray] = {
         SUBSCRIBER_ID: np.repeat(ids, n_offers),

@@ -22,9 +22,11 @@ import numpy as np
 import polars as pl
 from sklearn.isotonic import IsotonicRegression
 
+from features.catalog import is_category_feature
 from mia.errors import InputError
+from mia.hashing import text_hash
 from mia.progress import report_progress
-from mia.schema import CATEGORIES, CATEGORY, LABEL, SNAPSHOT_DATE, SUBSCRIBER_ID
+from mia.schema import CATEGORY, LABEL, SNAPSHOT_DATE, SUBSCRIBER_ID
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +102,21 @@ class FeatureEncoding:
     def matrix(self, frame: pl.DataFrame | pl.LazyFrame) -> np.ndarray:
         """The float64 feature matrix of a frame, columns in fit order."""
         columns = frame.collect_schema().names()
-        missing = [name for name in self.names if name not in columns]
+        absent = [name for name in self.names if name not in columns]
+        # A category that left the catalog and the window leaves its features out of later
+        # snapshots: they are read as missing. Any other absent feature is an error.
+        missing = [name for name in absent if not is_category_feature(name)]
         if missing:
             raise PropensityInputError(
                 f"snapshot: feature columns {missing[:5]} (of {len(missing)}) are missing; "
                 "the snapshot must have the columns the model was trained on."
+            )
+        if absent:
+            logger.info(
+                "%d category feature(s) absent, read as missing: %s", len(absent), absent[:5]
+            )
+            frame = frame.lazy().with_columns(
+                pl.lit(None, dtype=pl.Float64).alias(n) for n in absent
             )
         selected = frame.lazy().select(self.expressions()).collect(engine="streaming")
         return selected.to_numpy().astype(np.float64, copy=False)
@@ -161,7 +173,7 @@ class CategoryPropensity:
     def __init__(
         self,
         *,
-        categories: Sequence[str] = CATEGORIES,
+        categories: Sequence[str] | None = None,
         feature_names: Sequence[str] | None = None,
         num_boost_round: int = 400,
         early_stopping_rounds: int = 40,
@@ -204,8 +216,9 @@ class CategoryPropensity:
         names = list(inspect.signature(type(self).__init__).parameters)[1:]
         return {name: getattr(self, name) for name in names}
 
-    def _booster_params(self, category_index: int) -> dict[str, object]:
-        seed = self.random_state * 1000 + category_index
+    def _booster_params(self, category: str) -> dict[str, object]:
+        # Seeded by the category's name, so a model does not change when others come or go.
+        seed = self.random_state * 1000 + int(text_hash([category], "propensity-seed")[0] % 997)
         return {
             "objective": "binary",
             "learning_rate": self.learning_rate,
@@ -233,9 +246,6 @@ class CategoryPropensity:
             raise PropensityInputError(
                 f"calibration == {self.calibration!r}, must be one of {CALIBRATIONS}."
             )
-        unknown = sorted(set(self.categories) - set(CATEGORIES))
-        if unknown:
-            raise PropensityInputError(f"categories {unknown} are not in mia.schema.CATEGORIES.")
         if self.min_positives < 1:
             raise PropensityInputError(f"min_positives == {self.min_positives}, must be >= 1.")
 
@@ -250,12 +260,8 @@ class CategoryPropensity:
             raise PropensityInputError(
                 f"{name} frame: column {LABEL!r} must be 0 or 1, found {bad.to_list()}."
             )
-        unknown = frame.get_column(CATEGORY).cast(pl.String).unique().sort()
-        unknown = unknown.filter(~unknown.is_in(list(CATEGORIES)))
-        if len(unknown):
-            raise PropensityInputError(
-                f"{name} frame: column {CATEGORY!r} has unknown values {unknown.to_list()[:5]}."
-            )
+        if frame.get_column(CATEGORY).null_count():
+            raise PropensityInputError(f"{name} frame: column {CATEGORY!r} must not be empty.")
 
     def fit(self, train: pl.DataFrame, valid: pl.DataFrame) -> CategoryPropensity:
         """Fit one booster per category on `train`, early-stop and calibrate on `valid`."""
@@ -269,6 +275,9 @@ class CategoryPropensity:
         y_train = train.get_column(LABEL).cast(pl.Float64).to_numpy()
         y_valid = valid.get_column(LABEL).cast(pl.Float64).to_numpy()
         pooled_rate = float(y_train.mean()) if y_train.size else 0.0
+        # The categories come from the data: those of the training rows unless given.
+        wanted = sorted(set(c_train) if self.categories is None else set(self.categories))
+        self.pooled_rate_ = pooled_rate
 
         self.encoding_ = encoding
         self.feature_quantiles_ = _quantiles(x_train, encoding)
@@ -277,11 +286,8 @@ class CategoryPropensity:
         self.calibrators_: dict[str, _Calibrator] = {}
         self.priors_: dict[str, float] = {}
         rows = []
-        trained = [category for category in CATEGORIES if category in self.categories]
-        for category_index, category in enumerate(CATEGORIES):
-            if category not in self.categories:
-                continue
-            report_progress("propensity models", len(rows), len(trained), category)
+        for category in wanted:
+            report_progress("propensity models", len(rows), len(wanted), category)
             in_train, in_valid = c_train == category, c_valid == category
             yt, yv = y_train[in_train], y_valid[in_valid]
             positives = float(yt.sum())
@@ -299,7 +305,7 @@ class CategoryPropensity:
                 rows.append(_summary_row(category, PRIOR, yt, yv, 0, prior, reason))
                 continue
             train_set, valid_set = (x_train[in_train], yt), (x_valid[in_valid], yv)
-            params = self._booster_params(category_index)
+            params = self._booster_params(category)
             if self.dask_address and yt.size >= self.dask_min_rows:
                 booster = self._fit_on_cluster(params, train_set, valid_set, encoding)
             else:
@@ -315,7 +321,7 @@ class CategoryPropensity:
                 booster.best_iteration,
             )
             rows.append(_summary_row(category, MODEL, yt, yv, booster.best_iteration, prior, ""))
-        report_progress("propensity models", len(rows), len(trained))
+        report_progress("propensity models", len(rows), len(wanted))
         self.summary_ = pl.DataFrame(rows, schema=_SUMMARY_SCHEMA, orient="row")
         return self
 
@@ -381,6 +387,12 @@ class CategoryPropensity:
         return booster
 
     @property
+    def unseen_prior_(self) -> float:
+        """P(accept | shown) given to a category never seen in training: the overall rate."""
+        self._check_fitted()
+        return float(getattr(self, "pooled_rate_", np.mean(list(self.priors_.values()) or [0.0])))
+
+    @property
     def fallback_categories_(self) -> list[str]:
         """Categories scored by their prior rather than a model."""
         return [category for category in self.priors_ if category not in self.boosters_]
@@ -418,7 +430,7 @@ class CategoryPropensity:
 
     @property
     def categories_(self) -> list[str]:
-        """Fitted categories, in CATEGORIES order (the columns of `predict_matrix`)."""
+        """Fitted categories, sorted by name (the columns of `predict_matrix`)."""
         return list(self.priors_)
 
     def predict(self, snapshot: pl.DataFrame) -> pl.DataFrame:

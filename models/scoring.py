@@ -120,6 +120,7 @@ def blend_frame(
         cf_scores,
         offers,
         bundle.offer_stats,
+        unseen_prior=bundle.propensity.unseen_prior_,
     )
 
 
@@ -137,17 +138,31 @@ def _checked_snapshot(snapshot: pl.DataFrame) -> pl.DataFrame:
     return snapshot
 
 
+def prior_scored_categories(bundle: ModelBundle, offers: pl.DataFrame) -> dict[str, str]:
+    """Categories of `offers` scored by a prior rather than a model, each with why: never seen
+    in training (the overall acceptance rate) or too little data (the category's own prior)."""
+    propensity = bundle.propensity
+    result = {}
+    for category in sorted(set(offers[CATEGORY].cast(pl.String))):
+        if category not in propensity.categories_:
+            result[category] = "never seen in training"
+        elif category in propensity.fallback_categories_:
+            result[category] = "too few training accepts"
+    return result
+
+
 def _model_offers(bundle: ModelBundle, catalog: pl.DataFrame, as_of: dt.date) -> pl.DataFrame:
-    """Offers active on the night after `as_of` whose category has a propensity model."""
+    """Offers active on the night after `as_of`; a category never seen in training is scored
+    with the overall acceptance rate as its propensity (and explored like any other)."""
     offers = active_offers(catalog, as_of + dt.timedelta(days=1))
-    unknown = offers.filter(~pl.col(CATEGORY).is_in(bundle.propensity.categories_))
-    if unknown.height:
-        logger.warning(
-            "skipping %d offers of categories without a model: %s",
-            unknown.height,
-            unknown[OFFER_ID].head(5).to_list(),
+    unseen = sorted(set(offers[CATEGORY]) - set(bundle.propensity.categories_))
+    if unseen:
+        logger.info(
+            "%d categories never seen in training are scored by the overall prior %.4f: %s",
+            len(unseen),
+            bundle.propensity.unseen_prior_,
+            ", ".join(unseen[:10]),
         )
-        offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
     return offers
 
 
@@ -196,7 +211,12 @@ def _score_chunk(
         bundle.propensity, bundle.cf, snapshot, offers, interactions
     )
     inputs = candidate_inputs(
-        p_category, bundle.propensity.categories_, cf_scores, offers, bundle.offer_stats
+        p_category,
+        bundle.propensity.categories_,
+        cf_scores,
+        offers,
+        bundle.offer_stats,
+        unseen_prior=bundle.propensity.unseen_prior_,
     )
     p_accept = bundle.blend.predict_matrix(inputs.matrix(rows, columns))
     return pl.DataFrame(

@@ -4,7 +4,8 @@ category diversity in the top positions, capacity per offer).
 Policy, applied to eligible pairs of treatment subscribers who are covered tonight:
 
 1. expected_value = p_accept x value x category weight; pairs below `min_probability` are dropped.
-2. Per subscriber, offers are ordered by expected value (ties: offer_id ascending). At most
+2. Per subscriber, offers are ordered by expected value (ties: a stable hash of subscriber, offer
+   and run, so no offer wins a tie by its name and reruns give the same order). At most
    `max_per_category` (M) offers of one category are kept.
 3. Diversity: the best offer of each category is a "leader". The first
    min(D, number of categories available) positions hold the D best leaders, by expected value,
@@ -12,7 +13,7 @@ Policy, applied to eligible pairs of treatment subscribers who are covered tonig
    (leaders and runners-up alike) by expected value. D = 0 turns diversity off.
 4. At most `top_k` (K) offers per subscriber; rank 1..K in that order.
 5. Capacity: an offer with capacity C goes to at most C subscribers, those with the highest expected
-   value for it (ties: subscriber_id ascending). A subscriber who loses a capped offer gets the
+   value for it (ties: the same hash). A subscriber who loses a capped offer gets the
    policy re-applied without it, so the freed position is filled by the next offer; this repeats
    until no capacity is exceeded. Capacity counts the subscribers in the frame passed in.
 6. Exploration: a stable pseudo-random `exploration_share` of subscribers (drawn per run) get their
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mia.hashing import stable_hash, unit_interval
+from mia.hashing import pair_hash, stable_hash, text_hash, unit_interval
 from mia.schema import (
     CATEGORY,
     EXPECTED_VALUE,
@@ -72,7 +73,9 @@ MAX_CAPACITY_ROUNDS = 50
 
 _CATEGORY_RANK = "_category_rank"
 _PRIORITY = "_priority"
-OFFER_ORDER = "_offer_order"  # position of offer_id in sorted order: integer tie-break
+OFFER_ORDER = "_offer_order"  # position of offer_id in sorted order: an integer offer key
+TIE_BREAK = "_tie_break"  # stable hash of (subscriber, offer, run): breaks equal expected values
+_OFFER_HASH = "_offer_hash"
 _CATEGORY_CODE = "_category_code"
 
 
@@ -140,12 +143,18 @@ def _check_scores(scores: Frame) -> pl.LazyFrame:
 
 
 def scored_candidates(
-    scores: Frame, eligible: Frame | None, catalog: Frame, groups: Frame, settings: Settings
+    scores: Frame,
+    eligible: Frame | None,
+    catalog: Frame,
+    groups: Frame,
+    settings: Settings,
+    tie_salt: str = "",
 ) -> pl.DataFrame:
     """Eligible scored pairs with catalog value, capacity, group, coverage and expected value.
 
     `eligible` None means every scored pair is eligible (scores computed for eligible pairs
     only). Pairs with p_accept below settings.min_probability are dropped; both groups are kept.
+    `tie_break` is a stable hash of (subscriber, offer, `tie_salt`) that orders equal values.
     """
     frame = _check_scores(scores)
     if eligible is not None:
@@ -159,8 +168,10 @@ def scored_candidates(
             pl.col(CATEGORY).rank("dense").cast(pl.UInt32).alias(_CATEGORY_CODE),
         )
         .collect()
-        .lazy()
     )
+    offers = offers.with_columns(
+        pl.Series(_OFFER_HASH, text_hash(offers[OFFER_ID], tie_salt), dtype=pl.UInt64)
+    ).lazy()
     unknown = frame.join(offers, on=OFFER_ID, how="anti").select(OFFER_ID).unique().collect()
     if unknown.height:
         raise OffersInputError(
@@ -181,6 +192,13 @@ def scored_candidates(
         )
         .collect(engine="streaming")
     )
+    candidates = candidates.with_columns(
+        pl.Series(
+            TIE_BREAK,
+            pair_hash(candidates[SUBSCRIBER_ID], candidates[_OFFER_HASH], tie_salt),
+            dtype=pl.UInt64,
+        )
+    ).drop(_OFFER_HASH)
     ungrouped = candidates.filter(pl.col(GROUP).is_null())
     if ungrouped.height:
         raise OffersInputError(
@@ -199,9 +217,7 @@ def select_offers(
     diverse = min(diversity_positions, top_k)
     leader = pl.col(_CATEGORY_RANK) == 1
     ranked = (
-        candidates.sort(
-            [SUBSCRIBER_ID, EXPECTED_VALUE, OFFER_ORDER], descending=[False, True, False]
-        )
+        candidates.sort([SUBSCRIBER_ID, EXPECTED_VALUE, TIE_BREAK], descending=[False, True, False])
         .with_columns(
             pl.int_range(1, pl.len() + 1).over(SUBSCRIBER_ID, _CATEGORY_CODE).alias(_CATEGORY_RANK)
         )
@@ -213,7 +229,7 @@ def select_offers(
             .alias(_PRIORITY)
         )
         .sort(
-            [SUBSCRIBER_ID, _PRIORITY, EXPECTED_VALUE, OFFER_ORDER],
+            [SUBSCRIBER_ID, _PRIORITY, EXPECTED_VALUE, TIE_BREAK],
             descending=[False, False, True, False],
         )
         .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(SUBSCRIBER_ID).alias(RANK))
@@ -226,7 +242,7 @@ def _over_capacity(selected: pl.DataFrame) -> pl.DataFrame:
     """Selected (subscriber_id, offer_id) pairs beyond their offer's capacity."""
     return (
         selected.filter(pl.col(CAPACITY).is_not_null())
-        .sort([OFFER_ORDER, EXPECTED_VALUE, SUBSCRIBER_ID], descending=[False, True, False])
+        .sort([OFFER_ORDER, EXPECTED_VALUE, TIE_BREAK], descending=[False, True, False])
         .filter(pl.int_range(1, pl.len() + 1).over(OFFER_ORDER) > pl.col(CAPACITY))
         .select(SUBSCRIBER_ID, OFFER_ID)
     )
@@ -283,7 +299,7 @@ def explore(
         .filter(pl.col(CAPACITY).is_null())
         .join(selected.select(SUBSCRIBER_ID, CATEGORY), on=[SUBSCRIBER_ID, CATEGORY], how="anti")
         .sort(
-            [SUBSCRIBER_ID, _CATEGORY_CODE, EXPECTED_VALUE, OFFER_ORDER],
+            [SUBSCRIBER_ID, _CATEGORY_CODE, EXPECTED_VALUE, TIE_BREAK],
             descending=[False, False, True, False],
         )  # fmt: skip
         .unique([SUBSCRIBER_ID, _CATEGORY_CODE], keep="first", maintain_order=True)
@@ -334,7 +350,9 @@ def rank_offers(
 
     `model_versions` (model name -> version) fills model_version where the scores carry none.
     """
-    candidates = scored_candidates(scores, eligible, catalog, groups, settings).filter(targeted())
+    candidates = scored_candidates(
+        scores, eligible, catalog, groups, settings, _tie_salt(run_id)
+    ).filter(targeted())
     ranked = explore(
         apply_contact_policy(candidates, settings), candidates, settings, _explore_salt(run_id)
     )
@@ -372,7 +390,9 @@ def rank_offers_by_shard(
             members = pl.col(SUBSCRIBER_ID).is_in(subscribers.implode())
             scores = lazy(scores).filter(members)
             eligible = lazy(eligible).filter(members) if eligible is not None else None
-        frame = scored_candidates(scores, eligible, catalog_frame, groups_frame, settings)
+        frame = scored_candidates(
+            scores, eligible, catalog_frame, groups_frame, settings, _tie_salt(run_id)
+        )
         return frame.filter(targeted())
 
     with tempfile.TemporaryDirectory(prefix="mia-rank-") as folder:
@@ -435,6 +455,7 @@ def _capped(selected: pl.DataFrame, index: int) -> pl.DataFrame:
         OFFER_ID,
         OFFER_ORDER,
         EXPECTED_VALUE,
+        TIE_BREAK,
         CAPACITY,
         pl.lit(index, dtype=pl.Int64).alias(_SHARD),
     )
@@ -442,6 +463,10 @@ def _capped(selected: pl.DataFrame, index: int) -> pl.DataFrame:
 
 def _explore_salt(run_id: str) -> str:
     return f"explore:{run_id}"
+
+
+def _tie_salt(run_id: str) -> str:
+    return f"ties:{run_id}"
 
 
 def _offers_frame(

@@ -191,7 +191,6 @@ def test_empty_string_counts_as_null():
         ("app_events", "screen", "settings"),
         ("transfers", "kind", "gift"),
         ("subscribers", "device_os", "symbian"),
-        ("catalog", "category", "jewellery"),
     ],
 )
 def test_allowed_values(table, column, value):
@@ -199,6 +198,23 @@ def test_allowed_values(table, column, value):
     error = broken(table, frame)
     assert_names(error, table, column, "allowed", 1)
     assert repr(value) in str(error)
+
+
+@pytest.mark.parametrize("name", ["jewellery", "market_sell", "market-buy", "k9", "x" * 64])
+def test_categories_are_the_catalogs_own_names(name):
+    frames = valid_day()
+    frames["catalog"] = with_value(frames["catalog"], "category", 0, name)
+    validate_tables(frames, DAY)
+
+
+@pytest.mark.parametrize(
+    "name", ["Jewellery", "gift cards", "-promo", "_promo", "книги", "a/b", "x" * 65]
+)
+def test_category_names_outside_the_pattern_are_refused(name):
+    frame = with_value(valid_day()["catalog"], "category", 0, name)
+    error = broken("catalog", frame)
+    assert_names(error, "catalog", "category", "name_pattern", 1)
+    assert "^[a-z0-9]" in str(error)
 
 
 @pytest.mark.parametrize(

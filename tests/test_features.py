@@ -35,10 +35,10 @@ from features.snapshot import (
     compute_snapshot,
     read_snapshot,
 )
+from mia.ingest import raw_state
 from mia.lake import Lake, partition_files, write_partition
 from mia.schema import (
     APP_SCREENS,
-    CATEGORIES,
     PAYMENT_METHODS,
     SNAPSHOT_DATE,
     SUBSCRIBER_ID,
@@ -82,6 +82,7 @@ CATALOG = pl.DataFrame(
         "product_id": ["p_tariff_plus", "p_data_5gb", "p_roam_eu"],
     }
 )
+WORLD_CATEGORIES = ("data_addon", "roaming", "tariff")  # the catalog's, sorted
 
 
 def _raw_day(date: dt.date, ids: np.ndarray, seed: int) -> dict[str, pl.DataFrame]:
@@ -214,17 +215,17 @@ def test_describe_feature_in_plain_words():
 
 def test_features_for_tables_leave_out_missing_optional_tables():
     required = {"subscribers", "usage", "offer_events", "catalog"}
-    names = feature_names(required)
+    names = feature_names(required, categories=("tariff",))
     assert "topups_30d" not in names and "balance_proxy_7d" not in names
     assert "home_screen_views_7d" not in names and "holds_tariff" not in names
     assert "tariff_impressions_30d" in names and "tenure_days" in names
-    families = {feature.family for feature in features_for_tables(required)}
+    families = {feature.family for feature in features_for_tables(required, categories=["gift"])}
     assert families == {"profile", "usage", "spend", "offers"}
     assert len(feature_names()) == len(FEATURES)
 
 
 def test_catalog_follows_configured_windows():
-    names = [feature.name for feature in build_catalog((14, 60))]
+    names = [feature.name for feature in build_catalog((14, 60), ("tariff",))]
     assert "data_megabytes_14d" in names and "data_trend_14d_vs_60d" in names
     assert "tariff_impressions_60d" in names and "tariff_impressions_14d" not in names
     with pytest.raises(ValueError, match="windows"):
@@ -269,13 +270,13 @@ def test_aggregate_day_exact_values():
     assert row["charge_milli"] == 1800 and row["sms_out_events"] == 0
     assert daily_usage[SUBSCRIBER_ID].to_list() == [1, 2]
     daily_offers = result["offer_events"]
-    assert daily_offers.select(SUBSCRIBER_ID, pl.col("category").cast(pl.String)).rows() == [
-        (1, "tariff"),
+    assert daily_offers.select(SUBSCRIBER_ID, pl.col("category")).rows() == [
         (1, "roaming"),
+        (1, "tariff"),
         (2, "data_addon"),
     ]
     assert daily_offers["impressions"].to_list() == [1, 1, 0]
-    assert daily_offers["accepts"].to_list() == [1, 0, 0]
+    assert daily_offers["accepts"].to_list() == [0, 1, 0]
     assert daily_offers["dismisses"].to_list() == [0, 0, 1]
 
 
@@ -403,13 +404,14 @@ def test_compute_snapshot_windows_exact_values():
             {SUBSCRIBER_ID: 2, "date": _days_before(30), "category": "roaming", "impressions": 5},
         ],
     )
-    state = {"subscribers": _subscribers([3, 1, 2])}
+    # Offer features exist for the catalog's categories, whether or not they were shown.
+    state = {"subscribers": _subscribers([3, 1, 2]), "catalog": CATALOG}
     snapshot = compute_snapshot(
         {"usage": usage, "payments": payments, "offer_events": offers}, state, DAY
     )
     assert snapshot[SUBSCRIBER_ID].to_list() == [1, 2, 3]  # subscribers of the day only, sorted
     assert snapshot.columns == [SUBSCRIBER_ID, SNAPSHOT_DATE] + feature_names(
-        {"subscribers", "usage", "payments", "offer_events"}
+        {"subscribers", "usage", "payments", "offer_events"}, categories=WORLD_CATEGORIES
     )
     one, two, three = snapshot.rows(named=True)
     assert one[SNAPSHOT_DATE] == DAY and one["tenure_days"] == (DAY - dt.date(2025, 1, 2)).days
@@ -526,7 +528,9 @@ def test_incremental_daily_build_gives_the_same_snapshot(world, tmp_path, raw_wo
     snapshot = build_snapshot(other, DAY)
     assert partition_files(other.snapshot(DAY))[0].read_bytes() == nightly
     assert read_snapshot(other, DAY).equals(snapshot)
-    assert snapshot.columns == [SUBSCRIBER_ID, SNAPSHOT_DATE] + feature_names()
+    assert snapshot.columns == [SUBSCRIBER_ID, SNAPSHOT_DATE] + feature_names(
+        categories=WORLD_CATEGORIES
+    )
     assert snapshot.height == len(IDS)
     assert snapshot["data_events_90d"].sum() > 0 and snapshot["topups_90d"].sum() > 0
 
@@ -558,7 +562,9 @@ def test_missing_optional_tables_leave_their_families_out(tmp_path):
     build_daily_range(lake, DAY - dt.timedelta(days=2), DAY)
     snapshot = build_snapshot(lake, DAY, settings=Settings(windows=(2, 7)))
     tables = {"subscribers", "usage", "offer_events", "catalog"}
-    assert snapshot.columns == [SUBSCRIBER_ID, SNAPSHOT_DATE] + feature_names(tables, (2, 7))
+    assert snapshot.columns == [SUBSCRIBER_ID, SNAPSHOT_DATE] + feature_names(
+        tables, (2, 7), WORLD_CATEGORIES
+    )
     assert "data_trend_2d_vs_7d" in snapshot.columns and "topups_7d" not in snapshot.columns
 
 
@@ -611,9 +617,12 @@ def test_snapshot_of_the_simulated_world(tmp_path, ingested_root):
         if lake.dates("raw", table)
     }
     tables = {"subscribers", "usage", "offer_events", "catalog", *present}
-    assert snapshot.columns == [SUBSCRIBER_ID, SNAPSHOT_DATE] + feature_names(tables)
+    categories = sorted(set(raw_state(lake, "catalog", days[-1])["category"]))
+    assert snapshot.columns == [SUBSCRIBER_ID, SNAPSHOT_DATE] + feature_names(
+        tables, categories=categories
+    )
     assert snapshot[SUBSCRIBER_ID].is_sorted() and snapshot[SUBSCRIBER_ID].is_unique().all()
-    offers = [f"{category}_impressions_90d" for category in CATEGORIES]
+    offers = [f"{category}_impressions_90d" for category in categories]
     assert snapshot.select(pl.sum_horizontal(offers).sum()).item() > 0
     assert snapshot["data_megabytes_30d"].null_count() == 0
 

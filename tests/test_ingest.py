@@ -220,7 +220,7 @@ BREAKAGES = [
     (_cell("payments", "method", "gold"), "payments", "method", "allowed"),
     (_cell("app_events", "screen", "x"), "app_events", "screen", "allowed"),
     (_cell("subscribers", "device_os", "bada"), "subscribers", "device_os", "allowed"),
-    (_cell("catalog", "category", "cars"), "catalog", "category", "allowed"),
+    (_cell("catalog", "category", "Cars"), "catalog", "category", "name_pattern"),
     (_cell("transfers", "gb", -1.0), "transfers", "gb", "non_negative"),
     (_cell("usage", "charge", float("inf")), "usage", "charge", "finite"),
     (_duplicate_first_row("catalog"), "catalog", "offer_id", "unique"),

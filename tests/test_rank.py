@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mia.hashing import control_mask
+from mia.hashing import control_mask, pair_hash, text_hash
 from mia.settings import Settings
 from offers.eligibility import OffersInputError
 from offers.groups import assign_groups, check_groups
@@ -372,3 +372,37 @@ def test_exploration_shows_a_category_the_policy_never_picks():
         treatment_groups(range(1, 201)), settings, "run-2",
     )  # fmt: skip
     assert set(other.filter(pl.col("explore"))["subscriber_id"]) != set(explored["subscriber_id"])
+
+
+def test_equal_scores_are_ordered_by_a_stable_hash_not_by_offer_id(tmp_path):
+    offers = ["m1007", "m1119", "m132", "m2", "m88"]
+    catalog = make_catalog({offer: ("films", 1.0, None) for offer in offers})
+    ids = list(range(1, 201))
+    scores = make_scores([(i, offer, 0.25) for i in ids for offer in offers], catalog)
+    settings = SETTINGS.replace(top_k=5, max_per_category=5, diversity_positions=0)
+
+    ranked = rank(scores, catalog, settings=settings)
+    firsts = ranked.filter(pl.col("rank") == 1)["offer_id"]
+    # Every offer leads for some subscribers, about a fifth each, whatever its spelling.
+    assert set(firsts) == set(offers)
+    assert firsts.value_counts()["count"].max() < 0.35 * len(ids)
+    # The order of each subscriber's tie is that of the hash of (subscriber, offer, run).
+    keys = text_hash(offers, "ties:run-1")
+    for subscriber in (1, 2, 3):
+        by_hash = np.argsort(pair_hash(np.full(len(offers), subscriber), keys, "ties:run-1"))
+        mine = ranked.filter(pl.col("subscriber_id") == subscriber).sort("rank")["offer_id"]
+        assert mine.to_list() == [offers[index] for index in by_hash]
+    # A rerun writes the same bytes; another night orders the ties anew.
+    again = rank(scores.sample(fraction=1.0, shuffle=True, seed=4), catalog, settings=settings)
+    ranked.write_parquet(tmp_path / "first.parquet")
+    again.write_parquet(tmp_path / "again.parquet")
+    assert (tmp_path / "first.parquet").read_bytes() == (tmp_path / "again.parquet").read_bytes()
+    other_night = rank_offers(
+        scores,
+        scores.select("subscriber_id", "offer_id"),
+        catalog,
+        treatment_groups(ids),
+        settings,
+        "run-2",
+    )
+    assert not other_night["offer_id"].equals(ranked["offer_id"])

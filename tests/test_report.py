@@ -124,3 +124,12 @@ def test_input_warnings_are_listed(tmp_path):
     line = "usage.quantity 'plausible_daily_total' on 2026-03-10, 4 row(s): voice_out: ..."
     text = report_text(tmp_path, ids, input_warnings=[line])
     assert f"- ⚠ input: {line}" in text
+
+
+def test_categories_scored_by_a_prior_are_named(tmp_path):
+    prior = {"late_launch": "never seen in training", "k9": "too few training accepts"}
+    text = report_text(tmp_path, ["films", "late_launch"], prior_scored_categories=prior)
+    assert (
+        r"- categories scored by a prior, not a model: k9 (too few training accepts); "
+        "late_launch (never seen in training)"
+    ) in text

@@ -16,7 +16,6 @@ from mia.errors import InputError
 from mia.hashing import control_mask
 from mia.lake import Lake
 from mia.schema import (
-    CATEGORIES,
     CATEGORY,
     EVENT,
     OFFER_ID,
@@ -28,6 +27,7 @@ from mia.schema import (
 )
 from mia.simulate import (
     BASE_LOGIT,
+    CATEGORIES,
     CATEGORY_WEIGHTS,
     OFFERS,
     SIGNALS,

@@ -18,8 +18,9 @@ Truth layout (not part of the input contract):
     truth/date=D/traits.parquet          latent category tastes of the lines activated on D
     truth/date=D/impressions.parquet     impressions of D with p_accept, policy propensity, outcome
 
-Modules: `config` (settings, seeds), `catalog` (regions, devices, tariffs, offers),
-`acceptance` (the planted model), `world` (the daily simulation and writer), `oracle`.
+Modules: `config` (settings, seeds), `categories` (this telco's offer categories), `catalog`
+(regions, devices, tariffs, offers), `acceptance` (the planted model), `world` (the daily
+simulation and writer), `oracle`.
 """
 
 from mia.simulate.acceptance import (
@@ -31,12 +32,14 @@ from mia.simulate.acceptance import (
     signals_from_drivers,
 )
 from mia.simulate.catalog import OFFERS, TARIFFS, OfferSpec, Tariff, catalog_frame
+from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import TRUTH_DIR, SimulationConfig, SimulationError
 from mia.simulate.oracle import oracle_p_accept
 from mia.simulate.world import generate_days, write_world
 
 __all__ = [
     "BASE_LOGIT",
+    "CATEGORIES",
     "CATEGORY_WEIGHTS",
     "DRIVERS",
     "OFFERS",

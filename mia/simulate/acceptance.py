@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mia.schema import (
-    CATEGORIES,
-)
+from mia.simulate.categories import CATEGORIES
 
 # Per-subscriber drivers as of the end of a day: window aggregates a feature pipeline computes.
 DRIVERS = (

@@ -9,7 +9,6 @@ import numpy as np
 import polars as pl
 
 from mia.schema import (
-    CATEGORIES,
     CATEGORY,
     DEVICE_OS,
     LIST_SEPARATOR,
@@ -19,6 +18,7 @@ from mia.schema import (
     VALUE,
 )
 from mia.simulate.acceptance import ATTRACTIVENESS_SD
+from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import OPEN_ENDED, STREAM_STATIC, SimulationConfig, static_rng
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import polars as pl
 
 from mia.lake import Lake, parse_date
 from mia.schema import (
-    CATEGORIES,
     CATEGORY,
     OFFER_ID,
     P_ACCEPT,
@@ -22,6 +21,7 @@ from mia.schema import (
 )
 from mia.simulate.acceptance import DRIVERS, acceptance_probability, signals_from_drivers
 from mia.simulate.catalog import OFFERS
+from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import TRUTH_DIR, SimulationError
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from mia.hashing import control_mask
 from mia.lake import Lake, atomic_path, write_json, write_parquet
 from mia.schema import (
     APP_SCREENS,
-    CATEGORIES,
     DEVICE_OS,
     EVENT,
     KIND,
@@ -50,6 +49,7 @@ from mia.simulate.catalog import (
     OfferArrays,
     catalog_frame,
 )
+from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import (
     EPOCH,
     FILE_FORMATS,
