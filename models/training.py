@@ -124,10 +124,11 @@ def read_or_build_snapshot(lake: Lake, date: dt.date, settings: Settings) -> pl.
     """The stored snapshot of `date`, built (with any missing daily aggregates) when absent."""
     from features.daily import build_daily_range
     from features.snapshot import build_snapshot, read_snapshot
+    from mia.ingest import ingested_dates
 
     if partition_files(lake.snapshot(date)):
         return read_snapshot(lake, date)  # all shards, in subscriber order
-    ingested = [day for day in lake.dates("raw", "subscribers") if day <= date]
+    ingested = [day for day in ingested_dates(lake) if day <= date]
     if ingested:
         build_daily_range(lake, ingested[0], date)
     return build_snapshot(lake, date, settings=settings, write=True)
@@ -142,10 +143,11 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
     """Snapshots, labels, catalogs and interactions for training as of `as_of`."""
     from features.daily import build_daily_range
     from features.labels import category_labels, offer_labels
-    from mia.ingest import raw_events, raw_state
+    from mia.ingest import ingested_dates, raw_events, raw_state
     from models.cf import build_interactions
 
-    ingested = lake.dates("raw", "subscribers")
+    # Days count as ingested by their manifest: state tables are delivered only when they change.
+    ingested = ingested_dates(lake)
     dates = snapshot_dates(as_of, settings, first_day=ingested[0] if ingested else None)
     if not ingested or len(dates) < MIN_TRAIN_SNAPSHOTS or ingested[-1] < as_of:
         span = f"{ingested[0]}..{ingested[-1]}" if ingested else "nothing"
@@ -369,10 +371,12 @@ def compute_metrics(bundle: ModelBundle, frames: dict[str, Any]) -> dict[str, fl
     """Propensity metrics per category on T_0 (out of time) and blend metrics on the holdout."""
     result: dict[str, float] = {}
     t0 = frames["t0_categories"]
+    # Categories without a model (too few positives before T_0) are scored by a prior, not
+    # measured here: the inner join keeps the categories the propensity model predicts.
     scored = t0.select(SUBSCRIBER_ID, CATEGORY, LABEL).join(
         bundle.propensity.predict(t0.unique(SUBSCRIBER_ID, keep="first").sort(SUBSCRIBER_ID)),
         on=[SUBSCRIBER_ID, CATEGORY],
-        how="left",
+        how="inner",
     )
     result.update(mx.grouped_metrics(scored, CATEGORY, LABEL, P_CATEGORY, "propensity"))
     result.update(mx.binary_metrics(scored[LABEL], scored[P_CATEGORY], "propensity.all"))

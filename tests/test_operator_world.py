@@ -75,7 +75,9 @@ def _audience_rows(night: OperatorNight) -> pl.DataFrame:
     files = read_summary(directory)["file"].to_list()
     return pl.concat(
         [
-            pl.read_csv(directory / name, schema_overrides=AUDIENCE_SCHEMA).select(AUDIENCE_SCHEMA)
+            pl.read_csv(directory / name, schema_overrides=AUDIENCE_SCHEMA).select(
+                list(AUDIENCE_SCHEMA)
+            )
             for name in files
         ]
     )
@@ -129,7 +131,7 @@ def test_audiences_hold_eligible_subscribers_with_the_control_group_flagged(oper
     eligible = eligible_for_night(lake, LAST_DAY, settings)
     assert rows.join(eligible, on=["subscriber_id", "offer_id"], how="anti").is_empty()
     control = control_mask(rows["subscriber_id"], settings.group_salt, settings.control_share)
-    assert (rows["group"] == CONTROL).to_list() == control.to_list()
+    assert (rows["group"] == CONTROL).to_list() == list(control)
 
 
 def test_category_names_and_offer_ids_come_out_unchanged(operator_night):
