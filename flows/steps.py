@@ -158,6 +158,14 @@ def feature_drift(lake: Lake, as_of: dt.date, columns: list[str]) -> pl.DataFram
     return drift_table(scan_snapshot(lake, earlier[-1]), scan_snapshot(lake, as_of), columns)
 
 
+def check_model_root(settings: Settings) -> None:
+    """Refuse, before anything is written, a store whose champion is another data root's
+    (models.registry.ForeignChampionError) unless `settings.shared_registry`."""
+    from models.registry import champion_info
+
+    champion_info(MODEL_NAME, settings)
+
+
 def training_due(settings: Settings, as_of: dt.date) -> tuple[bool, str]:
     """Whether tonight must train: no champion yet, or one trained too long before `as_of`."""
     from models.registry import champion_info
@@ -205,6 +213,7 @@ RUN_ID_IGNORES = frozenset(
         "data_dir",
         "mlflow_uri",
         "mlflow_artifacts",
+        "shared_registry",
         "experiment",
         "num_threads",
         "n_shards",
@@ -517,7 +526,7 @@ def manifest(
     ingested: list[dt.date],
 ) -> dict[str, Any]:
     """What tonight used and produced: inputs, row counts, models, MLflow run, settings."""
-    from models.registry import champion_info
+    from models.registry import ROOT_ID_TAG, ROOT_PATH_TAG, champion_info
 
     raw_rows = {}
     ingest_manifest = manifest_path(lake, as_of)
@@ -553,6 +562,11 @@ def manifest(
             "name": MODEL_NAME,
             "champion_version": champion.get("version"),
             "champion_run_id": champion.get("run_id"),
+            # The data root the champion was trained from: this one unless shared_registry.
+            "champion_data_root": champion.get("tags", {}).get(ROOT_PATH_TAG),
+            "champion_data_root_id": champion.get("tags", {}).get(ROOT_ID_TAG),
+            "shared_registry": settings.shared_registry,
+            "mlflow_uri": settings.mlflow_uri,
             "trained_tonight": bool(training.get("trained")),
             "training_note": training.get("note", ""),
             "mlflow_run_id": training.get("mlflow_run_id"),
