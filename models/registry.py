@@ -335,7 +335,7 @@ def _foreign_message(name: str, version: str, owner_path: str | None, settings: 
             f"restore it with the id of tag {ROOT_ID_TAG} of v{version}"
         )
     elif settings.mlflow_uri == defaults["mlflow_uri"]:
-        cause = f"this root's store was copied from there; remove {root}/mlruns to start anew"
+        cause = f"this root's store was copied from there; move {root}/mlruns aside to start anew"
     else:
         cause = (
             "mlflow_uri points this root at that root's store; leave mlflow_uri and "
