@@ -357,10 +357,12 @@ def _log_once(level: int, message: str) -> None:
 
 def _load_scorer(name: str, version: str) -> Any:
     """The scorer of one registered version; RegistryError naming it when its files are gone."""
+    where = MlflowClient().get_model_version_download_uri(name, version)
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        # From the version's own files: loading `models:/...` rewrites a metadata file inside
+        # the store, which lives in the data root; reading a champion writes nothing.
+        model = mlflow.pyfunc.load_model(where)
     except (MlflowException, OSError) as error:
-        where = MlflowClient().get_model_version_download_uri(name, version)
         raise RegistryError(
             f"model {name!r} v{version}: its files are missing from {where} "
             f"({' '.join(str(error).split())}); the artifacts folder was deleted or moved. "
