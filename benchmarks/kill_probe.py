@@ -105,8 +105,6 @@ def _environment(base: Path) -> dict[str, str]:
     return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [repository, os.environ.get("PYTHONPATH")])),
-        "MIA_MLFLOW_URI": f"sqlite:///{base}/mlruns/mlflow.db",
-        "MIA_MLFLOW_ARTIFACTS": str(base / "mlruns" / "artifacts"),
         "PREFECT_HOME": str(WORK / "prefect"),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

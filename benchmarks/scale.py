@@ -78,11 +78,13 @@ def last_day(days: int) -> dt.date:
 
 
 def mlflow_overrides(days: int) -> dict[str, str]:
-    """Settings of the shared MLflow store of the benchmark (one champion for every size)."""
+    """Settings of the shared MLflow store of the benchmark: one champion, trained on the base
+    world, scores every size (each replicated world is its own data root, shared on purpose)."""
     store = RESULTS / f"scale-mlflow-{days}"
     return {
         "mlflow_uri": f"sqlite:///{store}/mlflow.db",
         "mlflow_artifacts": str(store / "artifacts"),
+        "shared_registry": "true",
         "train_snapshots": str(TRAIN_SNAPSHOTS),
     }
 
@@ -94,6 +96,7 @@ def night_settings(root: Path, days: int, n_shards: int = 1) -> Settings:
         data_dir=root,
         mlflow_uri=overrides["mlflow_uri"],
         mlflow_artifacts=Path(overrides["mlflow_artifacts"]),
+        shared_registry=True,
         train_snapshots=TRAIN_SNAPSHOTS,
         n_shards=n_shards,
     )

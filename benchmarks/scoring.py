@@ -79,8 +79,6 @@ def prepare(subscribers: int, days: int, directory: Path) -> Path:
     logger.info("world ready in %.1f s", time.perf_counter() - started)
     settings = Settings(
         data_dir=root,
-        mlflow_uri=f"sqlite:///{directory}/mlflow.db",
-        mlflow_artifacts=directory / "artifacts",
         train_snapshots=4,
     )
     as_of = lake.dates("raw", "subscribers")[-1]

@@ -63,7 +63,10 @@ err = Console(stderr=True, markup=False, highlight=False, emoji=False)
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--data-dir", help="Data root (default: data/, or MIA_DATA_DIR).", show_default=False
+        "--data-dir",
+        help="Data root (default: data/, or MIA_DATA_DIR). Its models are kept in "
+        "DATA/mlruns/ unless mlflow_uri and mlflow_artifacts are set.",
+        show_default=False,
     ),
 ]
 DateOption = Annotated[str, typer.Option("--date", help="Run date, YYYY-MM-DD.")]
@@ -435,6 +438,7 @@ def nightly(
     _say(f"  audiences: {lake.link('audiences', night)}  ({rows['audiences']} offers)")
     _say(f"  report:    {lake.link('reports', night) / 'report.md'}")
     _say(f"  manifest:  {offers / 'manifest.json'}")
+    _say(f"  models:    {settings.mlflow_uri} (MLflow store)")
 
 
 @app.command()
@@ -456,6 +460,7 @@ def train(
         config=str(config) if config else None,
     )
     _say(result.get("note", "trained"))
+    _say(f"models: {settings.mlflow_uri}")
 
 
 @app.command()

@@ -59,7 +59,7 @@ Demo finished in {time.perf_counter() - started:.0f} s. Where things are:
                   mia audience list --data-dir {root} --date {last_day}
   report          {root}/reports/date={last_day}/report.md
   manifest        {root}/offers/date={last_day}/manifest.json
-  MLflow UI       .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
+  MLflow UI       .venv/bin/mlflow ui --backend-store-uri sqlite:///{root}/mlruns/mlflow.db
 """
     )
 

@@ -182,6 +182,7 @@ def nightly(
     as_of = parse_date(date) if date else default_as_of(settings)
     log = get_run_logger()
     with run_lock(lake.root, owner=f"nightly {as_of}"):
+        steps.check_model_root(settings)
         clear_stale_staging(lake)
         timings: dict[str, float] = {}
         memory: dict[str, float] = {}  # peak RSS of the flow process after each step
@@ -251,6 +252,7 @@ def train(
     lake = Lake(settings.data_dir)
     as_of = parse_date(date)
     with run_lock(lake.root, owner=f"train {as_of}"):
+        steps.check_model_root(settings)
         ingested = ingest_task(lake, as_of, settings)
         daily_task(lake, as_of, ingested)
         sharded_snapshot(lake, as_of, settings)

@@ -172,6 +172,14 @@ def feature_drift(lake: Lake, as_of: dt.date, columns: list[str]) -> pl.DataFram
     return drift_table(scan_snapshot(lake, earlier[-1]), scan_snapshot(lake, as_of), columns)
 
 
+def check_model_root(settings: Settings) -> None:
+    """Refuse, before anything is written, a store whose champion is another data root's
+    (models.registry.ForeignChampionError) unless `settings.shared_registry`."""
+    from models.registry import champion_info
+
+    champion_info(MODEL_NAME, settings)
+
+
 def training_due(settings: Settings, as_of: dt.date) -> tuple[bool, str]:
     """Whether tonight must train: no champion yet, or one trained too long before `as_of`."""
     from models.registry import champion_info
@@ -219,6 +227,7 @@ RUN_ID_IGNORES = frozenset(
         "data_dir",
         "mlflow_uri",
         "mlflow_artifacts",
+        "shared_registry",
         "experiment",
         "num_threads",
         "n_shards",
@@ -580,7 +589,7 @@ def manifest(
     `ingested` are the days ingested tonight; the history the night used is every day ingested
     up to `as_of`, whenever that was.
     """
-    from models.registry import champion_info
+    from models.registry import ROOT_ID_TAG, ROOT_PATH_TAG, champion_info
 
     tables = (read_manifest(lake, as_of) or {}).get("tables", {})
     raw_rows = {table: facts_["rows"] for table, facts_ in sorted(tables.items())}
@@ -615,6 +624,11 @@ def manifest(
             "name": MODEL_NAME,
             "champion_version": champion.get("version"),
             "champion_run_id": champion.get("run_id"),
+            # The data root the champion was trained from: this one unless shared_registry.
+            "champion_data_root": champion.get("tags", {}).get(ROOT_PATH_TAG),
+            "champion_data_root_id": champion.get("tags", {}).get(ROOT_ID_TAG),
+            "shared_registry": settings.shared_registry,
+            "mlflow_uri": settings.mlflow_uri,
             "trained_tonight": bool(training.get("trained")),
             "training_note": training.get("note", ""),
             "mlflow_run_id": training.get("mlflow_run_id"),

@@ -25,7 +25,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from mia.errors import InputError
@@ -37,6 +45,8 @@ CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"
 OTHER_VARIABLES = frozenset({CONFIG_VARIABLE, ENV_PREFIX + "PROGRESS"})
 # Fixed rather than a multiple of this machine's cores, so that a settings file valid on a laptop
 # is valid on the server; far above any machine Mia runs on, far below a typo such as 100000.
+DEFAULT_DATA_DIR = Path("data")
+MLFLOW_FOLDER = "mlruns"  # the MLflow store's folder inside a data root
 MAX_THREADS = 1024
 MAX_SHARDS = 65536
 MAX_SEED = 2**31 - 1  # LightGBM's seed is a 32-bit signed int
@@ -65,14 +75,28 @@ class SettingsError(InputError):
     """A setting has a value outside its rule, or a settings source cannot be read."""
 
 
+def mlflow_store_defaults(data_dir: Path | str) -> dict[str, Any]:
+    """The MLflow settings of a data root when none are set: a store inside the root."""
+    store = Path(data_dir) / MLFLOW_FOLDER
+    return {
+        "mlflow_uri": f"sqlite:///{store / 'mlflow.db'}",
+        "mlflow_artifacts": store / "artifacts",
+    }
+
+
 class Settings(BaseModel):
     """Every tunable value of the pipeline, passed down explicitly from the entry point."""
 
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid", allow_inf_nan=False)
 
-    data_dir: AnyPath = Path("data")
-    mlflow_uri: Text = "sqlite:///mlruns/mlflow.db"
-    mlflow_artifacts: AnyPath = Path("mlruns/artifacts")
+    data_dir: AnyPath = DEFAULT_DATA_DIR
+    # The MLflow store: by default inside the data root (mlflow_store_defaults), so that each
+    # root keeps its own models; set both to share one store on purpose.
+    mlflow_uri: Text
+    mlflow_artifacts: AnyPath
+    # Whether models registered from other data roots may score this one (a store shared on
+    # purpose); otherwise another root's champion is refused (models.registry).
+    shared_registry: bool = False
     experiment: Text = "mia"
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 7
     # Features and labels
@@ -118,6 +142,18 @@ class Settings(BaseModel):
         except ValidationError as error:
             raise SettingsError(_describe_errors(error)) from error
 
+    @model_validator(mode="before")
+    @classmethod
+    def _store_in_data_root(cls, values: Any) -> Any:
+        """Unset (or None) MLflow settings default to a store inside the data root."""
+        if not isinstance(values, dict):
+            return values
+        data_dir = values.get("data_dir", DEFAULT_DATA_DIR)
+        if not isinstance(data_dir, str | os.PathLike):
+            data_dir = DEFAULT_DATA_DIR  # refused as data_dir; the store defaults regardless
+        defaults = mlflow_store_defaults(data_dir)
+        return {**values, **{k: v for k, v in defaults.items() if values.get(k) is None}}
+
     @field_validator("windows")
     @classmethod
     def _distinct_windows(cls, windows: tuple[int, ...]) -> tuple[int, ...]:
@@ -157,8 +193,16 @@ class Settings(BaseModel):
         return name
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with some values changed (validated again)."""
-        return Settings(**{**{name: getattr(self, name) for name in FIELDS}, **changes})
+        """A copy with some values changed (validated again).
+
+        A new `data_dir` takes along an MLflow store that was at the old root's default place.
+        """
+        values = {name: getattr(self, name) for name in FIELDS}
+        if "data_dir" in changes:
+            for name, default in mlflow_store_defaults(self.data_dir).items():
+                if values[name] == default:
+                    del values[name]
+        return Settings(**{**values, **changes})
 
     def category_weight(self, category: str) -> float:
         """Weight of a category in expected value; 1 unless configured."""

@@ -1,6 +1,7 @@
 """MLflow tracking and model registry: runs, scorer models, and a champion quality gate.
 
-The store is `settings.mlflow_uri` (sqlite); a relative sqlite path is resolved against the
+The store is `settings.mlflow_uri` (sqlite; by default `<data_dir>/mlruns/mlflow.db`, so each
+data root keeps its own models); a relative sqlite path is resolved against the
 working directory once, so later `chdir`s cannot split the store. Artifacts live under
 `settings.mlflow_artifacts` (the experiment is created with that artifact location).
 
@@ -8,12 +9,20 @@ Any picklable object with `.predict_frame(pl.DataFrame) -> pl.DataFrame` is regi
 `mlflow.pyfunc` model: pandas in, polars through `predict_frame`, pandas out. The current best
 version of a registered model carries the alias `champion` (stages are deprecated).
 
+Every registered version is tagged with the identity of the data root it was trained from
+(`mia.identity`). A champion of another root is refused (ForeignChampionError) wherever it would
+be used: read, loaded, or compared with a candidate; unless `settings.shared_registry` says the
+store is shared on purpose, which is logged. A champion registered before versions carried a
+root (no tag) is adopted by the first root that uses it: tagged with that root, with a warning;
+from then on other roots are refused it.
+
 MLflow metric names may not contain `@`, so `log_metrics` writes `map@5` as `map_at_5`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.metadata
 import logging
 import math
@@ -21,6 +30,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +48,17 @@ from mlflow.tracking import _model_registry, _tracking_service  # noqa: E402
 from mlflow.tracking import fluent as _fluent  # noqa: E402
 
 from mia.errors import InputError, RunError  # noqa: E402
-from mia.settings import Settings  # noqa: E402
+from mia.identity import ROOT_ID_FILE, read_root_identity, root_identity  # noqa: E402
+from mia.settings import Settings, mlflow_store_defaults  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
 GATE_TAG_PREFIX = "gate."
+# Model version tags: the data root a version was trained from.
+ROOT_ID_TAG = "mia.data_root_id"
+ROOT_PATH_TAG = "mia.data_root"
 # Packages a served scorer may need; pinned to the versions installed when it was logged.
 SCORER_PACKAGES = (
     "mlflow",
@@ -67,8 +81,16 @@ _STATE_VARIABLES = (
 )
 
 
+# The settings of the innermost `tracking` block: its data root is the one models belong to.
+_active_settings: ContextVar[Settings | None] = ContextVar("mia_tracking_settings", default=None)
+
+
 class RegistryError(RunError):
     """The registry is missing something a step needs (a model, a version, a champion)."""
+
+
+class ForeignChampionError(InputError):
+    """The champion of the store was registered from another data root."""
 
 
 def resolve_tracking_uri(uri: str, cwd: Path | None = None) -> str:
@@ -115,6 +137,7 @@ def tracking(settings: Settings) -> Iterator[MlflowClient]:
     saved_tracking = _tracking_service.utils._tracking_uri
     saved_registry = _model_registry.utils._registry_uri
     saved_experiment = _fluent._active_experiment_id
+    token = _active_settings.set(settings)
     try:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
@@ -122,6 +145,7 @@ def tracking(settings: Settings) -> Iterator[MlflowClient]:
         mlflow.set_experiment(experiment_id=_experiment_id(client, settings))
         yield client
     finally:
+        _active_settings.reset(token)
         mlflow.set_tracking_uri(saved_tracking)
         _model_registry.utils._registry_uri = saved_registry
         _fluent._active_experiment_id = saved_experiment
@@ -140,6 +164,19 @@ def start_run(
     with tracking(settings), mlflow.start_run(run_name=run_name, tags=tags) as run:
         logger.info("MLflow run %s (%s) started", run_name, run.info.run_id)
         yield run.info.run_id
+
+
+def _tracking_settings(what: str) -> Settings:
+    settings = _active_settings.get()
+    if settings is None:
+        raise RunError(f"{what} needs the registry: call it inside tracking(settings).")
+    return settings
+
+
+def _root_tags(settings: Settings) -> dict[str, str]:
+    """The tags that say which data root a model version was trained from."""
+    identity = root_identity(settings.data_dir)
+    return {ROOT_ID_TAG: identity.id, ROOT_PATH_TAG: str(identity.path)}
 
 
 def _active_run_id(what: str) -> str:
@@ -204,8 +241,12 @@ def log_scorer(
     input_example: pd.DataFrame,
     pip_requirements: list[str] | None = None,
 ) -> str:
-    """Log `scorer` as a pyfunc model of the active run, register it as `name`; its version."""
+    """Log `scorer` as a pyfunc model of the active run, register it as `name`; its version.
+
+    The version is tagged with the data root of the active `tracking(settings)`.
+    """
     run_id = _active_run_id("log_scorer")
+    root_tags = _root_tags(_tracking_settings("log_scorer"))
     if not callable(getattr(scorer, "predict_frame", None)):
         raise InputError(
             f"scorer {type(scorer).__name__} has no predict_frame(pl.DataFrame) method."
@@ -223,9 +264,9 @@ def log_scorer(
         signature=signature,
         input_example=input_example,
         pip_requirements=pip_requirements or scorer_requirements(),
-        registered_model_name=name,
     )
-    version = str(info.registered_model_version)
+    # Registered with its root's tags in one step: no version is ever seen without them.
+    version = str(mlflow.register_model(info.model_uri, name, tags=root_tags).version)
     logger.info("registered %s version %s from run %s", name, version, run_id)
     return version
 
@@ -252,12 +293,76 @@ def _champion_version(client: MlflowClient, name: str) -> Any | None:
         raise
 
 
+def _owned_champion(client: MlflowClient, name: str, settings: Settings) -> Any | None:
+    """The champion of `name` if this data root may use it (see the module docstring), or None."""
+    champion = _champion_version(client, name)
+    if champion is None:
+        return None
+    owner_id, owner_path = champion.tags.get(ROOT_ID_TAG), champion.tags.get(ROOT_PATH_TAG)
+    here = read_root_identity(settings.data_dir)
+    if owner_id is not None and here is not None and owner_id == here.id:
+        return champion
+    store = settings.mlflow_uri
+    if settings.shared_registry:
+        owner = f"data root {owner_path}" if owner_id else "no recorded data root"
+        _log_once(
+            logging.WARNING,
+            f"shared_registry: {name!r} champion v{champion.version} in {store} is used for data "
+            f"root {Path(settings.data_dir).absolute()}; it was registered from {owner}",
+        )
+        return champion
+    if owner_id is None:
+        tags = _root_tags(settings)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, champion.version, key, value)
+        _log_once(
+            logging.WARNING,
+            f"{name!r} champion v{champion.version} in {store} was registered before models "
+            f"recorded their data root; data root {tags[ROOT_PATH_TAG]} adopts it, and other "
+            "data roots will be refused it",
+        )
+        return client.get_model_version(name, champion.version)
+    raise ForeignChampionError(_foreign_message(name, champion.version, owner_path, settings))
+
+
+def _foreign_message(name: str, version: str, owner_path: str | None, settings: Settings) -> str:
+    """Why another root's champion is refused here, and the ways out."""
+    root = Path(settings.data_dir).absolute()
+    defaults = mlflow_store_defaults(settings.data_dir)
+    if owner_path == str(root):
+        cause = (
+            f"that is this folder, but its {ROOT_ID_FILE} was removed or replaced since; "
+            f"restore it with the id of tag {ROOT_ID_TAG} of v{version}"
+        )
+    elif settings.mlflow_uri == defaults["mlflow_uri"]:
+        cause = f"this root's store was copied from there; move {root}/mlruns aside to start anew"
+    else:
+        cause = (
+            "mlflow_uri points this root at that root's store; leave mlflow_uri and "
+            f"mlflow_artifacts unset so that this root keeps its models in {root}/mlruns"
+        )
+    return (
+        f"{name!r} champion v{version} in {settings.mlflow_uri} was trained from data root "
+        f"{owner_path}, not from this data root {root}: a night is never scored with another "
+        f"root's models. {cause[:1].upper()}{cause[1:]}; or set shared_registry = true "
+        "(MIA_SHARED_REGISTRY=true) to use one store for several roots on purpose."
+    )
+
+
+@functools.cache
+def _log_once(level: int, message: str) -> None:
+    """Log a message once per process (the champion is looked up several times a night)."""
+    logger.log(level, "%s", message)
+
+
 def _load_scorer(name: str, version: str) -> Any:
     """The scorer of one registered version; RegistryError naming it when its files are gone."""
+    where = MlflowClient().get_model_version_download_uri(name, version)
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        # From the version's own files: loading `models:/...` rewrites a metadata file inside
+        # the store, which lives in the data root; reading a champion writes nothing.
+        model = mlflow.pyfunc.load_model(where)
     except (MlflowException, OSError) as error:
-        where = MlflowClient().get_model_version_download_uri(name, version)
         raise RegistryError(
             f"model {name!r} v{version}: its files are missing from {where} "
             f"({' '.join(str(error).split())}); the artifacts folder was deleted or moved. "
@@ -291,19 +396,21 @@ def promote(
 ) -> PromotionDecision:
     """Champion gate: make `version` champion unless it is worse than the champion by > tolerance.
 
-    Call inside `tracking(settings)`. Both models are scored by the same `evaluate` (one
-    holdout); `tolerance` is absolute, in the metric's units. The decision is written as
-    `gate.*` tags on the candidate version.
+    Call inside `tracking(settings)`; a champion of another data root is refused
+    (ForeignChampionError) unless `settings.shared_registry`. Both models are scored by the same
+    `evaluate` (one holdout); `tolerance` is absolute, in the metric's units. The decision is
+    written as `gate.*` tags on the candidate version.
     """
     if not tolerance >= 0:
         raise InputError(f"tolerance == {tolerance!r}, must be >= 0.")
+    settings = _tracking_settings("promote")
     version = str(version)
     client = MlflowClient()
     try:
         client.get_model_version(name, version)
     except MlflowException as error:
         raise RegistryError(f"model {name!r} has no version {version!r}.") from error
-    champion = _champion_version(client, name)
+    champion = _owned_champion(client, name, settings)
     champion_version = None if champion is None else str(champion.version)
     candidate_metric = _metric_of(evaluate, _load_scorer(name, version), metric)
     champion_metric: float | None = None
@@ -357,7 +464,7 @@ def promote(
 def load_champion(name: str, settings: Settings) -> Any:
     """The scorer object registered as `models:/<name>@champion`."""
     with tracking(settings) as client:
-        champion = _champion_version(client, name)
+        champion = _owned_champion(client, name, settings)
         if champion is None:
             raise RegistryError(
                 f"model {name!r} has no {CHAMPION!r} version in {settings.mlflow_uri}; "
@@ -367,9 +474,10 @@ def load_champion(name: str, settings: Settings) -> Any:
 
 
 def champion_info(name: str, settings: Settings) -> dict | None:
-    """Version, run id and creation time of the champion of `name`, or None if there is none."""
+    """Version, run id, creation time and tags of the champion of `name`, or None if there is
+    none; ForeignChampionError if another data root registered it (unless shared_registry)."""
     with tracking(settings) as client:
-        champion = _champion_version(client, name)
+        champion = _owned_champion(client, name, settings)
         if champion is None:
             return None
         return {

@@ -70,7 +70,7 @@ def fresh_root(tmp_path, ingested_root) -> Path:
 
 @dataclass(frozen=True)
 class NightRun:
-    """A data root and MLflow store after one nightly run of the tiny world."""
+    """A data root (with its MLflow store) after one nightly run of the tiny world."""
 
     root: Path
     manifest: dict
@@ -82,22 +82,18 @@ class NightRun:
 
     @property
     def overrides(self) -> dict[str, str]:
-        """Settings overrides pointing MLflow at this run's own store."""
+        """Settings overrides of the night (its models are in the data root's own store)."""
         return night_overrides(self.root)
 
 
-def night_overrides(root: Path) -> dict[str, str]:
-    """Settings of a test night: MLflow store under `root`, a short training history."""
-    return {
-        "mlflow_uri": f"sqlite:///{root}/mlruns/mlflow.db",
-        "mlflow_artifacts": str(root / "mlruns" / "artifacts"),
-        "train_snapshots": "4",
-    }
+def night_overrides(root: Path) -> dict[str, int]:
+    """Settings of a test night: a short training history (models in the data root's store)."""
+    return {"train_snapshots": 4}
 
 
 def training_world(base: Path, ingested_root: Path):
     """A private copy of the ingested tiny world under `base`, with settings to train on it
-    (MLflow store under `base`, one thread, a short history)."""
+    (its own MLflow store, in the data root; one thread, a short history)."""
     from mia.lake import Lake
     from mia.settings import Settings
 
@@ -105,8 +101,6 @@ def training_world(base: Path, ingested_root: Path):
     shutil.copytree(ingested_root, root)
     settings = Settings(
         data_dir=root,
-        mlflow_uri=f"sqlite:///{base}/mlflow.db",
-        mlflow_artifacts=base / "artifacts",
         num_threads=1,
         train_snapshots=4,
     )

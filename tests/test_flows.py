@@ -151,7 +151,7 @@ def test_second_run_on_a_locked_data_root_fails_and_publishes_nothing(night_run,
     assert earlier not in Lake(data).dates("offers")
 
 
-def test_bad_delivery_exits_2_and_writes_nothing(night_run, tmp_path):
+def test_bad_delivery_exits_2_and_writes_nothing(night_run, tmp_path, capsys):
     root = _copy_run(night_run, tmp_path)
     data = root / "data"
     lake = Lake(data)
@@ -174,6 +174,7 @@ def test_bad_delivery_exits_2_and_writes_nothing(night_run, tmp_path):
         str(_config_file(root)),
     )
     assert code == 2
+    assert "usage.kind" in capsys.readouterr().err  # refused for the bad cells, nothing else
     after = {part: _files(data / part) for part in ("raw", "daily", "features", "offers")}
     assert after == before
 
@@ -181,7 +182,7 @@ def test_bad_delivery_exits_2_and_writes_nothing(night_run, tmp_path):
 def _config_file(root: Path) -> Path:
     path = root / "mia.toml"
     overrides = night_overrides(root)
-    path.write_text("".join(f'{key} = "{value}"\n' for key, value in overrides.items()))
+    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in overrides.items()))
     return path
 
 
@@ -245,8 +246,7 @@ def test_report_is_tracked_in_mlflow(night_run):
 
     from models.registry import tracking
 
-    settings = Settings(**{key: value for key, value in night_run.overrides.items()
-                           if key.startswith("mlflow")})  # fmt: skip
+    settings = Settings(data_dir=night_run.data_dir)
     run_id = night_run.manifest["models"]["mlflow_nightly_run_id"]
     with tracking(settings):
         run = mlflow.get_run(run_id)
@@ -301,3 +301,19 @@ def test_published_offers_respect_eligibility_and_contact_policy(night_run):
         pl.col("capacity").is_not_null() & (pl.col("n") > pl.col("capacity"))
     ).is_empty()
     assert (offers["expected_value"] >= 0).all() and offers["p_accept"].is_between(0, 1).all()
+
+
+def test_a_root_pointed_at_another_roots_models_is_refused_before_any_write(
+    night_run, fresh_root, monkeypatch, capsys
+):
+    """The store of the night's root holds a fresh champion: another root must not use it."""
+    theirs = Settings(data_dir=night_run.data_dir)
+    monkeypatch.setenv("MIA_MLFLOW_URI", theirs.mlflow_uri)
+    monkeypatch.setenv("MIA_MLFLOW_ARTIFACTS", str(theirs.mlflow_artifacts))
+    before = {k: v for k, v in _files(fresh_root).items() if not k.startswith(".mia.lock")}
+    day = TINY_LAST_DAY.isoformat()
+    assert _mia("nightly", "--data-dir", str(fresh_root), "--date", day) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert f"trained from data root {night_run.data_dir}" in error and "shared_registry" in error
+    after = {k: v for k, v in _files(fresh_root).items() if not k.startswith(".mia.lock")}
+    assert after == before

@@ -1,8 +1,8 @@
 """The notebooks run top to bottom on a published night and are committed without outputs.
 
 Each notebook is executed in a fresh `python3` kernel whose environment points Mia's settings
-(`MIA_DATA_DIR`, `MIA_MLFLOW_URI`, `MIA_MLFLOW_ARTIFACTS`, and any other override of the night)
-at the session's `night_run`, so the notebooks read that night instead of building a world.
+(`MIA_DATA_DIR`, whose own MLflow store holds the night's models, and any other override of the
+night) at the session's `night_run`, so the notebooks read that night instead of building a world.
 """
 
 from __future__ import annotations

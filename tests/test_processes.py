@@ -36,8 +36,6 @@ def test_a_killed_nightly_leaves_no_process_behind(fresh_root, tmp_path):
     environment = {
         **{key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"},
         "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
-        "MIA_MLFLOW_URI": f"sqlite:///{tmp_path}/mlflow.db",
-        "MIA_MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"),
     }
     command = [
         sys.executable, "-c", "from flows.cli import main; main()",

@@ -17,11 +17,15 @@ import pytest
 from matplotlib.figure import Figure
 
 from mia.errors import InputError, RunError
+from mia.identity import ROOT_ID_FILE, root_identity
 from mia.schema import CF_SCORE, CONFIDENCE, OFFER_ID, P_ACCEPT, SUBSCRIBER_ID
 from mia.settings import Settings
 from models.cf import ALSRecommender
 from models.registry import (
     CHAMPION,
+    ROOT_ID_TAG,
+    ROOT_PATH_TAG,
+    ForeignChampionError,
     RegistryError,
     champion_info,
     load_champion,
@@ -55,10 +59,8 @@ def _quality(scorer: QualityScorer) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    store = tmp_path_factory.mktemp("mlflow")
-    return Settings().replace(
-        mlflow_uri=f"sqlite:///{store}/mlflow.db", mlflow_artifacts=store / "artifacts"
-    )
+    """A data root with its MLflow store in it (the default)."""
+    return Settings(data_dir=tmp_path_factory.mktemp("root"))
 
 
 def _register(settings: Settings, name: str, scorer, run_name: str = "train") -> str:
@@ -141,8 +143,8 @@ def test_registered_scorer_loads_by_alias_in_a_fresh_process(settings, tmp_path)
         from mia.settings import Settings
         from models.registry import load_champion, tracking
 
-        uri, artifacts, folder = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-        settings = Settings().replace(mlflow_uri=uri, mlflow_artifacts=artifacts)
+        root, folder = Path(sys.argv[1]), Path(sys.argv[2])
+        settings = Settings(data_dir=root)
         pairs = pl.read_parquet(folder / "pairs.parquet")
         scorer = load_champion("cf", settings)
         scorer.predict_frame(pairs).write_parquet(folder / "direct.parquet")
@@ -152,8 +154,7 @@ def test_registered_scorer_loads_by_alias_in_a_fresh_process(settings, tmp_path)
         """
     )
     subprocess.run(
-        [sys.executable, "-c", script, settings.mlflow_uri, str(settings.mlflow_artifacts)]
-        + [str(tmp_path)],
+        [sys.executable, "-c", script, str(settings.data_dir), str(tmp_path)],
         cwd=REPO,
         check=True,
         timeout=120,
@@ -224,9 +225,7 @@ def test_registry_errors(settings):
 
 
 def test_deleted_model_files_name_the_version_and_how_to_rebuild(tmp_path):
-    settings = Settings().replace(
-        mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", mlflow_artifacts=tmp_path / "artifacts"
-    )
+    settings = Settings(data_dir=tmp_path)
     version = _register(settings, "gone", QualityScorer(0.2))
     with tracking(settings):
         promote("gone", version, _quality, "map@5")
@@ -241,3 +240,83 @@ def test_deleted_model_files_name_the_version_and_how_to_rebuild(tmp_path):
         decision = promote("gone", retrained, _quality, "map@5")
     assert decision.promoted and f"champion v{version} cannot be loaded" in decision.reason
     assert load_champion("gone", settings).quality == 0.1
+
+
+def _train_and_promote(settings: Settings, name: str, quality: float) -> str:
+    version = _register(settings, name, QualityScorer(quality))
+    with tracking(settings):
+        assert promote(name, version, _quality, "map@5").promoted
+    return version
+
+
+def test_two_data_roots_in_one_working_directory_never_share_a_champion(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = Settings(data_dir=Path("first")), Settings(data_dir=Path("second"))
+    for settings in (first, second):
+        settings.data_dir.mkdir()
+    _train_and_promote(first, "shared-name", 0.5)
+    assert champion_info("shared-name", second) is None  # the second root trains its own
+    _train_and_promote(second, "shared-name", 0.1)
+    assert load_champion("shared-name", first).quality == 0.5
+    assert load_champion("shared-name", second).quality == 0.1
+    tags = champion_info("shared-name", first)["tags"]
+    assert tags[ROOT_ID_TAG] == root_identity(first.data_dir).id
+    assert tags[ROOT_PATH_TAG] == str(tmp_path / "first")
+    assert (tmp_path / "first" / "mlruns" / "mlflow.db").is_file()
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_another_roots_champion_is_refused_unless_the_registry_is_shared(tmp_path):
+    owner = Settings(data_dir=tmp_path / "owner")
+    owner.data_dir.mkdir()
+    version = _train_and_promote(owner, "offers", 0.5)
+    borrower = owner.replace(
+        data_dir=tmp_path / "borrower",
+        mlflow_uri=owner.mlflow_uri,
+        mlflow_artifacts=owner.mlflow_artifacts,
+    )
+    borrower.data_dir.mkdir()
+    with pytest.raises(ForeignChampionError) as caught:
+        champion_info("offers", borrower)
+    message = str(caught.value)
+    assert f"data root {owner.data_dir}" in message and str(borrower.data_dir) in message
+    assert "shared_registry" in message and "leave mlflow_uri" in message
+    assert isinstance(caught.value, InputError)  # exit code 2
+    with pytest.raises(ForeignChampionError):
+        load_champion("offers", borrower)
+    candidate = _register(borrower, "offers", QualityScorer(0.9))
+    with tracking(borrower), pytest.raises(ForeignChampionError):
+        promote("offers", candidate, _quality, "map@5")
+    assert champion_info("offers", owner)["version"] == version
+
+    shared = borrower.replace(shared_registry=True)
+    assert champion_info("offers", shared)["version"] == version
+    assert load_champion("offers", shared).quality == 0.5
+
+
+def test_a_champion_without_a_data_root_is_adopted_by_the_first_root_that_uses_it(tmp_path):
+    first = Settings(data_dir=tmp_path / "first")
+    first.data_dir.mkdir()
+    version = _train_and_promote(first, "legacy", 0.5)
+    with tracking(first) as client:  # as registered before versions carried their root
+        for key in (ROOT_ID_TAG, ROOT_PATH_TAG):
+            client.delete_model_version_tag("legacy", version, key)
+    (first.data_dir / ROOT_ID_FILE).unlink()
+    later = first.replace(
+        data_dir=tmp_path / "later",
+        mlflow_uri=first.mlflow_uri,
+        mlflow_artifacts=first.mlflow_artifacts,
+    )
+    later.data_dir.mkdir()
+    assert champion_info("legacy", later)["tags"][ROOT_ID_TAG] == root_identity(later.data_dir).id
+    with pytest.raises(ForeignChampionError):
+        champion_info("legacy", first)
+
+
+def test_the_data_root_id_is_written_once(tmp_path):
+    identity = root_identity(tmp_path)
+    assert root_identity(tmp_path) == identity
+    assert [path.name for path in tmp_path.iterdir()] == [ROOT_ID_FILE]
+    (tmp_path / ROOT_ID_FILE).write_text("{")
+    with pytest.raises(InputError, match="mia.data_root_id"):
+        root_identity(tmp_path)

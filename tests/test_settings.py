@@ -199,3 +199,17 @@ def test_a_night_refuses_weights_of_categories_its_catalog_lacks(tmp_path):
     assert night_inputs(lake, DAY, Settings(category_weights={"roaming": 2.0}))["catalog"].height
     with pytest.raises(InputError, match=f"the catalog of {DAY} does not have: \\['roamin'\\]"):
         night_inputs(lake, DAY, Settings(category_weights={"roamin": 2.0}))
+
+
+def test_the_mlflow_store_defaults_into_the_data_root():
+    settings = load_settings(environ={"MIA_DATA_DIR": "/srv/operator"})
+    assert settings.mlflow_uri == "sqlite:////srv/operator/mlruns/mlflow.db"
+    assert settings.mlflow_artifacts == Path("/srv/operator/mlruns/artifacts")
+    assert Settings().mlflow_uri == "sqlite:///data/mlruns/mlflow.db"
+    moved = settings.replace(data_dir=Path("/srv/other"))
+    assert moved.mlflow_uri == "sqlite:////srv/other/mlruns/mlflow.db"
+    shared = load_settings(
+        environ={"MIA_MLFLOW_URI": "sqlite:////srv/models.db", "MIA_SHARED_REGISTRY": "true"}
+    )
+    assert shared.mlflow_uri == "sqlite:////srv/models.db" and shared.shared_registry is True
+    assert shared.replace(data_dir=Path("/x")).mlflow_uri == "sqlite:////srv/models.db"

@@ -157,10 +157,7 @@ def test_champion_scores_a_new_snapshot_in_a_fresh_process(world, second, tmp_pa
         import polars as pl
         from mia.settings import Settings
         from models.scoring import load_bundle
-        settings = Settings(
-            mlflow_uri={settings.mlflow_uri!r},
-            mlflow_artifacts=Path({str(settings.mlflow_artifacts)!r}),
-        )
+        settings = Settings(data_dir=Path({str(settings.data_dir)!r}))
         bundle = load_bundle(settings)
         bundle.predict_frame(pl.read_parquet({str(snapshot_file)!r})).write_parquet({str(output)!r})
         """
