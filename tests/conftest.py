@@ -86,6 +86,22 @@ class NightRun:
         return night_overrides(self.root)
 
 
+def assert_offers_follow_the_policy(offers, eligible, settings) -> None:
+    """Published offers are eligible pairs, ranked 1..n, within top_k and max_per_category."""
+    import polars as pl
+
+    assert offers.join(eligible, on=["subscriber_id", "offer_id"], how="anti").is_empty()
+    per_subscriber = offers.group_by("subscriber_id").agg(
+        pl.len().alias("n"), pl.col("rank").sort().alias("ranks")
+    )
+    assert per_subscriber["n"].max() <= settings.top_k
+    assert all(
+        ranks.to_list() == list(range(1, len(ranks) + 1)) for ranks in per_subscriber["ranks"]
+    )
+    per_category = offers.group_by("subscriber_id", "category").agg(pl.len().alias("n"))
+    assert per_category["n"].max() <= settings.max_per_category
+
+
 def night_overrides(root: Path) -> dict[str, int]:
     """Settings of a test night: a short training history (models in the data root's store)."""
     return {"train_snapshots": 4}

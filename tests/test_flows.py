@@ -19,7 +19,13 @@ from mia.errors import InputError
 from mia.hashing import control_mask
 from mia.lake import LOCK_FILE, Lake, LockedError, run_lock
 from mia.settings import Settings
-from tests.conftest import TINY_DAYS, TINY_LAST_DAY, TINY_START, night_overrides
+from tests.conftest import (
+    TINY_DAYS,
+    TINY_LAST_DAY,
+    TINY_START,
+    assert_offers_follow_the_policy,
+    night_overrides,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -285,16 +291,7 @@ def test_published_offers_respect_eligibility_and_contact_policy(night_run):
     lake, settings = Lake(night_run.data_dir), Settings()
     offers = pl.read_parquet(lake.offers(TINY_LAST_DAY) / "offers.parquet")
     eligible = eligible_for_night(lake, TINY_LAST_DAY, settings)
-    assert offers.join(eligible, on=["subscriber_id", "offer_id"], how="anti").is_empty()
-    per_subscriber = offers.group_by("subscriber_id").agg(
-        pl.len().alias("n"), pl.col("rank").sort().alias("ranks")
-    )
-    assert per_subscriber["n"].max() <= settings.top_k
-    assert all(
-        ranks.to_list() == list(range(1, len(ranks) + 1)) for ranks in per_subscriber["ranks"]
-    )
-    per_category = offers.group_by("subscriber_id", "category").agg(pl.len().alias("n"))
-    assert per_category["n"].max() <= settings.max_per_category
+    assert_offers_follow_the_policy(offers, eligible, settings)
     capacity = raw_state(lake, "catalog", TINY_LAST_DAY).select("offer_id", "capacity")
     given = offers.group_by("offer_id").agg(pl.len().alias("n")).join(capacity, on="offer_id")
     assert given.filter(

@@ -18,7 +18,7 @@ from mia.lake import Lake
 from mia.settings import Settings
 from offers.audience import read_summary
 from offers.groups import CONTROL
-from tests.conftest import night_overrides
+from tests.conftest import assert_offers_follow_the_policy, night_overrides
 from tests.operator_world import (
     CATEGORIES,
     LAST_DAY,
@@ -105,16 +105,7 @@ def test_offers_keep_eligibility_caps_ranks_and_the_control_group(operator_night
     offers = _offers(operator_night)
     assert offers.height > 0 and operator_night.manifest["status"] == "published"
     eligible = eligible_for_night(lake, LAST_DAY, settings)
-    assert offers.join(eligible, on=["subscriber_id", "offer_id"], how="anti").is_empty()
-    per_subscriber = offers.group_by("subscriber_id").agg(
-        pl.len().alias("n"), pl.col("rank").sort().alias("ranks")
-    )
-    assert per_subscriber["n"].max() <= settings.top_k
-    assert all(
-        ranks.to_list() == list(range(1, len(ranks) + 1)) for ranks in per_subscriber["ranks"]
-    )
-    per_category = offers.group_by("subscriber_id", "category").agg(pl.len().alias("n"))
-    assert per_category["n"].max() <= settings.max_per_category
+    assert_offers_follow_the_policy(offers, eligible, settings)
     ids = offers["subscriber_id"].unique()
     assert not control_mask(ids, settings.group_salt, settings.control_share).any()
     # Subscribers who left for good are not in tonight's subscribers, so get nothing.

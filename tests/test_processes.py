@@ -86,10 +86,10 @@ def test_a_users_prefect_api_is_used_and_no_server_started():
 
     from flows.local_api import ensure_prefect_api
 
-    before = {child.pid for child in psutil.Process().children()}  # e.g. the test harness's
+    before = _child_pids()  # e.g. the test harness's server
     with temporary_settings(updates={PREFECT_API_URL: "http://prefect.example:4200/api"}):
         assert ensure_prefect_api() == "http://prefect.example:4200/api"
-    assert {child.pid for child in psutil.Process().children()} <= before
+    assert _child_pids() <= before
 
 
 def test_no_server_is_started_from_a_thread_that_may_end_before_the_process():
@@ -102,6 +102,7 @@ def test_no_server_is_started_from_a_thread_that_may_end_before_the_process():
     from flows.local_api import ensure_prefect_api
 
     results = []
+    before = _child_pids()  # e.g. the test harness's server
     with temporary_settings(
         updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True}, restore_defaults={PREFECT_API_URL}
     ):
@@ -110,4 +111,8 @@ def test_no_server_is_started_from_a_thread_that_may_end_before_the_process():
         worker.start()
         worker.join()
     assert results == [None]
-    assert psutil.Process().children() == []
+    assert _child_pids() <= before
+
+
+def _child_pids() -> set[int]:
+    return {child.pid for child in psutil.Process().children()}
