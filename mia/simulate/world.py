@@ -127,6 +127,9 @@ _KIND = {name: i for i, name in enumerate(USAGE_KINDS)}
 _TARIFF_PRICE = np.array([t.price for t in TARIFFS])
 _ALLOWANCE_MB = np.array([t.data_gb * 1024.0 for t in TARIFFS])
 _VOICE_MINUTES = np.array([t.voice_minutes for t in TARIFFS])
+# Mean call minutes a day of the heaviest caller: days stay below the contract's plausibility
+# bound (USAGE_DAILY_LIMITS, 24 h), as a real operator's records do.
+MAX_VOICE_RATE = 150.0
 _VENDOR_OS = np.array([DEVICE_OS.index(os_name) for _, os_name, _ in DEVICES])
 _PREMIUM = np.array([vendor in PREMIUM_VENDORS for vendor, _, _ in DEVICES])
 
@@ -241,8 +244,9 @@ class _World:
             "device": device,
             "tariff": _choice(rng, (t.share for t in TARIFFS), n),
             "data_pref": rng.lognormal(np.log(0.55), 0.55, n),
-            "voice_out_rate": rng.lognormal(np.log(8.0), 0.8, n),
-            "voice_in_rate": rng.lognormal(np.log(7.0), 0.8, n),
+            # Daily call minutes, capped so that no simulated day exceeds 24 hours of calls.
+            "voice_out_rate": np.minimum(rng.lognormal(np.log(8.0), 0.8, n), MAX_VOICE_RATE),
+            "voice_in_rate": np.minimum(rng.lognormal(np.log(7.0), 0.8, n), MAX_VOICE_RATE),
             "sms_rate": rng.lognormal(np.log(1.0), 0.8, n),
             "travel_rate": np.array([1 / 365, 1 / 90, 1 / 25])[_choice(rng, (0.7, 0.25, 0.05), n)],
             "app_rate": rng.lognormal(np.log(_APP_RATE_MEDIAN), _APP_RATE_SIGMA, n),
