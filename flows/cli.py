@@ -121,7 +121,7 @@ class _ProgressDisplay(logging.Handler):
             if self.bars is not None:
                 self._update_bar(progress)
             elif self._line_due(progress, now):
-                err.print(_progress_line(progress, elapsed), markup=False, highlight=False)
+                _say(_progress_line(progress, elapsed), err)  # one line, never wrapped
 
     def _update_bar(self, progress: StepProgress) -> None:
         label = f"{progress.step}: {progress.item}" if progress.item else progress.step
@@ -156,7 +156,7 @@ def _progress_line(progress: StepProgress, elapsed: float) -> str:
         where = f"{progress.item} ({progress.done + 1} of {progress.total})"
     else:
         where = f"{progress.done} of {progress.total} done"
-    return printable(f"{progress.step}: {where}, {_duration(elapsed)} elapsed")
+    return f"{progress.step}: {where}, {_duration(elapsed)} elapsed"
 
 
 def _duration(seconds: float) -> str:

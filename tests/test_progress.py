@@ -15,7 +15,7 @@ def test_piped_progress_is_plain_lines_naming_the_part_n_of_n_and_the_time(capsy
         worker = threading.Thread(  # flows report from their task threads
             target=lambda: [
                 report_progress("propensity models", done, 2, item)
-                for done, item in enumerate(["tariffs", "[red]roaming"])
+                for done, item in enumerate(["tariffs", "[red]roaming" + "_long" * 20])
             ]
         )
         worker.start()
@@ -24,7 +24,7 @@ def test_piped_progress_is_plain_lines_naming_the_part_n_of_n_and_the_time(capsy
     lines = [line.rsplit(", ", 1) for line in capsys.readouterr().err.splitlines()]
     assert [where for where, _ in lines] == [
         "propensity models: tariffs (1 of 2)",
-        "propensity models: [red]roaming (2 of 2)",
+        "propensity models: [red]roaming" + "_long" * 20 + " (2 of 2)",  # one line, not wrapped
         "propensity models: 2 of 2 done",
     ]
     assert all(re.fullmatch(r"\d+s elapsed", elapsed) for _, elapsed in lines)
