@@ -19,7 +19,11 @@ from offers.eligibility import Frame, OffersInputError, lazy, require_columns
 
 TREATMENT = "treatment"
 CONTROL = "control"
-GROUPS = (TREATMENT, CONTROL)
+# Impact arms: small persistent groups contacted by a plain policy, to measure the champion against.
+RANDOM_ARM = "random"  # a random eligible offer
+PROPENSITY_ONLY_ARM = "propensity_only"  # ranked by p_accept alone: no value, no weights
+ARMS = (RANDOM_ARM, PROPENSITY_ONLY_ARM)
+GROUPS = (TREATMENT, CONTROL, *ARMS)
 
 
 def assign_groups(
@@ -45,8 +49,8 @@ def assign_groups(
 
 
 def targeted() -> pl.Expr:
-    """True for subscribers who may be contacted tonight: treatment and covered."""
-    return (pl.col(GROUP) == TREATMENT) & pl.col(COVERED)
+    """True for subscribers who may be contacted tonight: covered and not in the control group."""
+    return (pl.col(GROUP) != CONTROL) & pl.col(COVERED)
 
 
 def check_groups(groups: Frame) -> pl.DataFrame:
