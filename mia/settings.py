@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -50,6 +51,7 @@ MLFLOW_FOLDER = "mlruns"  # the MLflow store's folder inside a data root
 MAX_THREADS = 1024
 MAX_SHARDS = 65536
 MAX_SEED = 2**31 - 1  # LightGBM's seed is a 32-bit signed int
+MAX_ARMS_SHARE = 0.5  # the impact arms together; the champion keeps at least half
 CRON_ALIASES = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 )
@@ -66,6 +68,7 @@ CRON_FIELDS = (
 
 AtLeastOne = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
+ArmShare = Annotated[float, Field(ge=0.0, le=MAX_ARMS_SHARE)]
 Text = Annotated[str, Field(min_length=1)]
 # Paths arrive as text from every source: the one type that converts.
 AnyPath = Annotated[Path, Field(strict=False)]
@@ -124,6 +127,10 @@ class Settings(BaseModel):
     category_weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
     diversity_positions: Annotated[int, Field(ge=0)] = 5  # first positions with distinct categories
     exploration_share: Share = 0.05  # subscribers whose last slot explores another category
+    # Impact arms: persistent shares of the non-control subscribers contacted by a plain policy
+    # (a random eligible offer; p_accept alone), so the champion's gain over them is measured.
+    random_arm_share: ArmShare = 0.0
+    propensity_only_arm_share: ArmShare = 0.0
     uplift_min_control: AtLeastOne = 500  # control subscribers needed to rank an audience by uplift
     # Scale
     n_shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = 1
@@ -153,6 +160,17 @@ class Settings(BaseModel):
             data_dir = DEFAULT_DATA_DIR  # refused as data_dir; the store defaults regardless
         defaults = mlflow_store_defaults(data_dir)
         return {**values, **{k: v for k, v in defaults.items() if values.get(k) is None}}
+
+    @field_validator("propensity_only_arm_share")
+    @classmethod
+    def _arms_leave_a_champion(cls, share: float, info: ValidationInfo) -> float:
+        total = share + info.data.get("random_arm_share", 0.0)
+        if total > MAX_ARMS_SHARE:
+            raise ValueError(
+                f"with random_arm_share, must sum to <= {MAX_ARMS_SHARE} (the arms would "
+                f"take {total:g} of the contacted subscribers)"
+            )
+        return share
 
     @field_validator("windows")
     @classmethod

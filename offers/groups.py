@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from mia.hashing import control_mask, coverage_mask
+from mia.hashing import control_mask, coverage_mask, unit_interval
 from mia.schema import COVERED, GROUP, SUBSCRIBER_ID
 from mia.settings import Settings
 from offers.eligibility import Frame, OffersInputError, lazy, require_columns
@@ -29,7 +29,11 @@ GROUPS = (TREATMENT, CONTROL, *ARMS)
 def assign_groups(
     subscriber_ids: pl.Series | np.ndarray | Iterable[int], settings: Settings
 ) -> pl.DataFrame:
-    """One row per distinct id: subscriber_id, group ("treatment"|"control"), covered (bool)."""
+    """One row per distinct id: subscriber_id, group (GROUPS), covered (bool).
+
+    The control group is drawn first; the arms are drawn among the rest with their own salt, so
+    turning arms on or off never moves anyone into or out of the control group.
+    """
     ids = pl.Series(SUBSCRIBER_ID, subscriber_ids, dtype=pl.Int64)
     if ids.null_count():
         raise OffersInputError(
@@ -38,10 +42,18 @@ def assign_groups(
     ids = ids.unique().sort()
     control = control_mask(ids, settings.group_salt, settings.control_share)
     covered = coverage_mask(ids, settings.group_salt, settings.coverage)
+    arm_draw = unit_interval(ids, settings.group_salt + ":arms")
+    random_end = settings.random_arm_share
+    propensity_end = random_end + settings.propensity_only_arm_share
+    group = np.select(
+        [control, arm_draw < random_end, arm_draw < propensity_end],
+        [CONTROL, RANDOM_ARM, PROPENSITY_ONLY_ARM],
+        TREATMENT,
+    )
     return pl.DataFrame(
         {
             SUBSCRIBER_ID: ids,
-            GROUP: np.where(control, CONTROL, TREATMENT),
+            GROUP: group,
             COVERED: covered,
         },
         schema={SUBSCRIBER_ID: pl.Int64, GROUP: pl.String, COVERED: pl.Boolean},

@@ -325,6 +325,21 @@ def test_groups_follow_the_hash_and_are_stable_as_the_base_grows():
     assert not other_salt.equals(small)
 
 
+def test_arms_are_drawn_among_the_non_control_subscribers_and_leave_control_alone():
+    plain = Settings(control_share=0.2)
+    arms = plain.replace(random_arm_share=0.1, propensity_only_arm_share=0.05)
+    without = assign_groups(range(1, 20001), plain)
+    with_arms = assign_groups(range(1, 20001), arms)
+    control = without["group"] == "control"
+    assert ((with_arms["group"] == "control") == control).all()
+    shares = with_arms.filter(~control)["group"].value_counts(normalize=True)
+    share = dict(zip(shares["group"], shares["proportion"], strict=True))
+    assert set(share) == {"treatment", "random", "propensity_only"}
+    assert 0.09 < share["random"] < 0.11 and 0.04 < share["propensity_only"] < 0.06
+    assert assign_groups(range(1, 20001), arms).equals(with_arms)  # persistent
+    assert with_arms["covered"].equals(without["covered"])
+
+
 def test_groups_input_checks():
     with pytest.raises(OffersInputError, match="null"):
         assign_groups(pl.Series([1, None]), Settings())

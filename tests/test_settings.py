@@ -55,6 +55,11 @@ def test_values_are_typed_from_text(tmp_path):
         ({"top_k": "5"}, "top_k == '5', must be a whole number"),
         ({"control_share": 0.95}, "control_share == 0.95, must be <= 0.9"),
         ({"control_share": math.nan}, "control_share == nan, must be a finite number"),
+        ({"random_arm_share": 0.6}, "random_arm_share == 0.6, must be <= 0.5"),
+        (
+            {"random_arm_share": 0.3, "propensity_only_arm_share": 0.25},
+            "propensity_only_arm_share == 0.25, with random_arm_share, must sum to <= 0.5",
+        ),
         ({"coverage": math.nan}, "coverage == nan, must be a finite number"),
         ({"exploration_share": math.nan}, "exploration_share == nan, must be a finite number"),
         ({"min_probability": math.nan}, "min_probability == nan, must be a finite number"),
