@@ -25,11 +25,10 @@ import numpy as np
 import polars as pl
 
 from mia.errors import InputError
-from mia.schema import VALUE
+from mia.schema import DATE, EVENT, OFFER_ID, PROPENSITY, SUBSCRIBER_ID, TS, VALUE
 
 logger = logging.getLogger(__name__)
 
-PROPENSITY = "propensity"
 ACCEPTED = "accepted"
 # Reward-model columns, aligned with the logged rows (see `estimate_policy_value`).
 PREDICTED_ACCEPT = "predicted_accept"
@@ -206,4 +205,179 @@ def estimate_policy_value(
             "effective_sample_size": pl.Float64,
         },
         orient="row",
+    )
+
+
+# ---- Mia's offer log: logged impressions and target policies as frames --------------------------
+
+TARGET_PROBABILITY = "target_probability"
+
+
+def logged_impressions(
+    offer_events: pl.DataFrame | pl.LazyFrame, catalog: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """Impressions that carry a logging propensity, with their outcome, ready for estimation.
+
+    Returns [date, subscriber_id, offer_id, propensity, accepted] (+ `value` from `catalog`): an
+    impression is accepted when the subscriber accepted the same offer later that day.
+    Impressions without a propensity are left out (logged); none at all is refused.
+    """
+    events = offer_events.lazy() if isinstance(offer_events, pl.DataFrame) else offer_events
+    names = events.collect_schema().names()
+    missing = [c for c in (SUBSCRIBER_ID, OFFER_ID, TS, EVENT) if c not in names]
+    if missing:
+        raise PolicyEvaluationError(f"offer_events: columns {missing} missing (rule: contract).")
+    if PROPENSITY not in names:
+        raise PolicyEvaluationError(
+            "offer_events.propensity: the column was never delivered, so no impression carries "
+            "the probability with which it was chosen (rule 'logged_propensity'); off-policy "
+            "evaluation needs it (data/README.md)."
+        )
+    events = events.with_columns(pl.col(TS).dt.date().alias(DATE))
+    impressions = events.filter(pl.col(EVENT) == "impression").select(
+        DATE, SUBSCRIBER_ID, OFFER_ID, TS, PROPENSITY
+    )
+    accepts = (
+        events.filter(pl.col(EVENT) == "accept")
+        .group_by(DATE, SUBSCRIBER_ID, OFFER_ID)
+        .agg(pl.col(TS).max().alias("_last_accept"))
+    )
+    logged = (
+        impressions.join(accepts, on=[DATE, SUBSCRIBER_ID, OFFER_ID], how="left")
+        .with_columns(
+            (pl.col("_last_accept") >= pl.col(TS)).fill_null(False).cast(pl.Int8).alias(ACCEPTED)
+        )
+        .sort(DATE, SUBSCRIBER_ID, TS, OFFER_ID)
+        .select(DATE, SUBSCRIBER_ID, OFFER_ID, PROPENSITY, ACCEPTED)
+        .collect()
+    )
+    without = logged[PROPENSITY].null_count()
+    if without == logged.height:
+        raise PolicyEvaluationError(
+            f"offer_events.propensity: none of {logged.height} impression(s) carries the "
+            "probability with which it was chosen (rule 'logged_propensity'); off-policy "
+            "evaluation needs it (data/README.md)."
+        )
+    if without:
+        logger.warning("%d of %d impressions have no propensity: left out", without, logged.height)
+        logged = logged.filter(pl.col(PROPENSITY).is_not_null())
+    if catalog is not None:
+        values = catalog.lazy().select(OFFER_ID, VALUE).unique(OFFER_ID, keep="last").collect()
+        logged = logged.join(values, on=OFFER_ID, how="left")
+    return logged
+
+
+def offer_acceptance_rates(logged: pl.DataFrame, prior_impressions: float = 10.0) -> pl.DataFrame:
+    """[offer_id, predicted_accept]: each offer's logged accept rate, shrunk to the overall rate.
+
+    A context-free reward model for DR: `(accepts + prior x overall) / (impressions + prior)`.
+    """
+    overall = float(logged[ACCEPTED].mean())
+    return (
+        logged.group_by(OFFER_ID)
+        .agg(pl.col(ACCEPTED).sum().alias("_accepts"), pl.len().alias("_shown"))
+        .select(
+            OFFER_ID,
+            (
+                (pl.col("_accepts") + prior_impressions * overall)
+                / (pl.col("_shown") + prior_impressions)
+            ).alias(PREDICTED_ACCEPT),
+        )
+        .sort(OFFER_ID)
+    )
+
+
+def evaluate_policy(
+    logged: pl.DataFrame,
+    target: pl.DataFrame,
+    predictions: pl.DataFrame | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pl.DataFrame:
+    """`estimate_policy_value` of a target policy given as rows of offers with probabilities.
+
+    `logged`: from `logged_impressions`. `target`: [subscriber_id, offer_id, target_probability]
+    (+ `date` for a policy that changes by day, + `value`), the target's distribution over offers
+    for each subscriber (and day). Logged rows for which the target names no offer are left out.
+    `predictions`: [offer_id, predicted_accept] (+ `subscriber_id`) for DR; default
+    `offer_acceptance_rates(logged)`. A target offer without a prediction gets the overall rate.
+    """
+    keys = [c for c in (DATE, SUBSCRIBER_ID) if c in target.columns]
+    missing = [c for c in (SUBSCRIBER_ID, OFFER_ID, TARGET_PROBABILITY) if c not in target.columns]
+    if missing:
+        raise PolicyEvaluationError(f"target: columns {missing} missing (rule: target policy).")
+    repeated = target.select(*keys, OFFER_ID).is_duplicated()
+    if repeated.any():
+        raise PolicyEvaluationError(
+            f"target: {int(repeated.sum())} row(s) repeat a {'/'.join([*keys, OFFER_ID])} "
+            "(rule 'unique')."
+        )
+    probability = target[TARGET_PROBABILITY].cast(pl.Float64)
+    total = target.group_by(keys).agg(pl.col(TARGET_PROBABILITY).sum())[TARGET_PROBABILITY]
+    if probability.is_null().any() or (probability < 0).any() or (total > 1 + 1e-9).any():
+        raise PolicyEvaluationError(
+            "target.target_probability: every probability must be in [0, 1] and sum to at most 1 "
+            "per subscriber (and day) (rule 'distribution')."
+        )
+    if predictions is None:
+        predictions = offer_acceptance_rates(logged)
+    on = [c for c in (SUBSCRIBER_ID, OFFER_ID) if c in predictions.columns]
+    overall = float(logged[ACCEPTED].mean()) if logged.height else 0.0
+    has_value = VALUE in logged.columns
+    if has_value and VALUE not in target.columns:
+        values = logged.select(OFFER_ID, VALUE).unique(OFFER_ID, keep="first")
+        target = target.join(values, on=OFFER_ID, how="left")
+    if has_value and target[VALUE].null_count():
+        unknown = target.filter(pl.col(VALUE).is_null())[OFFER_ID].unique().sort().head(3)
+        raise PolicyEvaluationError(
+            f"target.value: no value known for offer(s) {unknown.to_list()} (rule 'not_null')."
+        )
+    scored = target.join(predictions.select(*on, PREDICTED_ACCEPT), on=on, how="left").with_columns(
+        pl.col(PREDICTED_ACCEPT).fill_null(overall)
+    )
+    direct = scored.group_by(keys).agg(
+        (pl.col(TARGET_PROBABILITY) * pl.col(PREDICTED_ACCEPT))
+        .sum()
+        .alias(TARGET_PREDICTED_ACCEPT),
+        *(
+            [
+                (pl.col(TARGET_PROBABILITY) * pl.col(PREDICTED_ACCEPT) * pl.col(VALUE))
+                .sum()
+                .alias("target_predicted_value")
+            ]
+            if has_value
+            else []
+        ),
+    )
+    rows = (
+        logged.join(direct, on=keys, how="inner", maintain_order="left")
+        .join(
+            target.select(*keys, OFFER_ID, TARGET_PROBABILITY),
+            on=[*keys, OFFER_ID],
+            how="left",
+            maintain_order="left",
+        )
+        .join(predictions.select(*on, PREDICTED_ACCEPT), on=on, how="left", maintain_order="left")
+        .with_columns(
+            pl.col(TARGET_PROBABILITY).fill_null(0.0), pl.col(PREDICTED_ACCEPT).fill_null(overall)
+        )
+    )
+    if rows.is_empty():
+        raise PolicyEvaluationError(
+            f"logged: none of {logged.height} logged impression(s) is of a subscriber (and day) "
+            "the target policy gives offers to (rule 'at_least_one_impression')."
+        )
+    if has_value:
+        rows = rows.with_columns(
+            (pl.col(PREDICTED_ACCEPT) * pl.col(VALUE)).alias("predicted_value")
+        )
+    reward_model = rows.select(
+        PREDICTED_ACCEPT,
+        TARGET_PREDICTED_ACCEPT,
+        *(["predicted_value", "target_predicted_value"] if has_value else []),
+    )
+    return estimate_policy_value(
+        rows, rows[TARGET_PROBABILITY], reward_model, n_boot=n_boot, seed=seed, level=level
     )

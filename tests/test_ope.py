@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import io
 import zipfile
 from pathlib import Path
@@ -12,12 +14,14 @@ import pytest
 
 from offers.ope import (
     ACCEPTED,
+    ESTIMATORS,
     PREDICTED_ACCEPT,
     PROPENSITY,
     TARGET_PREDICTED_ACCEPT,
     PolicyEvaluationError,
     estimate_policy_value,
 )
+from tests.conftest import TINY_LAST_DAY
 
 OBP_WHEEL = Path(__file__).parent.parent / ".cache" / "obp" / "obp-0.4.1-py3-none-any.whl"
 # On-policy click rates of the Open Bandit Dataset sample ("all" campaign, 10,000 rows each).
@@ -210,3 +214,55 @@ def test_obd_bts_log_estimates_random_value():
     for estimator in ("ips", "snips", "dr"):
         row = _row(result, estimator)
         assert row["low"] <= OBD_RANDOM_CLICK_RATE <= row["high"], row
+
+
+# ---- the simulated world: estimates against the oracle's true value ------------------------------
+
+
+def test_simulated_champion_value_lies_within_the_intervals(night_run, tiny_config, tmp_path):
+    from mia.lake import Lake
+    from mia.schema import OFFER_ID, SUBSCRIBER_ID, VALUE
+    from mia.simulate import oracle_p_accept, write_world
+    from offers.ope import TARGET_PROBABILITY, evaluate_policy, logged_impressions
+
+    # The night's offers are evaluated on the impressions of the two weeks after it: the same
+    # world simulated 14 days longer (a longer world has the same first days).
+    later = 14
+    world = tmp_path / "world"
+    write_world(world, dataclasses.replace(tiny_config, days=tiny_config.days + later))
+    days = [TINY_LAST_DAY + dt.timedelta(days=i) for i in range(1, later + 1)]
+    incoming = Lake(world).incoming
+    events = pl.concat(pl.read_parquet(incoming(day) / "offer_events.parquet") for day in days)
+    catalog = pl.read_parquet(incoming(days[-1]) / "catalog.parquet")
+    logged = logged_impressions(events, catalog)
+    # The champion: each subscriber's rank-1 offer of the night, shown with probability 1.
+    offers = pl.read_parquet(Lake(night_run.data_dir).offers(TINY_LAST_DAY) / "offers.parquet")
+    champion = offers.filter(pl.col("rank") == 1).select(
+        SUBSCRIBER_ID, OFFER_ID, pl.lit(1.0).alias(TARGET_PROBABILITY)
+    )
+    result = evaluate_policy(logged, champion, n_boot=1000, seed=0)
+
+    # True value: the oracle's P(accept) of the champion's offer at every logged impression.
+    chosen = logged.select("date", SUBSCRIBER_ID).join(champion, on=SUBSCRIBER_ID)
+    truth = pl.concat(
+        oracle_p_accept(
+            world,
+            day - dt.timedelta(days=1),
+            part[SUBSCRIBER_ID].unique(),
+            part[OFFER_ID].unique().to_list(),
+        ).with_columns(pl.lit(day).alias("date"))
+        for (day,), part in chosen.group_by("date")
+    )
+    true_accepts = chosen.join(truth, on=["date", SUBSCRIBER_ID, OFFER_ID], how="left").join(
+        catalog.select(OFFER_ID, VALUE), on=OFFER_ID
+    )
+    true_value = {
+        "accepts_per_impression": float(true_accepts["p_accept"].mean()),
+        "value_per_impression": float((true_accepts["p_accept"] * true_accepts[VALUE]).mean()),
+    }
+    assert set(result["n"]) == {chosen.height}
+    assert true_accepts["p_accept"].null_count() == 0
+    for estimator in ESTIMATORS:
+        for metric, value in true_value.items():
+            row = _row(result, estimator, metric)
+            assert row["low"] <= value <= row["high"], (row, value)
