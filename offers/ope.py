@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from mia.errors import InputError
-from mia.schema import DATE, EVENT, OFFER_ID, PROPENSITY, SUBSCRIBER_ID, TS, VALUE
+from mia.schema import DATE, EVENT, OFFER_ID, PROPENSITY, RANK, SUBSCRIBER_ID, TS, VALUE
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,34 @@ def estimate_policy_value(
 TARGET_PROBABILITY = "target_probability"
 
 
+def impression_outcomes(offer_events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """[date, subscriber_id, offer_id, propensity, accepted] of every impression.
+
+    An impression is accepted when the subscriber accepted the same offer later that day;
+    `propensity` is empty where the log has none.
+    """
+    events = offer_events.lazy().with_columns(pl.col(TS).dt.date().alias(DATE))
+    if PROPENSITY not in events.collect_schema().names():
+        events = events.with_columns(pl.lit(None, dtype=pl.Float64).alias(PROPENSITY))
+    impressions = events.filter(pl.col(EVENT) == "impression").select(
+        DATE, SUBSCRIBER_ID, OFFER_ID, TS, PROPENSITY
+    )
+    accepts = (
+        events.filter(pl.col(EVENT) == "accept")
+        .group_by(DATE, SUBSCRIBER_ID, OFFER_ID)
+        .agg(pl.col(TS).max().alias("_last_accept"))
+    )
+    return (
+        impressions.join(accepts, on=[DATE, SUBSCRIBER_ID, OFFER_ID], how="left")
+        .with_columns(
+            (pl.col("_last_accept") >= pl.col(TS)).fill_null(False).cast(pl.Int8).alias(ACCEPTED)
+        )
+        .sort(DATE, SUBSCRIBER_ID, TS, OFFER_ID)
+        .select(DATE, SUBSCRIBER_ID, OFFER_ID, PROPENSITY, ACCEPTED)
+        .collect()
+    )
+
+
 def logged_impressions(
     offer_events: pl.DataFrame | pl.LazyFrame, catalog: pl.DataFrame | None = None
 ) -> pl.DataFrame:
@@ -233,24 +261,7 @@ def logged_impressions(
             "the probability with which it was chosen (rule 'logged_propensity'); off-policy "
             "evaluation needs it (data/README.md)."
         )
-    events = events.with_columns(pl.col(TS).dt.date().alias(DATE))
-    impressions = events.filter(pl.col(EVENT) == "impression").select(
-        DATE, SUBSCRIBER_ID, OFFER_ID, TS, PROPENSITY
-    )
-    accepts = (
-        events.filter(pl.col(EVENT) == "accept")
-        .group_by(DATE, SUBSCRIBER_ID, OFFER_ID)
-        .agg(pl.col(TS).max().alias("_last_accept"))
-    )
-    logged = (
-        impressions.join(accepts, on=[DATE, SUBSCRIBER_ID, OFFER_ID], how="left")
-        .with_columns(
-            (pl.col("_last_accept") >= pl.col(TS)).fill_null(False).cast(pl.Int8).alias(ACCEPTED)
-        )
-        .sort(DATE, SUBSCRIBER_ID, TS, OFFER_ID)
-        .select(DATE, SUBSCRIBER_ID, OFFER_ID, PROPENSITY, ACCEPTED)
-        .collect()
-    )
+    logged = impression_outcomes(events)
     without = logged[PROPENSITY].null_count()
     if without == logged.height:
         raise PolicyEvaluationError(
@@ -272,7 +283,7 @@ def offer_acceptance_rates(logged: pl.DataFrame, prior_impressions: float = 10.0
 
     A context-free reward model for DR: `(accepts + prior x overall) / (impressions + prior)`.
     """
-    overall = float(logged[ACCEPTED].mean())
+    overall = float(logged[ACCEPTED].mean() or 0.0)
     return (
         logged.group_by(OFFER_ID)
         .agg(pl.col(ACCEPTED).sum().alias("_accepts"), pl.len().alias("_shown"))
@@ -381,3 +392,38 @@ def evaluate_policy(
     return estimate_policy_value(
         rows, rows[TARGET_PROBABILITY], reward_model, n_boot=n_boot, seed=seed, level=level
     )
+
+
+# ---- target policies -----------------------------------------------------------------------------
+
+
+def champion_policy(offers: pl.DataFrame, top: int = 1) -> pl.DataFrame:
+    """[subscriber_id, offer_id, target_probability]: published offers ranked 1..`top`, uniform.
+
+    `top = 1` is the policy that shows each subscriber the night's first offer.
+    """
+    chosen = offers.filter(pl.col(RANK) <= top)
+    return chosen.select(
+        SUBSCRIBER_ID,
+        OFFER_ID,
+        (1.0 / pl.len().over(SUBSCRIBER_ID)).alias(TARGET_PROBABILITY),
+    ).sort(SUBSCRIBER_ID, OFFER_ID)
+
+
+def uniform_policy(candidates: pl.DataFrame) -> pl.DataFrame:
+    """Each (day and) subscriber's candidate offers, with equal probability."""
+    keys = [c for c in (DATE, SUBSCRIBER_ID) if c in candidates.columns]
+    return candidates.select(
+        *keys, OFFER_ID, (1.0 / pl.len().over(keys)).alias(TARGET_PROBABILITY)
+    ).sort(*keys, OFFER_ID)
+
+
+def popularity_policy(candidates: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
+    """Each (day and) subscriber's candidate offer of highest acceptance rate (`rates`:
+    [offer_id, predicted_accept]; an offer without a rate counts as 0); ties share equally."""
+    keys = [c for c in (DATE, SUBSCRIBER_ID) if c in candidates.columns]
+    rated = candidates.join(rates.select(OFFER_ID, PREDICTED_ACCEPT), on=OFFER_ID, how="left")
+    best = rated.with_columns(pl.col(PREDICTED_ACCEPT).fill_null(0.0)).filter(
+        pl.col(PREDICTED_ACCEPT) == pl.col(PREDICTED_ACCEPT).max().over(keys)
+    )
+    return uniform_policy(best.select(*keys, OFFER_ID))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -223,7 +224,12 @@ def test_simulated_champion_value_lies_within_the_intervals(night_run, tiny_conf
     from mia.lake import Lake
     from mia.schema import OFFER_ID, SUBSCRIBER_ID, VALUE
     from mia.simulate import oracle_p_accept, write_world
-    from offers.ope import TARGET_PROBABILITY, evaluate_policy, logged_impressions
+    from offers.ope import (
+        TARGET_PROBABILITY,
+        champion_policy,
+        evaluate_policy,
+        logged_impressions,
+    )
 
     # The night's offers are evaluated on the impressions of the two weeks after it: the same
     # world simulated 14 days longer (a longer world has the same first days).
@@ -237,9 +243,8 @@ def test_simulated_champion_value_lies_within_the_intervals(night_run, tiny_conf
     logged = logged_impressions(events, catalog)
     # The champion: each subscriber's rank-1 offer of the night, shown with probability 1.
     offers = pl.read_parquet(Lake(night_run.data_dir).offers(TINY_LAST_DAY) / "offers.parquet")
-    champion = offers.filter(pl.col("rank") == 1).select(
-        SUBSCRIBER_ID, OFFER_ID, pl.lit(1.0).alias(TARGET_PROBABILITY)
-    )
+    champion = champion_policy(offers)
+    assert champion[TARGET_PROBABILITY].unique().to_list() == [1.0]
     result = evaluate_policy(logged, champion, n_boot=1000, seed=0)
 
     # True value: the oracle's P(accept) of the champion's offer at every logged impression.
@@ -266,3 +271,68 @@ def test_simulated_champion_value_lies_within_the_intervals(night_run, tiny_conf
         for metric, value in true_value.items():
             row = _row(result, estimator, metric)
             assert row["low"] <= value <= row["high"], (row, value)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+def _without_propensities(root: Path, days: list[dt.date]) -> None:
+    """Rewrite the ingested offer events of `days` as an operator delivers them: no propensity."""
+    for day in days:
+        for part in (root / "raw" / "offer_events" / f"date={day}").glob("*.parquet"):
+            frame = pl.read_parquet(part)
+            frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(PROPENSITY)).write_parquet(part)
+
+
+def test_cli_refuses_a_log_without_propensities(fresh_root, capsys):
+    from flows.cli import EXIT_BAD_INPUT
+    from tests.test_cli_text import mia
+
+    days = [TINY_LAST_DAY - dt.timedelta(days=1), TINY_LAST_DAY]
+    _without_propensities(fresh_root, days)
+    code = mia(
+        "evaluate-policy", "--data-dir", str(fresh_root), "--from", str(days[0]),
+        "--to", str(days[-1]), "--policy", "random",
+    )  # fmt: skip
+    assert code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "offer_events.propensity" in error
+    assert "rule 'logged_propensity'" in error
+
+
+def test_cli_estimates_the_random_policy_and_writes_json(fresh_root, tmp_path, capsys):
+    from flows.cli import EXIT_BAD_INPUT, EXIT_OK
+    from tests.test_cli_text import mia
+
+    out = tmp_path / "random.json"
+    arguments = (
+        "evaluate-policy", "--data-dir", str(fresh_root), "--from", str(TINY_LAST_DAY),
+        "--to", str(TINY_LAST_DAY), "--policy", "random", "--n-boot", "200", "--out", str(out),
+    )  # fmt: skip
+    assert mia(*arguments) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "snips" in printed and "effective_sample_size" in printed
+    written = json.loads(out.read_text())
+    assert {row["estimator"] for row in written["estimates"]} == set(ESTIMATORS)
+    assert all(row["low"] <= row["high"] for row in written["estimates"])
+    # The same run gives the same numbers; an existing file is replaced only with --force.
+    assert mia(*arguments) == EXIT_BAD_INPUT
+    assert "--force" in capsys.readouterr().err
+    assert mia(*arguments, "--force") == EXIT_OK
+    assert json.loads(out.read_text()) == written
+
+
+def test_cli_says_what_a_policy_needs(fresh_root, tmp_path, capsys):
+    from flows.cli import EXIT_BAD_INPUT
+    from tests.test_cli_text import mia
+
+    day = str(TINY_LAST_DAY)
+    base = ("evaluate-policy", "--data-dir", str(fresh_root), "--from", day, "--to", day)
+    assert mia(*base, "--policy", "champion") == EXIT_BAD_INPUT
+    assert "no published offers for the nights" in capsys.readouterr().err
+    settings = tmp_path / "other.toml"
+    settings.write_text("top_k = 3\n")
+    assert mia(*base, "--policy", str(settings)) == EXIT_BAD_INPUT
+    assert "no stored scores to re-rank" in capsys.readouterr().err
+    assert mia(*base, "--policy", "greedy") == EXIT_BAD_INPUT
+    assert "no such settings file" in capsys.readouterr().err
