@@ -193,19 +193,8 @@ def estimate_policy_value(
             )
     if not ratio.any():
         logger.warning("target policy never shows a logged offer: IPS is 0, SNIPS undefined")
-    return pl.DataFrame(
-        rows,
-        schema={
-            "estimator": pl.String,
-            "metric": pl.String,
-            "value": pl.Float64,
-            "low": pl.Float64,
-            "high": pl.Float64,
-            "n": pl.Int64,
-            "effective_sample_size": pl.Float64,
-        },
-        orient="row",
-    )
+    types = (pl.String, pl.String, pl.Float64, pl.Float64, pl.Float64, pl.Int64, pl.Float64)
+    return pl.DataFrame(rows, schema=dict(zip(RESULT_COLUMNS, types, strict=True)), orient="row")
 
 
 # ---- Mia's offer log: logged impressions and target policies as frames --------------------------
