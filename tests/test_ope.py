@@ -1,4 +1,5 @@
-"""Off-policy evaluation: exact on a hand-computed log, and validated on real logged bandit data."""
+"""Off-policy evaluation: exact on hand-computed logs, validated on real logged bandit data (the
+Open Bandit Dataset) and against the simulator's true values; the `mia evaluate-policy` command."""
 
 from __future__ import annotations
 
@@ -13,16 +14,27 @@ import numpy as np
 import polars as pl
 import pytest
 
+from flows.cli import EXIT_BAD_INPUT, EXIT_OK
+from mia.lake import Lake
+from mia.schema import OFFER_ID, SUBSCRIBER_ID, VALUE
+from mia.simulate import oracle_p_accept, write_world
 from offers.ope import (
     ACCEPTED,
     ESTIMATORS,
     PREDICTED_ACCEPT,
     PROPENSITY,
     TARGET_PREDICTED_ACCEPT,
+    TARGET_PROBABILITY,
     PolicyEvaluationError,
+    champion_policy,
     estimate_policy_value,
+    evaluate_policy,
+    logged_impressions,
+    popularity_policy,
+    uniform_policy,
 )
 from tests.conftest import TINY_LAST_DAY
+from tests.test_cli_text import mia
 
 OBP_WHEEL = Path(__file__).parent.parent / ".cache" / "obp" / "obp-0.4.1-py3-none-any.whl"
 # On-policy click rates of the Open Bandit Dataset sample ("all" campaign, 10,000 rows each).
@@ -117,6 +129,68 @@ def test_bad_input_is_refused_naming_table_column_and_rule(logged, target, messa
         PolicyEvaluationError, match=message.replace("(", r"\(").replace("[", r"\[")
     ):
         estimate_policy_value(logged, target, n_boot=10)
+
+
+def test_logged_impressions_pair_each_impression_with_its_outcome():
+    at = dt.datetime(2026, 3, 1, 10)
+    minutes = dt.timedelta(minutes=1)
+    events = pl.DataFrame(
+        {
+            "subscriber_id": [1, 1, 1, 2, 2, 3, 3],
+            "offer_id": ["a", "a", "b", "a", "a", "a", "a"],
+            "ts": [at, at + minutes, at, at, at - minutes, at, at + dt.timedelta(days=1)],
+            "event": ["impression", "accept", "impression", "impression", "accept",
+                      "impression", "accept"],
+            "propensity": [0.5, None, 0.25, 1.0, None, None, None],
+        }
+    )  # fmt: skip
+    catalog = pl.DataFrame({"offer_id": ["a", "b"], "value": [10.0, 3.0]})
+    logged = logged_impressions(events, catalog)
+    # An accept counts for the same offer, later the same day; no propensity: left out.
+    assert logged.select("subscriber_id", "offer_id", PROPENSITY, ACCEPTED, "value").rows() == [
+        (1, "a", 0.5, 1, 10.0),
+        (1, "b", 0.25, 0, 3.0),
+        (2, "a", 1.0, 0, 10.0),
+    ]
+    with pytest.raises(PolicyEvaluationError, match="rule 'logged_propensity'"):
+        logged_impressions(events.drop("propensity"))
+
+
+def test_target_policies_spread_their_probability():
+    offers = pl.DataFrame(
+        {"subscriber_id": [1, 1, 1, 2], "offer_id": ["a", "b", "c", "b"], "rank": [1, 2, 3, 1]}
+    )
+    assert champion_policy(offers).rows() == [(1, "a", 1.0), (2, "b", 1.0)]
+    assert champion_policy(offers, top=2).rows() == [(1, "a", 0.5), (1, "b", 0.5), (2, "b", 1.0)]
+    candidates = offers.select("subscriber_id", "offer_id")
+    assert uniform_policy(candidates).filter(pl.col("subscriber_id") == 1)[
+        TARGET_PROBABILITY
+    ].to_list() == pytest.approx([1 / 3] * 3)
+    rates = pl.DataFrame({"offer_id": ["a", "b", "c"], PREDICTED_ACCEPT: [0.2, 0.2, 0.1]})
+    # The best rate wins; equal rates share it.
+    assert popularity_policy(candidates, rates).rows() == [
+        (1, "a", 0.5),
+        (1, "b", 0.5),
+        (2, "b", 1.0),
+    ]
+
+
+def test_simulated_impressions_carry_the_logging_propensity(simulated_root):
+    day = TINY_LAST_DAY
+    events = pl.read_parquet(Lake(simulated_root).incoming(day) / "offer_events.parquet")
+    truth = pl.read_parquet(simulated_root / "truth" / f"date={day}" / "impressions.parquet")
+    impressions = events.filter(pl.col("event") == "impression")
+    assert impressions[PROPENSITY].null_count() == 0
+    assert impressions[PROPENSITY].is_between(0, 1, closed="right").all()
+    assert events.filter(pl.col("event") != "impression")[PROPENSITY].null_count() == (
+        events.height - impressions.height
+    )
+    keys = ["subscriber_id", "offer_id", "ts"]
+    assert (
+        impressions.select(*keys, PROPENSITY)
+        .sort(keys)
+        .equals(truth.select(*keys, PROPENSITY).sort(keys))
+    )
 
 
 # ---- the Open Bandit Dataset (real logs of a uniform-random and a Bernoulli TS policy) ----------
@@ -221,16 +295,6 @@ def test_obd_bts_log_estimates_random_value():
 
 
 def test_simulated_champion_value_lies_within_the_intervals(night_run, tiny_config, tmp_path):
-    from mia.lake import Lake
-    from mia.schema import OFFER_ID, SUBSCRIBER_ID, VALUE
-    from mia.simulate import oracle_p_accept, write_world
-    from offers.ope import (
-        TARGET_PROBABILITY,
-        champion_policy,
-        evaluate_policy,
-        logged_impressions,
-    )
-
     # The night's offers are evaluated on the impressions of the two weeks after it: the same
     # world simulated 14 days longer (a longer world has the same first days).
     later = 14
@@ -285,9 +349,6 @@ def _without_propensities(root: Path, days: list[dt.date]) -> None:
 
 
 def test_cli_refuses_a_log_without_propensities(fresh_root, capsys):
-    from flows.cli import EXIT_BAD_INPUT
-    from tests.test_cli_text import mia
-
     days = [TINY_LAST_DAY - dt.timedelta(days=1), TINY_LAST_DAY]
     _without_propensities(fresh_root, days)
     code = mia(
@@ -301,9 +362,6 @@ def test_cli_refuses_a_log_without_propensities(fresh_root, capsys):
 
 
 def test_cli_estimates_the_random_policy_and_writes_json(fresh_root, tmp_path, capsys):
-    from flows.cli import EXIT_BAD_INPUT, EXIT_OK
-    from tests.test_cli_text import mia
-
     out = tmp_path / "random.json"
     arguments = (
         "evaluate-policy", "--data-dir", str(fresh_root), "--from", str(TINY_LAST_DAY),
@@ -323,9 +381,6 @@ def test_cli_estimates_the_random_policy_and_writes_json(fresh_root, tmp_path, c
 
 
 def test_cli_says_what_a_policy_needs(fresh_root, tmp_path, capsys):
-    from flows.cli import EXIT_BAD_INPUT
-    from tests.test_cli_text import mia
-
     day = str(TINY_LAST_DAY)
     base = ("evaluate-policy", "--data-dir", str(fresh_root), "--from", day, "--to", day)
     assert mia(*base, "--policy", "champion") == EXIT_BAD_INPUT
