@@ -240,7 +240,8 @@ def aggregate_table(
     """One day's events of one table as per-subscriber daily aggregates (sorted by key)."""
     schema = daily_schema(table)
     frame = events.lazy()
-    _check_columns(table, frame, TABLES[table].column_names)
+    # An optional column (offer_events.propensity) may be left out: no aggregate reads one.
+    _check_columns(table, frame, [c.name for c in TABLES[table].columns if not c.optional])
     # Ingest refuses events after their delivery day; this keeps the rule even for hand-made
     # frames, so no daily aggregate can carry the future.
     frame = frame.filter(pl.col(TS) < end_of_day(date))

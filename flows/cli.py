@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a run failed, 2 bad input or usage. Progress goes to st
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -664,6 +665,54 @@ def lift(
     if level != "all":
         table = table.filter(pl.col("level") == level)
     _print_table(f"lift {first} .. {last}", table.to_dicts())
+
+
+@app.command("evaluate-policy")
+def evaluate_policy(
+    start: Annotated[str, typer.Option("--from", help="First logged day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--to", help="Last logged day, YYYY-MM-DD.")],
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="champion (the previous night's rank-1 offer), popularity (the eligible offer "
+            "of highest acceptance rate), random (uniform over eligible offers) or a settings "
+            "file.",
+        ),
+    ] = "champion",
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Also write the table to FILE.json or FILE.csv.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Estimate a policy's accepts (and value) per impression from logged impressions that carry
+    their logging propensity: IPS, SNIPS and doubly robust, with 95% bootstrap intervals."""
+    from flows.policy import policy_value
+    from mia.lake import atomic_path
+
+    settings = _settings(data_dir, config)
+    first, last = _date(start, "--from"), _date(end, "--to")
+    if last < first:
+        raise InputError(f"--to {last} is before --from {first}: the dates are reversed.")
+    if out_file is not None:
+        if out_file.suffix not in (".json", ".csv"):
+            raise InputError(f"--out {out_file}: must end in .json or .csv.")
+        if out_file.exists() and not force:
+            raise InputError(f"--out {out_file} exists; use --force to replace it.")
+    table = policy_value(Lake(settings.data_dir), first, last, policy, settings, n_boot, seed)
+    _print_table(f"policy {policy} on impressions {first} .. {last}", table.to_dicts())
+    if out_file is not None:
+        with atomic_path(out_file) as path:
+            if out_file.suffix == ".csv":
+                table.write_csv(path)
+            else:
+                payload = {"from": str(first), "to": str(last), "policy": policy}
+                path.write_text(json.dumps({**payload, "estimates": table.to_dicts()}, indent=2))
+        _say(f"wrote {out_file}")
 
 
 @app.command()

@@ -42,6 +42,7 @@ from mia.schema import (
     LIST_SEPARATOR,
     NOT_AFTER_DELIVERY,
     OFFER_ID,
+    PROBABILITY_COLUMNS,
     QUANTITY,
     REQUIRED_TABLES,
     STATE_TABLES,
@@ -458,6 +459,12 @@ def _row_rules(
                 _Rule(
                     second, "distinct", f"must differ from {first}", pl.col(first) == pl.col(second)
                 )
+            )
+    for name in PROBABILITY_COLUMNS.get(contract.name, ()):
+        if name in present:
+            value = pl.col(name)
+            rules.append(
+                _Rule(name, "probability", "must be in (0, 1]", (value <= 0) | (value > 1))
             )
     for name in NOT_AFTER_DELIVERY.get(contract.name, ()):
         if name in present:

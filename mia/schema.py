@@ -36,6 +36,7 @@ REASONS = "reasons"
 MODEL_VERSION = "model_version"
 RUN_ID = "run_id"
 GENERATED_AT = "generated_at"
+PROPENSITY = "propensity"  # probability with which a policy chose the offer it shows
 
 USAGE_KINDS = ("voice_out", "voice_in", "sms_out", "data", "roaming_voice", "roaming_data")
 OFFER_EVENTS = ("impression", "click", "accept", "dismiss")
@@ -237,6 +238,14 @@ TABLES: dict[str, Table] = {
                 Column(OFFER_ID, pl.String),
                 Column(TS, _TS),
                 Column(EVENT, pl.String, allowed=OFFER_EVENTS),
+                Column(
+                    PROPENSITY,
+                    pl.Float64,
+                    nullable=True,
+                    optional=True,
+                    description="Impressions: the probability with which the channel chose the "
+                    "shown offer (for off-policy evaluation); empty on other events.",
+                ),
             ),
         ),
         Table(
@@ -316,6 +325,10 @@ USAGE_DAILY_LIMITS: dict[str, tuple[float, str]] = {
     "sms_out": (10_000, "messages"),
     "data": (1_000_000, "megabytes (1 TB)"),
     "roaming_data": (1_000_000, "megabytes (1 TB)"),
+}
+# Probability columns per table: a value, when present, must lie in (0, 1].
+PROBABILITY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "offer_events": (PROPENSITY,),
 }
 # Date columns that must not lie after the delivery date.
 NOT_AFTER_DELIVERY: dict[str, tuple[str, ...]] = {

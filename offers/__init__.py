@@ -12,6 +12,7 @@ from offers.audience import (
 from offers.eligibility import RULES, OffersInputError, eligible_pairs, explain
 from offers.groups import CONTROL, TREATMENT, assign_groups
 from offers.lift import measure_lift, organic_baseline
+from offers.ope import PolicyEvaluationError, estimate_policy_value
 from offers.rank import rank_offers
 
 __all__ = [
@@ -19,11 +20,13 @@ __all__ = [
     "RULES",
     "TREATMENT",
     "OffersInputError",
+    "PolicyEvaluationError",
     "assign_groups",
     "audience_summary",
     "build_audiences",
     "csv_safe",
     "eligible_pairs",
+    "estimate_policy_value",
     "explain",
     "export_audience",
     "measure_lift",

@@ -63,6 +63,7 @@ def valid_day(day: dt.date = DAY) -> dict[str, pl.DataFrame]:
             "offer_id": ["data_5gb", "data_5gb", "music_plus"],
             "ts": [at, at + dt.timedelta(minutes=2), at],
             "event": ["impression", "accept", "impression"],
+            "propensity": [0.25, None, 1.0],
         },
         "payments": {
             "subscriber_id": [2],
@@ -307,6 +308,19 @@ def test_requires_and_excludes_the_same_product():
     assert_names(broken("catalog", frame), "catalog", "excludes_product", "distinct", 1)
 
 
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5])
+def test_logged_propensity_is_a_probability(value):
+    frame = with_value(valid_day()["offer_events"], "propensity", 0, value)
+    assert_names(broken("offer_events", frame), "offer_events", "propensity", "probability", 1)
+
+
+def test_logged_propensity_may_be_left_out():
+    frames = valid_day()
+    frames["offer_events"] = frames["offer_events"].drop("propensity")
+    cleaned = validate_tables(frames, DAY)
+    assert cleaned["offer_events"]["propensity"].null_count() == 3
+
+
 def test_offer_events_must_name_offers_of_the_same_days_catalog():
     frame = with_value(valid_day()["offer_events"], "offer_id", 2, "ghost_offer")
     error = broken("offer_events", frame)
@@ -530,6 +544,7 @@ OPTIONAL_COLUMNS = {
         "excludes_product",
         "capacity",
     ],
+    "offer_events": ["propensity"],
     "holdings": ["end_date"],
 }
 

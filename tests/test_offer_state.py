@@ -30,6 +30,7 @@ def events(*rows: tuple[int, str, dt.datetime, str]) -> pl.DataFrame:
     """Offer events (subscriber_id, offer_id, ts, event) in the contract schema."""
     columns = ("subscriber_id", "offer_id", "ts", "event")
     data = {name: [row[i] for row in rows] for i, name in enumerate(columns)}
+    data["propensity"] = [None] * len(rows)
     return pl.DataFrame(data, schema=TABLES["offer_events"].polars_schema)
 
 

@@ -23,6 +23,7 @@ from mia.schema import (
     P_ACCEPT,
     PAYMENT_METHODS,
     PRODUCT_ID,
+    PROPENSITY,
     SUBSCRIBER_ID,
     TABLES,
     TRANSFER_KINDS,
@@ -163,7 +164,7 @@ def _event_frame(
     ids: np.ndarray,
     rows: np.ndarray,
     seconds: np.ndarray,
-    columns: dict[str, np.ndarray | tuple[Iterable[str], np.ndarray]],
+    columns: dict[str, np.ndarray | pl.Series | tuple[Iterable[str], np.ndarray]],
 ) -> pl.DataFrame:
     """A contract-typed event table of one day, sorted by time then subscriber.
 
@@ -629,6 +630,9 @@ class _World:
         event_offers = np.concatenate([part[1] for part in parts])
         seconds = np.concatenate([part[2] for part in parts])
         event = np.concatenate([np.full(len(part[0]), part[3]) for part in parts])
+        # Impressions carry the logging policy's probability of the shown offer; responses none.
+        logged_propensity = np.full(len(event_rows), np.nan)
+        logged_propensity[: len(rows)] = propensity
         day_number = self.start_number + day
         events = _event_frame(
             "offer_events",
@@ -636,7 +640,11 @@ class _World:
             c["id"],
             event_rows,
             seconds,
-            {OFFER_ID: (o.ids, event_offers), EVENT: (OFFER_EVENTS, event)},
+            {
+                OFFER_ID: (o.ids, event_offers),
+                EVENT: (OFFER_EVENTS, event),
+                PROPENSITY: pl.Series(logged_propensity, nan_to_null=True),
+            },
         )
         truth = pl.DataFrame(
             {
@@ -644,7 +652,7 @@ class _World:
                 OFFER_ID: _strings(o.ids, chosen),
                 TS: _timestamps(_micros(day_number, shown_at)),
                 P_ACCEPT: p_shown,
-                "propensity": propensity,
+                PROPENSITY: propensity,
                 "accepted": accept,
             }
         )
