@@ -4,8 +4,8 @@ category diversity in the top positions, capacity per offer).
 Policy, applied to eligible pairs of treatment subscribers who are covered tonight:
 
 1. expected_value = p_accept x value x category weight; pairs below `min_probability` are dropped.
-2. Per subscriber, offers are ordered by expected value (ties: a stable hash of subscriber, offer
-   and run, so no offer wins a tie by its name and reruns give the same order). At most
+2. Per subscriber, offers are ordered by expected value (ties: a stable hash of subscriber and
+   offer, so no offer wins a tie by its name, and the order is the same every night). At most
    `max_per_category` (M) offers of one category are kept.
 3. Diversity: the best offer of each category is a "leader". The first
    min(D, number of categories available) positions hold the D best leaders, by expected value,
@@ -42,6 +42,7 @@ from mia.schema import (
     MODEL_VERSION,
     OFFER_ID,
     P_ACCEPT,
+    PROPENSITY,
     RANK,
     REASONS,
     RUN_ID,
@@ -50,7 +51,7 @@ from mia.schema import (
 )
 from mia.settings import Settings
 from offers.eligibility import Frame, OffersInputError, lazy, require_columns
-from offers.groups import check_groups, targeted
+from offers.groups import PROPENSITY_ONLY_ARM, RANDOM_ARM, check_groups, targeted
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ OFFERS_COLUMNS = (
     MODEL_VERSION,
     RUN_ID,
     EXPLORE,
+    PROPENSITY,
 )
 MAX_CAPACITY_ROUNDS = 50
 
@@ -77,6 +79,8 @@ OFFER_ORDER = "_offer_order"  # position of offer_id in sorted order: an integer
 TIE_BREAK = "_tie_break"  # stable hash of (subscriber, offer, run): breaks equal expected values
 _OFFER_HASH = "_offer_hash"
 _CATEGORY_CODE = "_category_code"
+# Per selected row: how many categories the subscriber could explore tonight (see `explore`).
+_EXPLORE_OPTIONS = "_explore_options"
 
 
 def _examples(frame: pl.DataFrame) -> list[dict]:
@@ -249,8 +253,31 @@ def _over_capacity(selected: pl.DataFrame) -> pl.DataFrame:
 
 
 def _select(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
-    return select_offers(
+    selected = select_offers(
         candidates, settings.top_k, settings.max_per_category, settings.diversity_positions
+    )
+    return selected.join(
+        _exploration_pool(candidates, selected)
+        .group_by(SUBSCRIBER_ID)
+        .agg(pl.col(_CATEGORY_CODE).n_unique().cast(pl.Int64).alias(_EXPLORE_OPTIONS)),
+        on=SUBSCRIBER_ID,
+        how="left",
+    ).with_columns(pl.col(_EXPLORE_OPTIONS).fill_null(0))
+
+
+def _exploration_pool(candidates: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
+    """Per subscriber of `selected`, the best uncapped candidate of each category it was not
+    given: what exploration draws from (capped offers are never explored, so exploration cannot
+    break a capacity)."""
+    return (
+        candidates.filter(pl.col(CAPACITY).is_null())
+        .join(selected.select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
+        .join(selected.select(SUBSCRIBER_ID, CATEGORY), on=[SUBSCRIBER_ID, CATEGORY], how="anti")
+        .sort(
+            [SUBSCRIBER_ID, _CATEGORY_CODE, EXPECTED_VALUE, TIE_BREAK],
+            descending=[False, False, True, False],
+        )  # fmt: skip
+        .unique([SUBSCRIBER_ID, _CATEGORY_CODE], keep="first", maintain_order=True)
     )
 
 
@@ -290,19 +317,21 @@ def explore(
     selected: pl.DataFrame, candidates: pl.DataFrame, settings: Settings, salt: str
 ) -> pl.DataFrame:
     """Rule 6: swap the last position of a drawn share of subscribers for another category."""
-    flagged = selected.with_columns(pl.lit(False).alias(EXPLORE))
-    if settings.exploration_share <= 0 or selected.is_empty():
+    share = settings.exploration_share
+    # Each row's probability under the policy's randomness (whether the subscriber explores,
+    # which category): rows below the last position are always shown; the last of a full list
+    # gives way whenever the subscriber explores and has a category to explore.
+    replaceable = (pl.col(RANK) == settings.top_k) & (pl.col(_EXPLORE_OPTIONS) > 0)
+    flagged = selected.with_columns(
+        pl.lit(False).alias(EXPLORE),
+        pl.when(replaceable).then(1.0 - share).otherwise(1.0).alias(PROPENSITY),
+    )
+    if share <= 0 or selected.is_empty():
         return flagged
     explorers = _explorers(selected, settings, salt)
-    pool = (
-        candidates.filter(pl.col(SUBSCRIBER_ID).is_in(explorers.implode()))
-        .filter(pl.col(CAPACITY).is_null())
-        .join(selected.select(SUBSCRIBER_ID, CATEGORY), on=[SUBSCRIBER_ID, CATEGORY], how="anti")
-        .sort(
-            [SUBSCRIBER_ID, _CATEGORY_CODE, EXPECTED_VALUE, TIE_BREAK],
-            descending=[False, False, True, False],
-        )  # fmt: skip
-        .unique([SUBSCRIBER_ID, _CATEGORY_CODE], keep="first", maintain_order=True)
+    pool = _exploration_pool(
+        candidates.filter(pl.col(SUBSCRIBER_ID).is_in(explorers.implode())),
+        selected.filter(pl.col(SUBSCRIBER_ID).is_in(explorers.implode())),
     )
     if pool.is_empty():
         return flagged
@@ -320,9 +349,16 @@ def explore(
         pl.col(RANK) < settings.top_k
     )
     positions = kept.group_by(SUBSCRIBER_ID).agg((pl.len() + 1).cast(pl.Int64).alias(RANK))
+    options = pool.group_by(SUBSCRIBER_ID).agg(pl.len().cast(pl.Int64).alias(_EXPLORE_OPTIONS))
     explored = (
-        picks.join(positions, on=SUBSCRIBER_ID, how="left")
-        .with_columns(pl.col(RANK).fill_null(1), pl.lit(True).alias(EXPLORE))
+        picks.drop(_EXPLORE_OPTIONS, strict=False)
+        .join(positions, on=SUBSCRIBER_ID, how="left")
+        .join(options, on=SUBSCRIBER_ID, how="left")
+        .with_columns(
+            pl.col(RANK).fill_null(1),
+            pl.lit(True).alias(EXPLORE),
+            (share / pl.col(_EXPLORE_OPTIONS)).alias(PROPENSITY),
+        )
         .select(flagged.columns)
     )
     logger.info("exploration: %d subscriber(s) get another category", explored.height)
@@ -350,13 +386,65 @@ def rank_offers(
 
     `model_versions` (model name -> version) fills model_version where the scores carry none.
     """
-    candidates = scored_candidates(
-        scores, eligible, catalog, groups, settings, _tie_salt(run_id)
-    ).filter(targeted())
-    ranked = explore(
-        apply_contact_policy(candidates, settings), candidates, settings, _explore_salt(run_id)
+    candidates = _arm_policies(
+        scored_candidates(scores, eligible, catalog, groups, settings, _tie_salt(settings))
     )
-    return _offers_frame(ranked, run_id, model_versions)
+    policy, random_arm = _split_random_arm(candidates)
+    ranked = explore(
+        apply_contact_policy(policy, settings), policy, settings, _explore_salt(run_id)
+    )
+    return _offers_frame(
+        _with_random_arm(ranked, random_arm, _explore_salt(run_id)), run_id, model_versions
+    )
+
+
+def _arm_policies(candidates: pl.DataFrame) -> pl.DataFrame:
+    """Targeted candidates under their group's policy: the propensity_only arm ranks by p_accept
+    alone (no value, no weights); the arms never take capped offers, which stay the champion's."""
+    arm = pl.col(GROUP).is_in([RANDOM_ARM, PROPENSITY_ONLY_ARM])
+    return (
+        candidates.filter(targeted())
+        .filter(~arm | pl.col(CAPACITY).is_null())
+        .with_columns(
+            pl.when(pl.col(GROUP) == PROPENSITY_ONLY_ARM)
+            .then(pl.col(P_ACCEPT))
+            .otherwise(pl.col(EXPECTED_VALUE))
+            .alias(EXPECTED_VALUE)
+        )
+    )
+
+
+def _split_random_arm(candidates: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(candidates ranked by the contact policy, candidates of the random arm)."""
+    random_arm = pl.col(GROUP) == RANDOM_ARM
+    return candidates.filter(~random_arm), candidates.filter(random_arm)
+
+
+def random_arm_offers(candidates: pl.DataFrame, salt: str) -> pl.DataFrame:
+    """One offer per random-arm subscriber, drawn uniformly among its candidates (rank 1,
+    propensity 1 / number of candidates)."""
+    draw = stable_hash(
+        candidates[SUBSCRIBER_ID].cast(pl.UInt64) * (1 << 20) + candidates[OFFER_ORDER],
+        salt + ":random-arm",
+    )
+    return (
+        candidates.with_columns(
+            pl.Series("_draw", draw),
+            (1.0 / pl.len().over(SUBSCRIBER_ID)).alias(PROPENSITY),
+            pl.lit(1, dtype=pl.Int64).alias(RANK),
+            pl.lit(False).alias(EXPLORE),
+        )
+        .sort(SUBSCRIBER_ID, "_draw")
+        .unique(SUBSCRIBER_ID, keep="first", maintain_order=True)
+        .drop("_draw")
+    )
+
+
+def _with_random_arm(ranked: pl.DataFrame, random_arm: pl.DataFrame, salt: str) -> pl.DataFrame:
+    if random_arm.is_empty():
+        return ranked
+    offers = random_arm_offers(random_arm, salt)
+    return pl.concat([ranked, offers], how="diagonal_relaxed").sort(SUBSCRIBER_ID, RANK)
 
 
 def rank_offers_by_shard(
@@ -390,16 +478,20 @@ def rank_offers_by_shard(
             members = pl.col(SUBSCRIBER_ID).is_in(subscribers.implode())
             scores = lazy(scores).filter(members)
             eligible = lazy(eligible).filter(members) if eligible is not None else None
-        frame = scored_candidates(
-            scores, eligible, catalog_frame, groups_frame, settings, _tie_salt(run_id)
+        return _arm_policies(
+            scored_candidates(
+                scores, eligible, catalog_frame, groups_frame, settings, _tie_salt(settings)
+            )
         )
-        return frame.filter(targeted())
 
     with tempfile.TemporaryDirectory(prefix="mia-rank-") as folder:
         paths = [Path(folder) / f"selected-{index}.parquet" for index in range(len(shards))]
+        arm_paths = [Path(folder) / f"random-arm-{index}.parquet" for index in range(len(shards))]
         capped = []
         for index in range(len(shards)):
-            selected = _select(candidates_of(index), settings)
+            policy, random_arm = _split_random_arm(candidates_of(index))
+            random_arm.write_parquet(arm_paths[index])
+            selected = _select(policy, settings)
             selected.write_parquet(paths[index])
             capped.append(_capped(selected, index))
         held = pl.concat(capped)
@@ -442,7 +534,8 @@ def rank_offers_by_shard(
             )
             candidates = candidates_of(index, _explorers(selected, settings, salt))
             ranked = explore(selected, candidates, settings, salt)
-            yield _offers_frame(ranked, run_id, model_versions)
+            random_arm = pl.read_parquet(arm_paths[index])
+            yield _offers_frame(_with_random_arm(ranked, random_arm, salt), run_id, model_versions)
 
 
 _SHARD = "_shard"
@@ -465,8 +558,10 @@ def _explore_salt(run_id: str) -> str:
     return f"explore:{run_id}"
 
 
-def _tie_salt(run_id: str) -> str:
-    return f"ties:{run_id}"
+def _tie_salt(settings: Settings) -> str:
+    # The same every night: with the run id in it, ties would be ordered by a draw that the
+    # logged propensity does not account for.
+    return f"ties:{settings.group_salt}"
 
 
 def _offers_frame(
@@ -485,6 +580,7 @@ def _offers_frame(
         pl.col(MODEL_VERSION).cast(pl.String).fill_null(pl.lit(fallback, dtype=pl.String)),
         pl.lit(run_id, dtype=pl.String).alias(RUN_ID),
         pl.col(EXPLORE),
+        pl.col(PROPENSITY).cast(pl.Float64),
     )
     logger.info(
         "ranked %d offers for %d subscribers (run %s)",

@@ -124,6 +124,7 @@ def test_output_columns_and_values():
             "model_version": "v1",
             "run_id": "run-1",
             "explore": False,
+            "propensity": 1.0,
         },
         {
             "subscriber_id": 7,
@@ -137,6 +138,7 @@ def test_output_columns_and_values():
             "model_version": "v1",
             "run_id": "run-1",
             "explore": False,
+            "propensity": 1.0,
         },
     ]
 
@@ -181,7 +183,7 @@ def test_capacity_goes_to_highest_value_and_frees_positions():
         (1, "other"),
         (2, "cap"),
         (3, "other"),
-        (4, "tie"),  # equal expected value: lowest subscriber_id wins
+        (5, "tie"),  # equal expected value: the stable (subscriber, offer) hash decides
     ]
     zero = catalog.with_columns(
         pl.when(pl.col("offer_id") == "cap").then(0).otherwise("capacity").alias("capacity")
@@ -401,13 +403,16 @@ def test_equal_scores_are_ordered_by_a_stable_hash_not_by_offer_id(tmp_path):
     # Every offer leads for some subscribers, about a fifth each, whatever its spelling.
     assert set(firsts) == set(offers)
     assert firsts.value_counts()["count"].max() < 0.35 * len(ids)
-    # The order of each subscriber's tie is that of the hash of (subscriber, offer, run).
-    keys = text_hash(offers, "ties:run-1")
+    # The order of each subscriber's tie is that of the hash of (subscriber, offer), salted with
+    # group_salt, not with the night: the policy's only draws are the logged ones.
+    keys = text_hash(offers, "ties:mia-groups-v1")
     for subscriber in (1, 2, 3):
-        by_hash = np.argsort(pair_hash(np.full(len(offers), subscriber), keys, "ties:run-1"))
+        by_hash = np.argsort(
+            pair_hash(np.full(len(offers), subscriber), keys, "ties:mia-groups-v1")
+        )
         mine = ranked.filter(pl.col("subscriber_id") == subscriber).sort("rank")["offer_id"]
         assert mine.to_list() == [offers[index] for index in by_hash]
-    # A rerun writes the same bytes; another night orders the ties anew.
+    # A rerun writes the same bytes; another night orders the ties the same way.
     again = rank(scores.sample(fraction=1.0, shuffle=True, seed=4), catalog, settings=settings)
     ranked.write_parquet(tmp_path / "first.parquet")
     again.write_parquet(tmp_path / "again.parquet")
@@ -420,4 +425,109 @@ def test_equal_scores_are_ordered_by_a_stable_hash_not_by_offer_id(tmp_path):
         settings,
         "run-2",
     )
-    assert not other_night["offer_id"].equals(ranked["offer_id"])
+    assert other_night.drop("run_id").equals(ranked.drop("run_id"))
+
+
+def _frequencies_match(runs: list[pl.DataFrame]) -> None:
+    """Every (subscriber, rank, offer) is logged with one propensity, which matches how often the
+    seeded policy published it over `runs` (within 4 standard errors)."""
+    rows = pl.concat(runs).select("subscriber_id", "rank", "offer_id", "propensity")
+    logged = rows.group_by("subscriber_id", "rank", "offer_id").agg(
+        pl.col("propensity").n_unique().alias("values"),
+        pl.col("propensity").first(),
+        (pl.len() / len(runs)).alias("frequency"),
+    )
+    assert logged["values"].max() == 1
+    p = logged["propensity"].to_numpy()
+    tolerance = 4 * np.sqrt(p * (1 - p) / len(runs)) + 1e-12
+    assert (np.abs(logged["frequency"].to_numpy() - p) <= tolerance).all(), logged
+    # The slots a subscriber can hold: the outcomes of each slot sum to 1 where it is always
+    # filled (ranks below the last are; the explored slot may be empty).
+    assert (p > 0).all() and (p <= 1).all()
+
+
+def test_logged_propensities_match_the_policys_frequencies():
+    # Distinct expected values: exact ties are ordered by a per-run hash, which the logged
+    # propensity does not model (offers/README.md).
+    catalog = make_catalog(
+        {
+            "big1": ("home_internet", 100.0, None),
+            "big2": ("tariff", 100.0, None),
+            "small": ("gift", 1.0, None),
+            "capped_small": ("books", 1.0, 5),
+            "film": ("video", 2.0, None),
+        }
+    )
+    rows = []
+    for subscriber in range(1, 13):
+        rows += [(subscriber, "big1", 0.5), (subscriber, "small", 0.3)]
+        rows += [(subscriber, "capped_small", 0.29)]
+        rows += [(subscriber, "big2", 0.4)] if subscriber != 12 else []
+        rows += [(subscriber, "film", 0.2)] if subscriber % 2 else []
+    scores = make_scores(rows, catalog)
+    settings = SETTINGS.replace(top_k=2, exploration_share=0.3)
+    groups = treatment_groups(range(1, 13))
+    runs = [
+        rank_offers(
+            scores, scores.select("subscriber_id", "offer_id"), catalog, groups, settings, f"r{i}"
+        )
+        for i in range(600)
+    ]
+    _frequencies_match(runs)
+    # The last place gives way to exploration with probability 0.3, except for subscriber 12,
+    # whose only other category is the capped one: nothing to explore, so it is always shown.
+    last = pl.concat(runs).filter(pl.col("rank") == 2, ~pl.col("explore"))
+    assert last.filter(pl.col("subscriber_id") == 12)["propensity"].unique().to_list() == [1.0]
+    assert last.filter(pl.col("subscriber_id") < 12)["propensity"].unique().to_list() == [
+        pytest.approx(0.7)
+    ]
+    # Odd subscribers explore two categories (gift, video), even ones only gift.
+    explored = pl.concat(runs).filter(pl.col("explore"))
+    assert explored.filter(pl.col("subscriber_id") == 1)["propensity"].unique().to_list() == [
+        pytest.approx(0.15)
+    ]
+    assert explored.filter(pl.col("subscriber_id") == 2)["propensity"].unique().to_list() == [
+        pytest.approx(0.3)
+    ]
+
+
+def test_impact_arms_get_their_own_policies_with_exact_propensities():
+    catalog = make_catalog(
+        {
+            "big": ("tariff", 100.0, None),
+            "likely": ("gift", 1.0, None),
+            "mid": ("music", 10.0, None),
+            "capped": ("books", 50.0, 1),
+        }
+    )
+    rows = []
+    for subscriber in range(1, 7):
+        rows += [(subscriber, "big", 0.1), (subscriber, "likely", 0.9)]
+        rows += [(subscriber, "mid", 0.3), (subscriber, "capped", 0.4 + subscriber / 100)]
+    scores = make_scores(rows, catalog)
+    groups = treatment_groups(range(1, 7)).with_columns(
+        pl.Series("group", ["treatment", "treatment", "propensity_only", "propensity_only"]
+                  + ["random", "random"])
+    )  # fmt: skip
+    settings = SETTINGS.replace(top_k=2)
+    runs = [
+        rank_offers(
+            scores, scores.select("subscriber_id", "offer_id"), catalog, groups, settings, f"r{i}"
+        )
+        for i in range(400)
+    ]
+    first = runs[0]
+    by_subscriber = {
+        key[0]: frame["offer_id"].to_list()
+        for key, frame in first.partition_by("subscriber_id", as_dict=True).items()
+    }
+    # The champion ranks by expected value (capacity 1 goes to the higher score); the
+    # propensity_only arm by p_accept alone and never takes a capped offer.
+    assert by_subscriber[1] == ["big", "mid"] and by_subscriber[2] == ["capped", "big"]
+    assert by_subscriber[3] == by_subscriber[4] == ["likely", "mid"]
+    # The random arm: one uncapped offer, uniform over its three candidates.
+    random_rows = pl.concat(runs).filter(pl.col("subscriber_id") >= 5)
+    assert random_rows["rank"].unique().to_list() == [1]
+    assert set(random_rows["offer_id"]) == {"big", "likely", "mid"}
+    assert random_rows["propensity"].unique().to_list() == [pytest.approx(1 / 3)]
+    _frequencies_match(runs)

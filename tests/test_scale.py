@@ -272,7 +272,13 @@ def by_shard(scores: pl.DataFrame, n_shards: int) -> list[pl.DataFrame]:
 
 @pytest.mark.parametrize("n_shards", [1, 3, 7])
 def test_ranking_by_shard_equals_one_pass(n_shards):
-    settings = Settings(min_probability=0.05, exploration_share=0.3, top_k=2)
+    settings = Settings(
+        min_probability=0.05,
+        exploration_share=0.3,
+        top_k=2,
+        random_arm_share=0.15,
+        propensity_only_arm_share=0.15,
+    )
     scores = random_scores(60, seed=n_shards)
     groups = assign_groups(scores["subscriber_id"].unique(), settings)
     eligible = scores.select("subscriber_id", "offer_id")
@@ -295,6 +301,8 @@ def test_ranking_by_shard_equals_one_pass(n_shards):
     counts = capped.group_by("offer_id", "capacity").len()
     assert (counts["len"] == counts["capacity"]).any()
     assert whole["explore"].any()
+    arms = whole.join(groups, on="subscriber_id")["group"].unique().sort().to_list()
+    assert arms == ["propensity_only", "random", "treatment"]
 
 
 def test_ranking_by_shard_needs_a_shard():
