@@ -39,6 +39,10 @@ class ReportInputs:
     input_warnings: list[str] = field(default_factory=list)  # from the ingest of the inputs
     # Categories scored by a prior rather than a model -> why (e.g. never seen in training).
     prior_scored_categories: dict[str, str] = field(default_factory=dict)
+    # offers.lift.measure_impact over the lift window (None: no offer events to measure).
+    impact: pl.DataFrame | None = None
+    impact_window: tuple[dt.date, dt.date] | None = None
+    lift_fdr: float = 0.05
 
 
 def _figure(width: float, height: float) -> tuple[Figure, object]:
@@ -89,6 +93,42 @@ def _markdown_table(frame: pl.DataFrame, limit: int = 30) -> str:
     if frame.height > limit:
         lines.append(f"\n_{frame.height - limit} more rows not shown._")
     return "\n".join(lines) + "\n"
+
+
+IMPACT_SHOWN = (
+    "comparison", "key", "metric", "arm_n", "arm_accepts", "arm_mean", "baseline_n",
+    "baseline_accepts", "baseline_mean", "lift", "lift_low", "lift_high", "relative_lift",
+    "relative_low", "relative_high", "q_value", "significant", "few_events",
+)  # fmt: skip
+IMPACT_OFFERS_SHOWN = 20  # offer-level comparisons shown, those with most accept events first
+
+
+def _impact_section(inputs: ReportInputs) -> list[str]:
+    """Lift of the champion and the impact arms over control, and of the arms over the champion:
+    overall, per category, and the offers with most evidence."""
+    impact = inputs.impact
+    start, end = inputs.impact_window or (None, None)
+    lines = [
+        "## Impact (lift with 95% intervals)",
+        "",
+        f"Accept events and their catalog value per subscriber, {start} .. {end}; "
+        f"q-values by Benjamini-Hochberg per comparison, level and metric, significant at "
+        f"{inputs.lift_fdr:g}; comparisons with few accept events are flagged and not tested.",
+        "",
+    ]
+    if impact.is_empty():
+        return [*lines, "_no groups to compare (no control group or no contacted group)_", ""]
+    for level, title in (("overall", "Overall"), ("category", "Per category")):
+        rows = impact.filter(pl.col("level") == level).select(IMPACT_SHOWN)
+        lines += [f"### {title}", "", _markdown_table(rows, limit=60)]
+    offers = (
+        impact.filter(pl.col("level") == "offer")
+        .with_columns((pl.col("arm_accepts") + pl.col("baseline_accepts")).alias("_events"))
+        .sort(["_events", "comparison", "metric", "key"], descending=[True, False, False, False])
+        .head(IMPACT_OFFERS_SHOWN)
+        .select(IMPACT_SHOWN)
+    )
+    return [*lines, "### Offers with most evidence", "", _markdown_table(offers)]
 
 
 def first_offer_scores(offers: pl.DataFrame | pl.LazyFrame) -> pl.Series:
@@ -218,6 +258,8 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
         lines += ["## Model metrics (holdout)", "", _markdown_table(metric_rows, limit=60)]
     if drift is not None and not drift.is_empty():
         lines += ["## Feature drift vs previous night (PSI)", "", _markdown_table(drift, limit=20)]
+    if inputs.impact is not None:
+        lines += _impact_section(inputs)
     path = directory / REPORT_FILE
     path.write_text("\n".join(lines) + "\n")
     logger.info("report written to %s (%d warnings)", path, len(warnings))

@@ -493,8 +493,31 @@ def report(
         no_offers_reason="" if facts.get("offers_rows") else no_offers_reason(lake, as_of),
         input_warnings=input_warnings(lake, warned_days(as_of, facts.get("ingested_tonight", []))),
         prior_scored_categories=facts.get("prior_scored_categories", {}),
+        impact=impact(lake, as_of, settings),
+        impact_window=impact_window(as_of, settings),
+        lift_fdr=settings.lift_fdr,
     )
     return write_report(inputs, staging.product("reports"))
+
+
+def impact_window(as_of: dt.date, settings: Settings) -> tuple[dt.date, dt.date]:
+    """The days over which the report measures lift: the longest feature window up to as_of."""
+    return as_of - dt.timedelta(days=max(settings.windows) - 1), as_of
+
+
+def impact(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame | None:
+    """Lift of the champion and the impact arms over control and of the arms over the champion
+    (offers.lift.measure_impact); None without offer events in the window."""
+    from offers.lift import POPULATION_COLUMNS, measure_impact
+
+    start, end = impact_window(as_of, settings)
+    events = raw_events(lake, "offer_events", start, end)
+    catalog = raw_state(lake, "catalog", as_of)
+    subscribers = raw_state(lake, "subscribers", as_of, columns=POPULATION_COLUMNS)
+    if events is None or catalog is None or subscribers is None:
+        return None
+    groups = groups_for(lake, as_of, settings)
+    return measure_impact(events, catalog, subscribers, groups, start, end, settings)
 
 
 def warned_days(as_of: dt.date, ingested_tonight: list[dt.date]) -> list[dt.date]:

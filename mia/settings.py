@@ -131,6 +131,9 @@ class Settings(BaseModel):
     # (a random eligible offer; p_accept alone), so the champion's gain over them is measured.
     random_arm_share: ArmShare = 0.0
     propensity_only_arm_share: ArmShare = 0.0
+    # Lift: comparisons with fewer accept events on either side are flagged, not tested.
+    lift_min_accepts: AtLeastOne = 10
+    lift_fdr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05  # Benjamini-Hochberg level
     uplift_min_control: AtLeastOne = 500  # control subscribers needed to rank an audience by uplift
     # Scale
     n_shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = 1

@@ -133,3 +133,50 @@ def test_categories_scored_by_a_prior_are_named(tmp_path):
         r"- categories scored by a prior, not a model: k9 (too few training accepts); "
         "late_launch (never seen in training)"
     ) in text
+
+
+def test_impact_section_shows_arms_with_intervals_and_odd_keys_as_text(tmp_path):
+    import datetime as dt
+
+    from mia.settings import Settings
+    from offers.lift import measure_impact
+
+    ids = list(range(1, 61))
+    group = ["control"] * 20 + ["treatment"] * 20 + ["random"] * 20
+    accepted = [5, 21, 22, 23, 24, 25, 26, 41, 42]
+    impact = measure_impact(
+        pl.DataFrame(
+            {
+                "subscriber_id": accepted,
+                "offer_id": ODD_IDS[0],
+                "ts": dt.datetime(2026, 3, 2),
+                "event": "accept",
+            }
+        ),
+        pl.DataFrame({"offer_id": [ODD_IDS[0]], "category": ["a|b"], "value": [2.0]}),
+        pl.DataFrame({"subscriber_id": ids, "activation_date": dt.date(2025, 1, 1)}),
+        pl.DataFrame({"subscriber_id": ids, "group": group, "covered": True}),
+        dt.date(2026, 3, 1),
+        dt.date(2026, 3, 7),
+        Settings(lift_min_accepts=3),
+    )
+    text = report_text(
+        tmp_path,
+        ODD_IDS,
+        impact=impact,
+        impact_window=(dt.date(2026, 3, 1), dt.date(2026, 3, 7)),
+    )
+    assert "## Impact (lift with 95% intervals)" in text
+
+    def rows_under(heading: str) -> list[str]:
+        section = text.split(f"### {heading}\n\n", 1)[1].split("\n\n", 1)[0]
+        return [line for line in section.splitlines() if line.startswith("|")]
+
+    comparisons = [line.split("|")[1].strip() for line in rows_under("Overall")[2:]]
+    assert comparisons == [
+        "random vs control", "random vs control", "random vs treatment", "random vs treatment",
+        "treatment vs control", "treatment vs control",
+    ]  # fmt: skip
+    category_rows = rows_under("Per category")
+    assert len(category_rows) == 2 + 6 and r"| a\|b |" in category_rows[2]
+    assert {unescaped_pipes(line) for line in category_rows} == {19}
