@@ -125,6 +125,7 @@ class Settings(BaseModel):
     diversity_positions: Annotated[int, Field(ge=0)] = 5  # first positions with distinct categories
     exploration_share: Share = 0.05  # subscribers whose last slot explores another category
     uplift_min_control: AtLeastOne = 500  # control subscribers needed to rank an audience by uplift
+    uplift_min_control_accepts: AtLeastOne = 10  # control accepts of the category, likewise
     # Scale
     n_shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = 1
     dask_address: str | None = None
