@@ -46,6 +46,7 @@ from offers.rank import CAPACITY, OFFER_ORDER, category_weight_expr, scored_cand
 from offers.uplift import (
     BY_EXPECTED_VALUE,
     BY_UPLIFT,
+    QINI,
     RANKING,
     RANKING_COLUMNS,
     RANKING_REASON,
@@ -75,6 +76,7 @@ SUMMARY_COLUMNS = (
     "control_size",
     RANKING,
     RANKING_REASON,
+    QINI,
 )
 SUMMARY_FILE = "summary.csv"
 FILE_COLUMN = "file"
@@ -268,7 +270,10 @@ def audience_summary(
         used = totals.select(OFFER_ID, RANKING, pl.lit("").alias(RANKING_REASON))
     else:
         require_columns(rankings, "rankings", RANKING_COLUMNS)
-        used = lazy(rankings).select(RANKING_COLUMNS).collect()
+        used = lazy(rankings).collect()
+    if QINI not in used.columns:
+        used = used.with_columns(pl.lit(None, dtype=pl.Float64).alias(QINI))
+    used = used.select(*RANKING_COLUMNS, pl.col(QINI).cast(pl.Float64).round(DECIMALS))
     categories = lazy(catalog).select(OFFER_ID, CATEGORY).collect()
     return (
         offers.join(categories, on=OFFER_ID, how="left")
@@ -397,6 +402,7 @@ def read_summary(directory: Path | str) -> pl.DataFrame:
         "control_size": pl.Int64,
         RANKING: pl.String,
         RANKING_REASON: pl.String,
+        QINI: pl.Float64,
         FILE_COLUMN: pl.String,
     }
     summary = pl.read_csv(path, schema_overrides=schema, infer_schema=False)

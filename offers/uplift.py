@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from features.labels import label_window, offer_labels
-from mia.hashing import pair_hash, text_hash
+from mia.hashing import pair_hash, text_hash, unit_interval
 from mia.schema import CATEGORY, EVENT, LABEL, OFFER_ID, SNAPSHOT_DATE, SUBSCRIBER_ID, TS
 from mia.settings import Settings
 from offers.eligibility import Frame, OffersInputError, lazy, require_columns
@@ -46,6 +46,10 @@ RANKING_REASON = "ranking_reason"
 BY_UPLIFT = "uplift"
 BY_EXPECTED_VALUE = "expected_value"
 RANKING_COLUMNS = (OFFER_ID, RANKING, RANKING_REASON)
+QINI = "qini"
+# Subscribers held out of the fit to measure the model's Qini on observed outcomes.
+HOLDOUT_SHARE = 0.2
+HOLDOUT_SALT = "mia-uplift-holdout"
 
 _OFFER_CODE = "_offer_code"
 _CATEGORY_CODE = "_category_code"
@@ -89,58 +93,69 @@ def _checked(
 
 
 def _gain_points(
-    score: np.ndarray, outcome: np.ndarray, treatment: np.ndarray | None
+    score: np.ndarray, outcome: np.ndarray, treatment: np.ndarray | None, weight: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(share targeted, cumulative gain) at the end of every block of tied scores, from (0, 0).
 
     Without treatment the gain is the sum of the true uplift of the rows targeted; with it, the
     Qini gain Y_t(k) - Y_c(k) x N_t(k) / N_c(k) (Y: accepts, N: rows of each arm in the top k).
     Tied scores form one block: the curve is a straight line across it, whatever the row order.
+    A row counts `weight` times (sampled rows stand for the rows they were drawn from).
     """
     order = np.argsort(-score, kind="stable")
     sorted_score = score[order]
     ends = np.r_[np.flatnonzero(np.diff(sorted_score) != 0), len(score) - 1]
+    weights = weight[order]
     if treatment is None:
-        gain = np.cumsum(outcome[order])[ends]
+        gain = np.cumsum(outcome[order] * weights)[ends]
     else:
-        treated = treatment[order]
+        treated = treatment[order] * weights
+        control = (1.0 - treatment[order]) * weights
         y_t = np.cumsum(outcome[order] * treated)[ends]
-        y_c = np.cumsum(outcome[order] * (1.0 - treated))[ends]
+        y_c = np.cumsum(outcome[order] * control)[ends]
         n_t = np.cumsum(treated)[ends]
-        n_c = np.cumsum(1.0 - treated)[ends]
+        n_c = np.cumsum(control)[ends]
         gain = y_t - np.divide(y_c * n_t, n_c, out=np.zeros_like(y_c), where=n_c > 0)
-    share = (ends + 1) / len(score)
+    share = np.cumsum(weights)[ends] / weights.sum()
     return np.r_[0.0, share], np.r_[0.0, gain]
 
 
 def _area_above_random(
-    score: np.ndarray, outcome: np.ndarray, treatment: np.ndarray | None
+    score: np.ndarray, outcome: np.ndarray, treatment: np.ndarray | None, weight: np.ndarray
 ) -> float:
-    share, gain = _gain_points(score, outcome, treatment)
+    share, gain = _gain_points(score, outcome, treatment, weight)
     area = float(np.sum(np.diff(share) * (gain[1:] + gain[:-1]) / 2.0))
     return area - gain[-1] / 2.0
 
 
-def qini_coefficient(score: Any, outcome: Any, treatment: Any | None = None) -> float:
+def qini_coefficient(
+    score: Any, outcome: Any, treatment: Any | None = None, sample_weight: Any | None = None
+) -> float:
     """Area between the ranking's gain curve and the random line, over that of a perfect ranking.
 
     Without `treatment`, `outcome` is each row's true uplift (e.g. the simulator's oracle): the
     perfect ranking sorts by it, so a perfect ranking gives 1, a random one about 0 and the
     reversed one -1. With `treatment` (0/1) and observed 0/1 outcomes, the Qini curve of the
     treated and control rows, and the perfect ranking puts treated accepts first and control
-    accepts last. Returns 0.0 when the perfect ranking is no better than random (no uplift).
+    accepts last. `sample_weight`: how many rows each row stands for (default 1). Returns 0.0
+    when the perfect ranking is no better than random (no uplift).
     """
     score_array, outcome_array, treatment_array = _checked(score, outcome, treatment)
     if len(score_array) == 0:
         return 0.0
+    weight = (
+        np.ones(len(score_array)) if sample_weight is None else _as_array(sample_weight, "weight")
+    )
+    if len(weight) != len(score_array) or (weight <= 0).any():
+        raise OffersInputError("sample_weight: rule: one positive weight per row.")
     if treatment_array is None:
         perfect = outcome_array
     else:
         perfect = outcome_array * (2.0 * treatment_array - 1.0)
-    best = _area_above_random(perfect, outcome_array, treatment_array)
+    best = _area_above_random(perfect, outcome_array, treatment_array, weight)
     if best <= 0.0:
         return 0.0
-    return _area_above_random(score_array, outcome_array, treatment_array) / best
+    return _area_above_random(score_array, outcome_array, treatment_array, weight) / best
 
 
 def uplift_at_k(
@@ -395,16 +410,22 @@ class AudienceUplift:
             .sort(CATEGORY)
         )
         self.snapshot_dates_ = sorted(rows[SNAPSHOT_DATE].unique().to_list())
+        held_out = pl.Series(
+            unit_interval(rows[SUBSCRIBER_ID], f"{HOLDOUT_SALT}-{self.settings.seed}")
+            < HOLDOUT_SHARE
+        )
+        fitted = rows.filter(~held_out)
         self.learner_ = TLearner(
             categorical_features=(0, 1),
             num_threads=self.settings.num_threads,
             random_state=self.settings.seed,
         ).fit(
-            self._matrix(rows),
-            rows[TREATED].to_numpy(),
-            rows[OUTCOME].to_numpy(),
-            rows[WEIGHT].to_numpy(),
+            self._matrix(fitted),
+            fitted[TREATED].to_numpy(),
+            fitted[OUTCOME].to_numpy(),
+            fitted[WEIGHT].to_numpy(),
         )
+        self.holdout_qini_ = self._holdout_qini(rows.filter(held_out))
         logger.info(
             "uplift model: %d treated and %d control rows over %d snapshots",
             rows.height - control.height,
@@ -412,6 +433,29 @@ class AudienceUplift:
             len(self.snapshot_dates_),
         )
         return self
+
+    def _holdout_qini(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """[offer_id, qini] of the held-out subscribers' observed outcomes, per offer with rows
+        in both arms and an accept (else null)."""
+        scored = rows.select(OFFER_ID, TREATED, OUTCOME, WEIGHT).with_columns(
+            pl.Series(
+                UPLIFT, self.learner_.predict_uplift(self._matrix(rows)) if rows.height else []
+            )
+        )
+        values = []
+        for (offer_id,), part in scored.partition_by(OFFER_ID, as_dict=True).items():
+            usable = part[TREATED].n_unique() == 2 and part[OUTCOME].sum() > 0
+            values.append(
+                (
+                    offer_id,
+                    qini_coefficient(part[UPLIFT], part[OUTCOME], part[TREATED], part[WEIGHT])
+                    if usable
+                    else None,
+                )
+            )
+        return pl.DataFrame(
+            values, schema={OFFER_ID: pl.String, QINI: pl.Float64}, orient="row"
+        ).sort(OFFER_ID)
 
     def predict(self, pairs: pl.DataFrame, snapshot: Frame, catalog: Frame) -> pl.DataFrame:
         """[subscriber_id, offer_id, uplift] for the pairs, from tonight's snapshot features."""
@@ -434,8 +478,11 @@ class AudienceUplift:
         )
 
     def rankings(self, catalog: Frame) -> pl.DataFrame:
-        """Per catalog offer: `ranking` (uplift | expected_value) and the reason for a fallback."""
-        return offer_rankings(catalog, self.settings, self.control_by_category_)
+        """Per catalog offer: `ranking` (uplift | expected_value), the reason for a fallback and
+        the held-out `qini` of the model for the offer (null where it could not be measured)."""
+        return offer_rankings(catalog, self.settings, self.control_by_category_).join(
+            self.holdout_qini_, on=OFFER_ID, how="left"
+        )
 
 
 def offer_rankings(

@@ -167,6 +167,7 @@ def test_summary_counts():
         "control_size": 1,
         "ranking": "expected_value",
         "ranking_reason": "",
+        "qini": None,
     }
     assert summary["audience_size"].sum() + summary["control_size"].sum() == sum(
         frame.height for frame in audiences.values()
