@@ -58,8 +58,12 @@ _ID_COLUMNS = (SUBSCRIBER_ID, SNAPSHOT_DATE, OFFER_ID, CATEGORY, TREATED, OUTCOM
 # Control rows are every control subscriber x offer, nearly all without an accept: their
 # non-accepts are sampled down to this many per treated row (kept rows weigh 1 / share), so the
 # training rows grow with the impressions, not with control subscribers x offers.
-CONTROL_NEGATIVES_PER_TREATED = 2.0
+CONTROL_NEGATIVES_PER_TREATED = 1.0
 _SAMPLE_SALT = "mia-uplift-control-sample"
+# Treated rows (impressions) kept for training, over all snapshot days together: bounds the
+# memory of the fit (each row holds every snapshot feature), whatever the size of the base.
+MAX_TREATED_ROWS = 200_000
+PREDICT_ROWS = 100_000
 
 
 # ---- metrics ---------------------------------------------------------------------------------
@@ -250,7 +254,7 @@ class TLearner:
         self, features: Any, treatment: Any, outcome: Any, sample_weight: Any | None = None
     ) -> TLearner:
         """Fit one model on the treated rows and one on the control rows; returns self."""
-        features = np.asarray(features, dtype=np.float64)
+        features = np.asarray(features, dtype=np.float32)
         treated = np.asarray(treatment).astype(bool)
         outcome = np.asarray(outcome, dtype=np.float64)
         weight = (
@@ -275,7 +279,7 @@ class TLearner:
 
     def predict_uplift(self, features: Any) -> np.ndarray:
         """Predicted P(outcome | treated) - P(outcome | control) per row."""
-        features = np.asarray(features, dtype=np.float64)
+        features = np.asarray(features, dtype=np.float32)
         return self._predict_arm(self.treated_model_, features) - self._predict_arm(
             self.control_model_, features
         )
@@ -291,9 +295,12 @@ def uplift_rows(
     groups: Frame,
     snapshot_date: dt.date,
     horizon_days: int,
+    max_treated_rows: int = MAX_TREATED_ROWS,
 ) -> pl.DataFrame:
     """Training rows of one snapshot day: the snapshot's features with offer_id, category,
-    treated (bool) and outcome (0/1) per treated impression and per control subscriber x offer.
+    treated (bool), outcome (0/1) and weight per treated impression and per control subscriber
+    x offer (see CONTROL_NEGATIVES_PER_TREATED; treated rows beyond `max_treated_rows` are
+    sampled by subscriber, the kept ones weighted up).
 
     Only events in (T, T + H] are read, so the rows of T use nothing after T + H.
     """
@@ -301,17 +308,20 @@ def uplift_rows(
     require_columns(catalog, "catalog", (OFFER_ID, CATEGORY))
     require_columns(snapshot, "snapshot", (SUBSCRIBER_ID,))
     members = check_groups(groups)
-    features = lazy(snapshot).drop(SNAPSHOT_DATE, strict=False).collect()
+    present = lazy(snapshot).select(SUBSCRIBER_ID).collect()
     shown = offer_labels(offer_events, catalog, snapshot_date, horizon_days)
-    treated = shown.join(
-        members.filter(targeted()).select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="semi"
-    ).select(
-        SUBSCRIBER_ID,
-        OFFER_ID,
-        CATEGORY,
-        pl.lit(True).alias(TREATED),
-        pl.col(LABEL).cast(pl.Int8).alias(OUTCOME),
+    treated = (
+        shown.join(members.filter(targeted()).select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="semi")
+        .join(present, on=SUBSCRIBER_ID, how="semi")
+        .select(
+            SUBSCRIBER_ID,
+            OFFER_ID,
+            CATEGORY,
+            pl.lit(True).alias(TREATED),
+            pl.col(LABEL).cast(pl.Int8).alias(OUTCOME),
+        )
     )
+    treated = _sample_treated(treated, max_treated_rows, f"{_SAMPLE_SALT}-{snapshot_date}")
     start, stop = label_window(snapshot_date, horizon_days)
     accepted = (
         lazy(offer_events)
@@ -320,7 +330,7 @@ def uplift_rows(
         .unique()
         .with_columns(pl.lit(1, dtype=pl.Int8).alias(OUTCOME))
     )
-    control_ids = features.select(SUBSCRIBER_ID).join(
+    control_ids = present.join(
         members.filter(pl.col("group") == CONTROL).select(SUBSCRIBER_ID), on=SUBSCRIBER_ID
     )
     offers = shown.select(OFFER_ID, CATEGORY).unique().sort(OFFER_ID)
@@ -338,14 +348,25 @@ def uplift_rows(
         .collect()
     )
     rows = pl.concat(
-        [
-            treated.with_columns(pl.lit(1.0).alias(WEIGHT)),
-            _sample_control(control, treated.height, f"{_SAMPLE_SALT}-{snapshot_date}"),
-        ]
+        [treated, _sample_control(control, treated.height, f"{_SAMPLE_SALT}-{snapshot_date}")]
     ).with_columns(pl.lit(snapshot_date, dtype=pl.Date).alias(SNAPSHOT_DATE))
+    # Only the features of the subscribers in the rows are read.
+    features = (
+        lazy(snapshot)
+        .drop(SNAPSHOT_DATE, strict=False)
+        .join(rows.lazy().select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
+        .collect()
+    )
     return rows.join(features, on=SUBSCRIBER_ID, how="inner").sort(
         TREATED, SUBSCRIBER_ID, OFFER_ID, descending=[True, False, False]
     )
+
+
+def _sample_treated(treated: pl.DataFrame, max_rows: int, salt: str) -> pl.DataFrame:
+    """About `max_rows` rows at most: whole subscribers kept by a stable hash, weighted."""
+    share = min(1.0, max_rows / max(treated.height, 1))
+    kept = treated.filter(pl.Series(unit_interval(treated[SUBSCRIBER_ID], salt) < share))
+    return kept.with_columns(pl.lit(1.0 / share).alias(WEIGHT))
 
 
 def _sample_control(control: pl.DataFrame, treated_rows: int, salt: str) -> pl.DataFrame:
@@ -385,9 +406,9 @@ class AudienceUplift:
         present = [name for name in self.features_ if name in frame.columns]
         values = frame.select(
             *codes,
-            *(pl.col(name).cast(pl.Float64) for name in present),
-            *(pl.lit(None, dtype=pl.Float64).alias(n) for n in self.features_ if n not in present),
-        ).select(pl.all().cast(pl.Float64))
+            *(pl.col(name).cast(pl.Float32) for name in present),
+            *(pl.lit(None, dtype=pl.Float32).alias(n) for n in self.features_ if n not in present),
+        ).select(pl.all().cast(pl.Float32))
         matrix = values.to_numpy()
         codes = matrix[:, :2]
         codes[codes < 0] = np.nan  # an offer or category unseen in training
@@ -458,23 +479,30 @@ class AudienceUplift:
         ).sort(OFFER_ID)
 
     def predict(self, pairs: pl.DataFrame, snapshot: Frame, catalog: Frame) -> pl.DataFrame:
-        """[subscriber_id, offer_id, uplift] for the pairs, from tonight's snapshot features."""
+        """[subscriber_id, offer_id, uplift] for the pairs, from tonight's snapshot features.
+
+        The pairs' subscribers' features are read once, as 32-bit floats (what the model reads),
+        and the pairs are scored PREDICT_ROWS at a time, so memory does not grow with the pairs.
+        """
         categories = lazy(catalog).select(OFFER_ID, CATEGORY).unique(OFFER_ID).collect()
-        frame = (
-            pairs.select(SUBSCRIBER_ID, OFFER_ID)
-            .join(categories, on=OFFER_ID, how="left")
-            .join(
-                lazy(snapshot)
-                .drop(SNAPSHOT_DATE, strict=False)
-                .join(pairs.lazy().select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
-                .collect(),
-                on=SUBSCRIBER_ID,
-                how="left",
-            )
+        wanted = [name for name in self.features_ if name in lazy(snapshot).collect_schema()]
+        features = (
+            lazy(snapshot)
+            .select(SUBSCRIBER_ID, *(pl.col(name).cast(pl.Float32) for name in wanted))
+            .join(pairs.lazy().select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
+            .collect()
         )
-        uplift = self.learner_.predict_uplift(self._matrix(frame)) if frame.height else []
-        return frame.select(SUBSCRIBER_ID, OFFER_ID).with_columns(
-            pl.Series(UPLIFT, uplift, dtype=pl.Float64)
+        keys = pairs.select(SUBSCRIBER_ID, OFFER_ID).join(categories, on=OFFER_ID, how="left")
+        uplift = [
+            self.learner_.predict_uplift(
+                self._matrix(
+                    chunk.join(features, on=SUBSCRIBER_ID, how="left", maintain_order="left")
+                )
+            )
+            for chunk in keys.iter_slices(PREDICT_ROWS)
+        ]
+        return keys.select(SUBSCRIBER_ID, OFFER_ID).with_columns(
+            pl.Series(UPLIFT, np.concatenate(uplift) if uplift else [], dtype=pl.Float64)
         )
 
     def rankings(self, catalog: Frame) -> pl.DataFrame:
@@ -542,9 +570,13 @@ def fit_audience_uplift(
     rows = []
     control_subscribers = 0
     members = check_groups(groups).filter(pl.col("group") == CONTROL).select(SUBSCRIBER_ID)
+    snapshots = list(snapshots)
+    per_day = MAX_TREATED_ROWS // max(len(snapshots), 1)
     for day, snapshot in snapshots:
         rows.append(
-            uplift_rows(snapshot, offer_events, catalog, groups, day, settings.horizon_days)
+            uplift_rows(
+                snapshot, offer_events, catalog, groups, day, settings.horizon_days, per_day
+            )
         )
         control_subscribers = max(
             control_subscribers,

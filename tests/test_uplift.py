@@ -143,7 +143,9 @@ def test_uplift_rows_are_per_contact_and_point_in_time():
         (4, "a", False, 0, 0.0),
         (4, "b", False, 0, 0.0),
     ]
-    assert rows["weight"].to_list() == [1.0] * 6  # few control rows: none sampled out
+    # control non-accepts are sampled to one per treated row (2 of 3 here: a stable hash kept all
+    # three), each standing for 3/2 rows; accepts are always kept at weight 1
+    assert rows["weight"].to_list() == [1.0, 1.0, 1.0, 1.5, 1.5, 1.5]
 
 
 def test_fallback_to_expected_value_with_a_reason():
