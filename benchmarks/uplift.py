@@ -1,11 +1,12 @@
 """Uplift audiences against expected-value audiences, judged by the simulator's true uplift.
 
 On a simulated data root after `mia nightly --date D`: the audience uplift model is fitted as the
-night fits it (`flows.steps.audience_uplift`), and every published audience row (both orders
-rank the same rows) is ordered two ways per offer: by predicted uplift and by `p_accept` (the
-expected-value order: value and category weight are constant within an offer). Each order's Qini
-coefficient and uplift@10% against `mia.simulate.oracle_uplift` are averaged over the offers with
-at least `--min-rows` rows.
+night fits it (`flows.steps.audience_uplift`), and every published audience row (all orders rank
+the same rows) is ordered three ways per offer: `uplift` (what the night publishes: the night's
+p_accept minus the control arm's organic accept chance), `t_learner` (both arms of the T-learner)
+and `expected_value` (p_accept: value and category weight are constant within an offer). Each
+order's Qini coefficient and uplift@10% against `mia.simulate.oracle_uplift` are averaged over the
+offers with at least `--min-rows` rows.
 
     python -m benchmarks.uplift --data-dir /tmp/demo --date 2026-04-30
 """
@@ -28,7 +29,7 @@ from mia.simulate import oracle_uplift
 from offers.audience import read_summary
 from offers.uplift import qini_coefficient, uplift_at_k
 
-ORDERS = {"uplift": "uplift", "expected_value": "p_accept"}
+ORDERS = {"uplift": "uplift", "t_learner": "t_learner", "expected_value": "p_accept"}
 
 
 def compare(frame: pl.DataFrame, min_rows: int) -> pl.DataFrame:
@@ -40,7 +41,9 @@ def compare(frame: pl.DataFrame, min_rows: int) -> pl.DataFrame:
         row = {"offer_id": offer_id, "rows": part.height}
         for name, column in ORDERS.items():
             row[f"qini_{name}"] = qini_coefficient(part[column], part["true_uplift"])
-            row[f"uplift_at_10pct_{name}"] = uplift_at_k(part[column], part["true_uplift"], 0.1)
+            row[f"uplift_at_10pct_{name}"] = uplift_at_k(
+                part[column], part["true_uplift"], share=0.1
+            )
         rows.append(row)
     return pl.DataFrame(rows)
 
@@ -65,10 +68,18 @@ def main() -> None:
     fit_seconds = time.perf_counter() - started
     directory = lake.audiences(as_of)
     audiences = pl.concat(
-        pl.read_csv(directory / name, schema_overrides={"subscriber_id": pl.Int64})
+        pl.read_csv(directory / name, schema_overrides={"subscriber_id": pl.Int64}).select(
+            "subscriber_id", "offer_id", "p_accept"
+        )
         for name in read_summary(directory)["file"]
-    ).select("subscriber_id", "offer_id", "p_accept")
-    predicted = model.predict(audiences, scan_snapshot(lake, as_of), catalog)
+    )
+    snapshot = scan_snapshot(lake, as_of)
+    predicted = model.predict(audiences, snapshot, catalog).join(
+        model.predict(audiences, snapshot, catalog, use_scores=False).rename(
+            {"uplift": "t_learner"}
+        ),
+        on=["subscriber_id", "offer_id"],
+    )
     truth = oracle_uplift(
         lake.root, as_of, settings.horizon_days, offer_ids=audiences["offer_id"].unique()
     )

@@ -406,10 +406,10 @@ def read_summary(directory: Path | str) -> pl.DataFrame:
         FILE_COLUMN: pl.String,
     }
     summary = pl.read_csv(path, schema_overrides=schema, infer_schema=False)
-    defaults = {RANKING: BY_EXPECTED_VALUE, RANKING_REASON: ""}
+    defaults = {RANKING: BY_EXPECTED_VALUE, RANKING_REASON: "", QINI: None}
     return (
         summary.with_columns(
-            pl.lit(value, dtype=pl.String).alias(name)
+            pl.lit(value, dtype=schema[name]).alias(name)
             for name, value in defaults.items()
             if name not in summary.columns
         )

@@ -13,9 +13,11 @@ What is estimated (per subscriber x offer, features of the snapshot of day T):
   a small offer borrows strength from its category and from the rest of the catalog.
 
 Both arms are probabilities of one accept of one offer in the same window, so their difference is
-in the units of P(accept | shown) and can be multiplied by an offer's value. Where the control arm
-of an offer's category has too few accepts (`uplift_min_control_accepts`) or too few subscribers
-(`uplift_min_control`), the offer's audience falls back to expected value, with the reason.
+in the units of P(accept | shown) and can be multiplied by an offer's value. For audiences the
+night's P(accept | shown) stands in for the treated arm (`AudienceUplift.predict`). Where the
+control arm of an offer's category has too few accepts (`uplift_min_control_accepts`) or the
+control group too few subscribers (`uplift_min_control`), the offer's audience falls back to
+expected value, with the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ import polars as pl
 
 from features.labels import label_window, offer_labels
 from mia.hashing import pair_hash, text_hash, unit_interval
-from mia.schema import CATEGORY, EVENT, LABEL, OFFER_ID, SNAPSHOT_DATE, SUBSCRIBER_ID, TS
+from mia.schema import (
+    CATEGORY,
+    EVENT,
+    LABEL,
+    OFFER_ID,
+    P_ACCEPT,
+    SNAPSHOT_DATE,
+    SUBSCRIBER_ID,
+    TS,
+)
 from mia.settings import Settings
 from offers.eligibility import Frame, OffersInputError, lazy, require_columns
 from offers.groups import CONTROL, check_groups, targeted
@@ -277,12 +288,18 @@ class TLearner:
             return np.full(len(features), model)
         return model.predict(features, num_threads=1)
 
+    def predict_arms(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted P(outcome | treated) and P(outcome | control) per row."""
+        features = np.asarray(features, dtype=np.float32)
+        return (
+            self._predict_arm(self.treated_model_, features),
+            self._predict_arm(self.control_model_, features),
+        )
+
     def predict_uplift(self, features: Any) -> np.ndarray:
         """Predicted P(outcome | treated) - P(outcome | control) per row."""
-        features = np.asarray(features, dtype=np.float32)
-        return self._predict_arm(self.treated_model_, features) - self._predict_arm(
-            self.control_model_, features
-        )
+        treated, control = self.predict_arms(features)
+        return treated - control
 
 
 # ---- audience uplift from the data root's frames ---------------------------------------------
@@ -478,8 +495,16 @@ class AudienceUplift:
             values, schema={OFFER_ID: pl.String, QINI: pl.Float64}, orient="row"
         ).sort(OFFER_ID)
 
-    def predict(self, pairs: pl.DataFrame, snapshot: Frame, catalog: Frame) -> pl.DataFrame:
+    def predict(
+        self, pairs: pl.DataFrame, snapshot: Frame, catalog: Frame, use_scores: bool = True
+    ) -> pl.DataFrame:
         """[subscriber_id, offer_id, uplift] for the pairs, from tonight's snapshot features.
+
+        uplift = treated response - control response (the control arm's P(organic accept)).
+        With `use_scores` and a `p_accept` column in `pairs` (the night's scores), that
+        P(accept | shown) is the treated response: the propensity models learn the same outcome
+        of the same treated contacts from all impressions and more history, and rank better than
+        the T-learner's own treated arm (see offers/README.md); otherwise the treated arm's.
 
         The pairs' subscribers' features are read once, as 32-bit floats (what the model reads),
         and the pairs are scored PREDICT_ROWS at a time, so memory does not grow with the pairs.
@@ -492,15 +517,18 @@ class AudienceUplift:
             .join(pairs.lazy().select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
             .collect()
         )
-        keys = pairs.select(SUBSCRIBER_ID, OFFER_ID).join(categories, on=OFFER_ID, how="left")
-        uplift = [
-            self.learner_.predict_uplift(
+        scored = use_scores and P_ACCEPT in pairs.columns
+        keys = pairs.select(
+            SUBSCRIBER_ID, OFFER_ID, *([pl.col(P_ACCEPT).cast(pl.Float64)] if scored else [])
+        ).join(categories, on=OFFER_ID, how="left")
+        uplift = []
+        for chunk in keys.iter_slices(PREDICT_ROWS):
+            treated, control = self.learner_.predict_arms(
                 self._matrix(
                     chunk.join(features, on=SUBSCRIBER_ID, how="left", maintain_order="left")
                 )
             )
-            for chunk in keys.iter_slices(PREDICT_ROWS)
-        ]
+            uplift.append((chunk[P_ACCEPT].to_numpy() if scored else treated) - control)
         return keys.select(SUBSCRIBER_ID, OFFER_ID).with_columns(
             pl.Series(UPLIFT, np.concatenate(uplift) if uplift else [], dtype=pl.Float64)
         )

@@ -380,3 +380,15 @@ def test_zero_capacity_gives_an_empty_audience(tmp_path):
     summary = audience_summary(audiences, zero)
     directory = write_audiences(audiences, summary, tmp_path / "a")
     assert (directory / "gift_box.csv").read_text() == ",".join(AUDIENCE_COLUMNS) + "\n"
+
+
+def test_a_summary_written_before_rankings_reads_as_expected_value(tmp_path):
+    directory = _write(tmp_path / "audiences")
+    path = directory / "summary.csv"
+    older = pl.read_csv(path, infer_schema=False).drop("ranking", "ranking_reason", "qini")
+    older.write_csv(path)
+    summary = read_summary(directory)
+    assert summary.columns == [*SUMMARY_COLUMNS, "file"]
+    assert summary["ranking"].unique().to_list() == ["expected_value"]
+    assert summary["ranking_reason"].unique().to_list() == [""]
+    assert summary["qini"].null_count() == summary.height
