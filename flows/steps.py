@@ -457,7 +457,6 @@ def audiences(
     return {
         "audience_offers": summary.height,
         "audience_rows": int(summary["audience_size"].sum()) if summary.height else 0,
-        "audience_uplift_offers": int((summary["ranking"] == "uplift").sum()),
     }
 
 

@@ -453,10 +453,9 @@ class AudienceUplift:
             < HOLDOUT_SHARE
         )
         fitted = rows.filter(~held_out)
+        # One thread: the night's audiences must not depend on the machine's thread count.
         self.learner_ = TLearner(
-            categorical_features=(0, 1),
-            num_threads=self.settings.num_threads,
-            random_state=self.settings.seed,
+            categorical_features=(0, 1), num_threads=1, random_state=self.settings.seed
         ).fit(
             self._matrix(fitted),
             fitted[TREATED].to_numpy(),

@@ -222,3 +222,34 @@ def test_uplift_on_the_simulated_world_against_the_oracle(night_run):
     by_uplift = _mean_qini_per_offer(frame, "uplift")
     by_expected_value = _mean_qini_per_offer(frame, "p_accept")
     assert by_uplift > by_expected_value + 0.1
+
+
+def test_oracle_uplift_is_p_accept_minus_the_organic_chance(simulated_root):
+    from mia.simulate import SimulationError, oracle_p_accept, oracle_uplift
+    from mia.simulate.world import ORGANIC_BROWSE, ORGANIC_FACTOR
+    from tests.conftest import TINY_LAST_DAY
+
+    ids = [1, 2, 3]
+    truth = oracle_uplift(simulated_root, TINY_LAST_DAY, 7, subscriber_ids=ids)
+    p_accept = oracle_p_accept(simulated_root, TINY_LAST_DAY, subscriber_ids=ids)
+    assert truth.select("subscriber_id", "offer_id", "p_accept").equals(p_accept)
+    # without eligible pairs: the active offers whose product the subscriber does not hold
+    n_eligible = p_accept.group_by("subscriber_id").agg((pl.col("p_accept") > 0).sum().alias("n"))
+    expected = (
+        p_accept.join(n_eligible, on="subscriber_id")
+        .with_columns(
+            (
+                1 - (1 - ORGANIC_BROWSE * ORGANIC_FACTOR * pl.col("p_accept") / pl.col("n")) ** 7
+            ).alias("p_organic")
+        )
+        .sort("subscriber_id", "offer_id")
+    )
+    assert np.allclose(truth["p_organic"], expected["p_organic"])
+    assert np.allclose(truth["true_uplift"], truth["p_accept"] - truth["p_organic"])
+    # given eligible pairs, n_eligible is their count: one eligible offer each -> 7 daily chances
+    one = p_accept.group_by("subscriber_id").agg(pl.col("offer_id").first())
+    narrow = oracle_uplift(simulated_root, TINY_LAST_DAY, 7, subscriber_ids=ids, eligible=one)
+    daily = ORGANIC_BROWSE * ORGANIC_FACTOR * narrow["p_accept"]
+    assert np.allclose(narrow["p_organic"], 1 - (1 - daily) ** 7)
+    with pytest.raises(SimulationError, match="horizon_days"):
+        oracle_uplift(simulated_root, TINY_LAST_DAY, 0)
