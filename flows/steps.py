@@ -412,7 +412,7 @@ def audience_uplift(lake: Lake, as_of: dt.date, settings: Settings, catalog, gro
     if events is None:
         return None, "no stored training snapshot with outcomes up to the night"
     snapshots = [(day, scan_snapshot(lake, day)) for day in days]
-    return fit_audience_uplift(snapshots, events, catalog, groups, settings), ""
+    return fit_audience_uplift(snapshots, events, catalog, groups, settings)
 
 
 def audiences(

@@ -592,8 +592,9 @@ def fit_audience_uplift(
     catalog: Frame,
     groups: Frame,
     settings: Settings,
-) -> AudienceUplift:
-    """An AudienceUplift fitted on the given (snapshot day, snapshot) pairs and their windows."""
+) -> tuple[AudienceUplift | None, str]:
+    """An AudienceUplift fitted on the given (snapshot day, snapshot) pairs and their windows,
+    or None and the reason when an arm has no rows (no impression, or no control subscriber)."""
     rows = []
     control_subscribers = 0
     members = check_groups(groups).filter(pl.col("group") == CONTROL).select(SUBSCRIBER_ID)
@@ -611,6 +612,10 @@ def fit_audience_uplift(
         )
     if not rows:
         raise OffersInputError("uplift: rule: at least one snapshot day; none given.")
-    return AudienceUplift(settings).fit(
-        pl.concat(rows, how="diagonal_relaxed"), control_subscribers
-    )
+    training = pl.concat(rows, how="diagonal_relaxed")
+    arms = training[TREATED].value_counts()
+    treated = int(arms.filter(pl.col(TREATED))["count"].sum())
+    if treated == 0 or treated == training.height:
+        arm = "treated" if treated == 0 else "control"
+        return None, f"no {arm} rows in the training windows"
+    return AudienceUplift(settings).fit(training, control_subscribers), ""

@@ -13,6 +13,7 @@ from mia.settings import Settings
 from offers.eligibility import OffersInputError
 from offers.uplift import (
     TLearner,
+    fit_audience_uplift,
     offer_rankings,
     qini_coefficient,
     uplift_at_k,
@@ -103,8 +104,11 @@ def test_t_learner_recovers_a_planted_effect():
     assert np.array_equal(again.predict_uplift(features), predicted)  # deterministic
 
 
-def test_uplift_rows_are_per_contact_and_point_in_time():
-    snapshot_date = dt.date(2026, 3, 1)
+SNAPSHOT_DATE = dt.date(2026, 3, 1)
+
+
+def small_inputs() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Snapshot, groups, catalog and offer events of four subscribers."""
     snapshot = pl.DataFrame({"subscriber_id": [1, 2, 3, 4], "calls_30d": [5.0, 1.0, 2.0, 0.0]})
     groups = pl.DataFrame(
         {
@@ -134,7 +138,12 @@ def test_uplift_rows_are_per_contact_and_point_in_time():
         },
         orient="row",
     )
-    rows = uplift_rows(snapshot, events, catalog, groups, snapshot_date, 7)
+    return snapshot, groups, catalog, events
+
+
+def test_uplift_rows_are_per_contact_and_point_in_time():
+    snapshot, groups, catalog, events = small_inputs()
+    rows = uplift_rows(snapshot, events, catalog, groups, SNAPSHOT_DATE, 7)
     assert rows.select("subscriber_id", "offer_id", "treated", "outcome", "calls_30d").rows() == [
         (1, "a", True, 1, 5.0),
         (2, "b", True, 0, 1.0),
@@ -146,6 +155,15 @@ def test_uplift_rows_are_per_contact_and_point_in_time():
     # control non-accepts are sampled to one per treated row (2 of 3 here: a stable hash kept all
     # three), each standing for 3/2 rows; accepts are always kept at weight 1
     assert rows["weight"].to_list() == [1.0, 1.0, 1.0, 1.5, 1.5, 1.5]
+
+
+def test_no_model_without_a_control_group():
+    snapshot, groups, catalog, events = small_inputs()
+    everyone_treated = groups.with_columns(pl.lit("treatment").alias("group"))
+    model, reason = fit_audience_uplift(
+        [(SNAPSHOT_DATE, snapshot)], events, catalog, everyone_treated, Settings()
+    )
+    assert model is None and reason == "no control rows in the training windows"
 
 
 def test_fallback_to_expected_value_with_a_reason():
