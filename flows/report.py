@@ -131,6 +131,43 @@ def _impact_section(inputs: ReportInputs) -> list[str]:
     return [*lines, "### Offers with most evidence", "", _markdown_table(offers)]
 
 
+# Audience summary columns shown in the uplift section rather than the audiences table.
+_UPLIFT_COLUMNS = ("ranking", "qini", "ranking_reason")
+
+
+def _uplift_section(summary: pl.DataFrame) -> list[str]:
+    """Which ranking each audience used and the uplift model's held-out Qini per offer."""
+    if not set(_UPLIFT_COLUMNS) <= set(summary.columns):
+        return []
+    by_uplift = summary.filter(pl.col("ranking") == "uplift")
+    measured = by_uplift["qini"].drop_nulls()
+    mean = f"{measured.mean():.3f}" if len(measured) else "not measured"
+    return [
+        "## Uplift audiences (Qini)",
+        "",
+        "Audiences are ranked by expected incremental value (predicted uplift x value) where the "
+        "control group holds enough data, otherwise by expected value (reason given). Qini: the "
+        "uplift model on held-out subscribers' observed outcomes, treated vs control "
+        "(1 = perfect order, 0 = random, empty = not measurable).",
+        "",
+        f"- ranked by uplift: {by_uplift.height} offers; by expected value: "
+        f"{summary.height - by_uplift.height} offers",
+        f"- mean held-out Qini of the offers ranked by uplift: {mean}",
+        "",
+        _markdown_table(
+            summary.sort(
+                ["ranking", "qini", "offer_id"], descending=[True, True, False], nulls_last=True
+            ).select(
+                "offer_id",
+                "ranking",
+                pl.col("qini").round(3).cast(pl.String).fill_null(""),
+                "ranking_reason",
+            ),
+            limit=40,
+        ),
+    ]
+
+
 def first_offer_scores(offers: pl.DataFrame | pl.LazyFrame) -> pl.Series:
     """P(accept) of each subscriber's first offer (rank 1), read alone from the night's offers."""
     first = offers.lazy().filter(pl.col("rank") == 1).select("p_accept")
@@ -250,7 +287,9 @@ def write_report(inputs: ReportInputs, directory: Path, score_psi_threshold: flo
     for title, file in plots.items():
         lines += ["", f"## {title.capitalize()}", "", f"![{title}]({file})"]
     lines += ["", "## Offers per category", "", _markdown_table(per_category, limit=40)]
-    lines += ["## Audiences", "", _markdown_table(summary, limit=40)]
+    audiences = summary.drop(_UPLIFT_COLUMNS, strict=False)
+    lines += ["## Audiences", "", _markdown_table(audiences, limit=40)]
+    lines += _uplift_section(summary)
     if auc:
         metric_rows = pl.DataFrame({"model": list(auc), "roc_auc": list(auc.values())}).sort(
             "model"

@@ -37,7 +37,7 @@ from mia.ingest import (
     refuse_lost_days,
     state_delivery,
 )
-from mia.lake import Lake, merge_sorted_parquet, write_parquet
+from mia.lake import Lake, merge_sorted_parquet, partition_files, write_parquet
 from mia.schema import CATEGORY, STATE_TABLES, SUBSCRIBER_ID
 from mia.settings import Settings
 from models.scoring import MODEL_NAME
@@ -269,7 +269,6 @@ def input_hashes(lake: Lake, as_of: dt.date) -> dict[str, dict[str, str]]:
 
     from mia.hashing import file_digest
     from mia.ingest import CONTENT_HASH
-    from mia.lake import partition_files
     from mia.schema import TABLES
 
     days = sorted({day for table in TABLES for day in lake.dates("raw", table) if day <= as_of})
@@ -402,6 +401,20 @@ def gather_offers(settings: Settings, staging: Any) -> Path:
     return merge_sorted_parquet(files, path, by=[SUBSCRIBER_ID, "rank"])
 
 
+def audience_uplift(lake: Lake, as_of: dt.date, settings: Settings, catalog, groups):
+    """The audience uplift model fitted on the stored training snapshots whose outcome windows
+    end by `as_of` (point in time), or the reason there is none."""
+    from models.training import snapshot_dates
+    from offers.uplift import fit_audience_uplift
+
+    days = [day for day in snapshot_dates(as_of, settings) if partition_files(lake.snapshot(day))]
+    events = raw_events(lake, "offer_events", days[0], as_of) if days else None
+    if events is None:
+        return None, "no stored training snapshot with outcomes up to the night"
+    snapshots = [(day, scan_snapshot(lake, day)) for day in days]
+    return fit_audience_uplift(snapshots, events, catalog, groups, settings)
+
+
 def audiences(
     lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shards: list[ShardResult]
 ) -> dict[str, Any]:
@@ -411,35 +424,36 @@ def audiences(
     as shards), each from every shard's candidates of those offers.
     """
     from offers.audience import build_audiences, write_audiences_in_parts
-    from offers.lift import POPULATION_COLUMNS, organic_baseline
+    from offers.uplift import offer_rankings
 
     catalog = raw_state(lake, "catalog", as_of)
-    subscribers = raw_state(lake, "subscribers", as_of, columns=POPULATION_COLUMNS)
-    if subscribers is None or catalog is None:
-        raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
+    if catalog is None:
+        raise InputError(f"catalog missing in {lake.root / 'raw'} for {as_of}.")
     groups = groups_for(lake, as_of, settings)
-    start = as_of - dt.timedelta(days=max(settings.windows) - 1)
-    events = raw_events(lake, "offer_events", start, as_of)
-    baseline = None
-    if events is not None:
-        baseline = organic_baseline(events, catalog, subscribers, groups, start, as_of)
+    model, reason = audience_uplift(lake, as_of, settings, catalog, groups)
+    rankings = model.rankings(catalog) if model else offer_rankings(catalog, settings, None, reason)
     # Reasons are not part of audiences: never read them.
     scores = scan_candidates(shards).select(SUBSCRIBER_ID, "offer_id", "p_accept", "model_version")
     offer_ids = scores.select(pl.col("offer_id").unique()).collect()["offer_id"].to_list()
 
     def parts():
         for offers in offer_groups(offer_ids, settings.n_shards):
+            part = scores.filter(pl.col("offer_id").is_in(offers)).collect()
+            uplift = None
+            if model is not None:
+                uplift = model.predict(part, scan_snapshot(lake, as_of), catalog)
             yield build_audiences(
-                scores.filter(pl.col("offer_id").is_in(offers)),
+                part,
                 None,  # score_shard scored eligible pairs only
                 catalog,
                 groups,
                 settings,
                 generated_at=as_of.isoformat(),
-                baseline=baseline,
+                uplift=uplift,
+                rankings=rankings,
             )
 
-    summary = write_audiences_in_parts(parts(), catalog, staging.product("audiences"))
+    summary = write_audiences_in_parts(parts(), catalog, staging.product("audiences"), rankings)
     return {
         "audience_offers": summary.height,
         "audience_rows": int(summary["audience_size"].sum()) if summary.height else 0,

@@ -135,6 +135,7 @@ class Settings(BaseModel):
     lift_min_accepts: AtLeastOne = 10
     lift_fdr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05  # Benjamini-Hochberg level
     uplift_min_control: AtLeastOne = 500  # control subscribers needed to rank an audience by uplift
+    uplift_min_control_accepts: AtLeastOne = 10  # control accepts of the category, likewise
     # Scale
     n_shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = 1
     dask_address: str | None = None

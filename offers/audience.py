@@ -5,11 +5,10 @@ Rules (see offers/README.md):
 
 - Rows: eligible, scored, covered subscribers with p_accept >= min_probability, from BOTH groups;
   control rows carry group="control" and are held out by marketing to measure lift.
-- Order: by expected value (p_accept x value x category weight). Where a baseline is given and the
-  offer's control group has at least `uplift_min_control` subscribers, by expected uplift instead:
-  (p_accept - control acceptance rate) x value x weight, and rows with no positive uplift are cut.
-  Within one offer the baseline is a constant, so the order equals the expected-value order; the
-  uplift rule decides who is cut. Ties: subscriber_id ascending.
+- Order: by expected incremental value, uplift x value x category weight, where the offer's
+  ranking (offers.uplift.offer_rankings) is "uplift" and a predicted uplift is given; rows with no
+  positive predicted uplift are cut. Otherwise by expected value (p_accept x value x category
+  weight). Ties: subscriber_id ascending.
 - Capacity: a row is kept while fewer than `capacity` treatment rows rank above it, so at most
   `capacity` treatment subscribers are contacted and the control rows cover the same score range.
 - Numbers are rounded to 6 decimals (as written); CSV cells are never executed by a spreadsheet.
@@ -44,10 +43,30 @@ from mia.settings import Settings
 from offers.eligibility import Frame, OffersInputError, lazy, require_columns
 from offers.groups import TREATMENT
 from offers.rank import CAPACITY, OFFER_ORDER, category_weight_expr, scored_candidates
+from offers.uplift import (
+    BY_EXPECTED_VALUE,
+    BY_UPLIFT,
+    QINI,
+    RANKING,
+    RANKING_COLUMNS,
+    RANKING_REASON,
+    UPLIFT,
+    offer_rankings,
+)
 
 logger = logging.getLogger(__name__)
 
-AUDIENCE_COLUMNS = (SUBSCRIBER_ID, OFFER_ID, RANK, P_ACCEPT, EXPECTED_VALUE, GROUP, GENERATED_AT)
+AUDIENCE_COLUMNS = (
+    SUBSCRIBER_ID,
+    OFFER_ID,
+    RANK,
+    P_ACCEPT,
+    EXPECTED_VALUE,
+    GROUP,
+    GENERATED_AT,
+    UPLIFT,
+    RANKING,
+)
 SUMMARY_COLUMNS = (
     OFFER_ID,
     CATEGORY,
@@ -55,8 +74,10 @@ SUMMARY_COLUMNS = (
     "expected_accepts",
     EXPECTED_VALUE,
     "control_size",
+    RANKING,
+    RANKING_REASON,
+    QINI,
 )
-BASELINE_COLUMNS = (OFFER_ID, "control_n", "control_rate")
 SUMMARY_FILE = "summary.csv"
 FILE_COLUMN = "file"
 DECIMALS = 6
@@ -69,9 +90,10 @@ _AUDIENCE_SCHEMA = {
     EXPECTED_VALUE: pl.Float64,
     GROUP: pl.String,
     GENERATED_AT: pl.String,
+    UPLIFT: pl.Float64,
+    RANKING: pl.String,
 }
 _SCORE = "_score"
-_UPLIFT_RATE = "_control_rate"
 
 # File names: kept as they are only when plainly safe; otherwise sanitised and suffixed with a
 # hash of the original id. Kept names never end like a hashed one, so the two cannot collide.
@@ -132,19 +154,12 @@ def _write_csv(frame: pl.DataFrame, path: Path) -> None:
     )
 
 
-def _baseline_rates(baseline: Frame | None, settings: Settings) -> pl.LazyFrame:
-    """Per offer, the control acceptance rate, only where the control group is large enough."""
-    if baseline is None:
-        return pl.LazyFrame(schema={OFFER_ID: pl.String, _UPLIFT_RATE: pl.Float64})
-    require_columns(baseline, "baseline", BASELINE_COLUMNS)
-    return (
-        lazy(baseline)
-        .filter(
-            (pl.col("control_n") >= settings.uplift_min_control)
-            & pl.col("control_rate").is_not_null()
-        )
-        .select(OFFER_ID, pl.col("control_rate").cast(pl.Float64).alias(_UPLIFT_RATE))
-    )
+def _rankings(rankings: Frame | None, catalog: Frame, settings: Settings) -> pl.DataFrame:
+    """offer_id -> ranking (and reason); without `rankings`, expected value for every offer."""
+    if rankings is None:
+        return offer_rankings(catalog, settings, None, "no uplift given")
+    require_columns(rankings, "rankings", RANKING_COLUMNS)
+    return lazy(rankings).select(RANKING_COLUMNS).collect()
 
 
 def build_audiences(
@@ -154,39 +169,61 @@ def build_audiences(
     groups: Frame,
     settings: Settings,
     generated_at: str,
-    baseline: Frame | None = None,
+    uplift: Frame | None = None,
+    rankings: Frame | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Per scored offer (sorted by offer_id), its ranked audience with the control rows flagged.
 
     `eligible` None: every scored pair is eligible (see offers.rank.scored_candidates).
 
-    `baseline` (offer_id, control_n, control_rate; e.g. from offers.lift.organic_baseline) turns
-    on uplift ranking for offers whose control group holds >= settings.uplift_min_control.
+    `uplift` ([subscriber_id, offer_id, uplift], from offers.uplift.AudienceUplift.predict) and
+    `rankings` ([offer_id, ranking, ranking_reason], from AudienceUplift.rankings) rank the
+    offers whose ranking is "uplift" by expected incremental value; the others, and every offer
+    without them, by expected value.
     """
     if not isinstance(generated_at, str) or not generated_at:
         raise OffersInputError(f"generated_at == {generated_at!r}, must be a non-empty string.")
     candidates = scored_candidates(scores, eligible, catalog, groups, settings).filter(
         pl.col(COVERED)
     )
-    rates = _baseline_rates(baseline, settings).collect()
-    uplift = pl.col(P_ACCEPT) - pl.col(_UPLIFT_RATE)
+    if uplift is None:
+        predicted = pl.DataFrame(
+            schema={SUBSCRIBER_ID: pl.Int64, OFFER_ID: pl.String, UPLIFT: pl.Float64}
+        )
+    else:
+        require_columns(uplift, "uplift", (SUBSCRIBER_ID, OFFER_ID, UPLIFT))
+        predicted = (
+            lazy(uplift).select(SUBSCRIBER_ID, OFFER_ID, pl.col(UPLIFT).cast(pl.Float64)).collect()
+        )
+    by_uplift = (pl.col(RANKING) == BY_UPLIFT) & (uplift is not None)
     is_treatment = (pl.col(GROUP) == TREATMENT).cast(pl.Int64)
     treatment_above = is_treatment.cum_sum().over(OFFER_ORDER) - is_treatment
     rows = (
-        candidates.join(rates, on=OFFER_ID, how="left")
-        .filter(pl.col(_UPLIFT_RATE).is_null() | (uplift > 0))
+        candidates.join(
+            _rankings(rankings, catalog, settings).select(OFFER_ID, RANKING),
+            on=OFFER_ID,
+            how="left",
+        )
         .with_columns(
-            pl.when(pl.col(_UPLIFT_RATE).is_null())
-            .then(pl.col(EXPECTED_VALUE))
-            .otherwise(uplift * pl.col(VALUE) * category_weight_expr(settings))
+            pl.when(by_uplift)
+            .then(pl.lit(BY_UPLIFT))
+            .otherwise(pl.lit(BY_EXPECTED_VALUE))
+            .alias(RANKING)
+        )
+        .join(predicted, on=[SUBSCRIBER_ID, OFFER_ID], how="left")
+        .with_columns(pl.when(pl.col(RANKING) == BY_UPLIFT).then(pl.col(UPLIFT)).alias(UPLIFT))
+        .filter((pl.col(RANKING) != BY_UPLIFT) | (pl.col(UPLIFT) > 0))
+        .with_columns(
+            pl.when(pl.col(RANKING) == BY_UPLIFT)
+            .then(pl.col(UPLIFT) * pl.col(VALUE) * category_weight_expr(settings))
+            .otherwise(pl.col(EXPECTED_VALUE))
             .alias(_SCORE)
         )
         .sort([OFFER_ORDER, _SCORE, SUBSCRIBER_ID], descending=[False, True, False])
         .filter(pl.col(CAPACITY).is_null() | (treatment_above < pl.col(CAPACITY)))
         .with_columns(
             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(OFFER_ORDER).alias(RANK),
-            pl.col(P_ACCEPT).cast(pl.Float64).round(DECIMALS),
-            pl.col(EXPECTED_VALUE).cast(pl.Float64).round(DECIMALS),
+            pl.col(P_ACCEPT, EXPECTED_VALUE, UPLIFT).cast(pl.Float64).round(DECIMALS),
             pl.lit(generated_at, dtype=pl.String).alias(GENERATED_AT),
         )
         .select(AUDIENCE_COLUMNS)
@@ -198,20 +235,27 @@ def build_audiences(
         for offer_id in offer_ids
     }
     logger.info(
-        "audiences: %d offers, %d rows (%d offers ranked by uplift)",
+        "audiences: %d offers, %d rows (%d rows ranked by uplift)",
         len(audiences),
         rows.height,
-        rates.height,
+        int((rows[RANKING] == BY_UPLIFT).sum()),
     )
     return audiences
 
 
-def audience_summary(audiences: Mapping[str, pl.DataFrame], catalog: Frame) -> pl.DataFrame:
-    """Per offer: audience_size and control_size (rows), expected accepts and value (treatment)."""
+def audience_summary(
+    audiences: Mapping[str, pl.DataFrame], catalog: Frame, rankings: Frame | None = None
+) -> pl.DataFrame:
+    """Per offer: audience_size and control_size (rows), expected accepts and value (treatment),
+    the ranking used and the reason for an expected-value fallback.
+
+    Without `rankings`, an offer's ranking is read from its rows (expected_value when it has none).
+    """
     require_columns(catalog, "catalog", (OFFER_ID, CATEGORY))
     offers = pl.DataFrame({OFFER_ID: sorted(audiences)}, schema={OFFER_ID: pl.String})
     frames = [
-        frame.select(OFFER_ID, GROUP, P_ACCEPT, EXPECTED_VALUE) for frame in audiences.values()
+        frame.select(OFFER_ID, GROUP, P_ACCEPT, EXPECTED_VALUE, RANKING)
+        for frame in audiences.values()
     ]
     rows = pl.concat(frames) if frames else pl.DataFrame(schema=_AUDIENCE_SCHEMA)
     treatment = pl.col(GROUP) == TREATMENT
@@ -220,14 +264,26 @@ def audience_summary(audiences: Mapping[str, pl.DataFrame], catalog: Frame) -> p
         pl.col(P_ACCEPT).filter(treatment).sum().alias("expected_accepts"),
         pl.col(EXPECTED_VALUE).filter(treatment).sum().alias(EXPECTED_VALUE),
         (~treatment).sum().cast(pl.Int64).alias("control_size"),
+        pl.col(RANKING).max().alias(RANKING),
     )
+    if rankings is None:
+        used = totals.select(OFFER_ID, RANKING, pl.lit("").alias(RANKING_REASON))
+    else:
+        require_columns(rankings, "rankings", RANKING_COLUMNS)
+        used = lazy(rankings).collect()
+    if QINI not in used.columns:
+        used = used.with_columns(pl.lit(None, dtype=pl.Float64).alias(QINI))
+    used = used.select(*RANKING_COLUMNS, pl.col(QINI).cast(pl.Float64).round(DECIMALS))
     categories = lazy(catalog).select(OFFER_ID, CATEGORY).collect()
     return (
         offers.join(categories, on=OFFER_ID, how="left")
-        .join(totals, on=OFFER_ID, how="left")
+        .join(totals.drop(RANKING), on=OFFER_ID, how="left")
+        .join(used, on=OFFER_ID, how="left")
         .with_columns(
             pl.col("audience_size", "control_size").fill_null(0),
             pl.col("expected_accepts", EXPECTED_VALUE).fill_null(0.0).round(DECIMALS),
+            pl.col(RANKING).fill_null(BY_EXPECTED_VALUE),
+            pl.col(RANKING_REASON).fill_null(""),
         )
         .select(SUMMARY_COLUMNS)
         .sort(OFFER_ID)
@@ -254,7 +310,10 @@ def write_audiences(
 
 
 def write_audiences_in_parts(
-    parts: Iterable[Mapping[str, pl.DataFrame]], catalog: Frame, directory: Path | str
+    parts: Iterable[Mapping[str, pl.DataFrame]],
+    catalog: Frame,
+    directory: Path | str,
+    rankings: Frame | None = None,
 ) -> pl.DataFrame:
     """Write audiences that arrive in parts of disjoint offers (e.g. `build_audiences` on groups
     of offers), one part in memory at a time; the same files as `write_audiences` on their union.
@@ -274,9 +333,11 @@ def write_audiences_in_parts(
                     "appear twice."
                 )
             names.update(_write_audience_files(part, temporary, taken=names))
-            summaries.append(audience_summary(part, catalog))
+            summaries.append(audience_summary(part, catalog, rankings))
         summary = (
-            pl.concat(summaries).sort(OFFER_ID) if summaries else audience_summary({}, catalog)
+            pl.concat(summaries).sort(OFFER_ID)
+            if summaries
+            else audience_summary({}, catalog, rankings)
         )
         _write_summary(summary, names, temporary)
     logger.info("wrote %d audience files to %s", len(names), directory)
@@ -325,21 +386,35 @@ def _write_summary(summary: pl.DataFrame, names: Mapping[str, str], directory: P
 
 
 def read_summary(directory: Path | str) -> pl.DataFrame:
-    """The summary.csv of an audience directory (cells as written, numbers typed)."""
+    """The summary.csv of an audience directory (cells as written, numbers typed).
+
+    A summary written before audiences said their ranking reads as ranked by expected value.
+    """
     path = Path(directory) / SUMMARY_FILE
     if not path.is_file():
         raise OffersInputError(f"audiences: {path} not found; rule: run the nightly flow first.")
-    return pl.read_csv(
-        path,
-        schema={
-            OFFER_ID: pl.String,
-            CATEGORY: pl.String,
-            "audience_size": pl.Int64,
-            "expected_accepts": pl.Float64,
-            EXPECTED_VALUE: pl.Float64,
-            "control_size": pl.Int64,
-            FILE_COLUMN: pl.String,
-        },
+    schema = {
+        OFFER_ID: pl.String,
+        CATEGORY: pl.String,
+        "audience_size": pl.Int64,
+        "expected_accepts": pl.Float64,
+        EXPECTED_VALUE: pl.Float64,
+        "control_size": pl.Int64,
+        RANKING: pl.String,
+        RANKING_REASON: pl.String,
+        QINI: pl.Float64,
+        FILE_COLUMN: pl.String,
+    }
+    summary = pl.read_csv(path, schema_overrides=schema, infer_schema=False)
+    defaults = {RANKING: BY_EXPECTED_VALUE, RANKING_REASON: "", QINI: None}
+    return (
+        summary.with_columns(
+            pl.lit(value, dtype=schema[name]).alias(name)
+            for name, value in defaults.items()
+            if name not in summary.columns
+        )
+        .select(list(schema))
+        .with_columns(pl.col(RANKING_REASON).fill_null(""))
     )
 
 

@@ -1,4 +1,4 @@
-"""Audiences: membership, capacity, uplift rule, safe and byte-stable CSV files."""
+"""Audiences: membership, capacity, uplift ranking, safe and byte-stable CSV files."""
 
 from __future__ import annotations
 
@@ -76,9 +76,31 @@ def eligible() -> pl.DataFrame:
     )
 
 
-def build(settings: Settings = SETTINGS, baseline: pl.DataFrame | None = None):
+def build(
+    settings: Settings = SETTINGS,
+    uplift: pl.DataFrame | None = None,
+    rankings: pl.DataFrame | None = None,
+):
     return build_audiences(
-        scores(), eligible(), catalog(), groups(), settings, GENERATED_AT, baseline=baseline
+        scores(),
+        eligible(),
+        catalog(),
+        groups(),
+        settings,
+        GENERATED_AT,
+        uplift=uplift,
+        rankings=rankings,
+    )
+
+
+def rankings(gift_ranking: str) -> pl.DataFrame:
+    ids = catalog()["offer_id"].to_list()
+    return pl.DataFrame(
+        {
+            "offer_id": ids,
+            "ranking": [gift_ranking if o == "gift_box" else "expected_value" for o in ids],
+            "ranking_reason": ["" if o == "gift_box" else "too few control accepts" for o in ids],
+        }
     )
 
 
@@ -105,13 +127,30 @@ def test_audience_rows_capacity_and_control():
     assert plain["p_accept"].to_list() == [0.12, 0.1, 0.06]
 
 
-def test_uplift_rule_needs_enough_control():
-    baseline = pl.DataFrame({"offer_id": ["gift_box"], "control_n": [1000], "control_rate": [0.42]})
-    gift = build(baseline=baseline)["gift_box"]
-    # only positive uplift (p > 0.42) stays: 3 (0.40) is cut
-    assert gift.select("subscriber_id", "group").rows() == [(1, "treatment"), (5, "control")]
-    thin = baseline.with_columns(pl.lit(499).alias("control_n"))
-    assert build(baseline=thin)["gift_box"].equals(build()["gift_box"])
+def test_uplift_ranking_orders_by_incremental_value_and_says_so():
+    # predicted uplift reverses the p_accept order of 1 and 3 and cuts 5 (no positive uplift)
+    uplift = pl.DataFrame(
+        {"subscriber_id": [1, 3, 5, 6], "offer_id": "gift_box", "uplift": [0.1, 0.3, 0.0, 0.2]}
+    )
+    audiences = build(uplift=uplift, rankings=rankings("uplift"))
+    gift = audiences["gift_box"]
+    assert gift.select("subscriber_id", "group", "uplift", "ranking").rows() == [
+        (3, "treatment", 0.3, "uplift"),
+        (6, "control", 0.2, "uplift"),
+        (1, "treatment", 0.1, "uplift"),
+    ]
+    assert audiences["plain"]["ranking"].unique().to_list() == ["expected_value"]
+    assert audiences["plain"]["uplift"].null_count() == audiences["plain"].height
+    summary = audience_summary(audiences, catalog(), rankings("uplift")).filter(
+        pl.col("offer_id").is_in(["gift_box", "plain"])
+    )
+    assert summary.select("offer_id", "ranking", "ranking_reason").rows() == [
+        ("gift_box", "uplift", ""),
+        ("plain", "expected_value", "too few control accepts"),
+    ]
+    # an offer that falls back to expected value ignores the predicted uplift
+    fallback = build(uplift=uplift, rankings=rankings("expected_value"))["gift_box"]
+    assert fallback.drop("ranking").equals(build()["gift_box"].drop("ranking"))
 
 
 def test_summary_counts():
@@ -126,6 +165,9 @@ def test_summary_counts():
         "expected_accepts": pytest.approx(0.9),
         "expected_value": pytest.approx(9.0),
         "control_size": 1,
+        "ranking": "expected_value",
+        "ranking_reason": "",
+        "qini": None,
     }
     assert summary["audience_size"].sum() + summary["control_size"].sum() == sum(
         frame.height for frame in audiences.values()
@@ -148,10 +190,10 @@ def test_files_are_byte_identical_on_rerun(tmp_path):
     assert _contents(_write(tmp_path / "a")) == first
     assert len(first) == len(UNSAFE_IDS) + 3
     assert first["gift_box.csv"].decode() == (
-        "subscriber_id,offer_id,rank,p_accept,expected_value,group,generated_at\n"
-        "1,gift_box,1,0.500000,5.000000,treatment,2026-03-11T03:00:00\n"
-        "5,gift_box,2,0.450000,4.500000,control,2026-03-11T03:00:00\n"
-        "3,gift_box,3,0.400000,4.000000,treatment,2026-03-11T03:00:00\n"
+        "subscriber_id,offer_id,rank,p_accept,expected_value,group,generated_at,uplift,ranking\n"
+        "1,gift_box,1,0.500000,5.000000,treatment,2026-03-11T03:00:00,,expected_value\n"
+        "5,gift_box,2,0.450000,4.500000,control,2026-03-11T03:00:00,,expected_value\n"
+        "3,gift_box,3,0.400000,4.000000,treatment,2026-03-11T03:00:00,,expected_value\n"
     )
 
 
@@ -322,8 +364,10 @@ def test_bad_inputs():
         write_audiences(audiences, summary.head(2), Path("/nonexistent/never"))
     with pytest.raises(OffersInputError, match="generated_at"):
         build_audiences(scores(), eligible(), catalog(), groups(), SETTINGS, "")
-    with pytest.raises(OffersInputError, match="baseline"):
-        build(baseline=pl.DataFrame({"offer_id": ["gift_box"]}))
+    with pytest.raises(OffersInputError, match="uplift"):
+        build(uplift=pl.DataFrame({"offer_id": ["gift_box"]}))
+    with pytest.raises(OffersInputError, match="rankings"):
+        build(rankings=pl.DataFrame({"offer_id": ["gift_box"]}))
 
 
 def test_zero_capacity_gives_an_empty_audience(tmp_path):
@@ -336,3 +380,15 @@ def test_zero_capacity_gives_an_empty_audience(tmp_path):
     summary = audience_summary(audiences, zero)
     directory = write_audiences(audiences, summary, tmp_path / "a")
     assert (directory / "gift_box.csv").read_text() == ",".join(AUDIENCE_COLUMNS) + "\n"
+
+
+def test_a_summary_written_before_rankings_reads_as_expected_value(tmp_path):
+    directory = _write(tmp_path / "audiences")
+    path = directory / "summary.csv"
+    older = pl.read_csv(path, infer_schema=False).drop("ranking", "ranking_reason", "qini")
+    older.write_csv(path)
+    summary = read_summary(directory)
+    assert summary.columns == [*SUMMARY_COLUMNS, "file"]
+    assert summary["ranking"].unique().to_list() == ["expected_value"]
+    assert summary["ranking_reason"].unique().to_list() == [""]
+    assert summary["qini"].null_count() == summary.height

@@ -180,3 +180,25 @@ def test_impact_section_shows_arms_with_intervals_and_odd_keys_as_text(tmp_path)
     category_rows = rows_under("Per category")
     assert len(category_rows) == 2 + 6 and r"| a\|b |" in category_rows[2]
     assert {unescaped_pipes(line) for line in category_rows} == {19}
+
+
+def test_uplift_section_shows_each_audience_ranking_and_qini(tmp_path):
+    ids = ["a", "b", "c|d"]
+    summary = audience_summary(ids).with_columns(
+        pl.Series("ranking", ["uplift", "uplift", "expected_value"]),
+        pl.Series("qini", [0.25, None, None], dtype=pl.Float64),
+        pl.Series("ranking_reason", ["", "", "control group: 3 accepts of category c|d"]),
+    )
+    inputs = ReportInputs(AS_OF, "run-1", offers(ids), summary)
+    text = write_report(inputs, tmp_path).read_text()
+    assert "- ranked by uplift: 2 offers; by expected value: 1 offers" in text
+    assert "- mean held-out Qini of the offers ranked by uplift: 0.250" in text
+    section = text.split("## Uplift audiences (Qini)\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    assert rows[0] == "| offer_id | ranking | qini | ranking_reason |"
+    assert rows[2:] == [
+        "| a | uplift | 0.25 |  |",
+        "| b | uplift |  |  |",
+        r"| c\|d | expected_value |  | control group: 3 accepts of category c\|d |",
+    ]
+    assert "ranking" not in table_rows(text, "Audiences")[0]

@@ -8,7 +8,8 @@ Acceptance of a shown offer is planted as a logistic function of behaviour that 
 pipeline can see in the logs (30-day and 7-day windows of usage, payments, app screens and
 transfers, tenure, device), plus latent per-subscriber category tastes and offer attractiveness.
 The drivers of every day are kept under `root/truth/` so that `oracle_p_accept` returns exactly
-the probability that was used to draw accepts.
+the probability that was used to draw accepts, and `oracle_uplift` the true uplift of a contact
+(that probability minus the chance of an organic accept within a horizon).
 
 Truth layout (not part of the input contract):
     truth/meta.json                      the SimulationConfig and the truth version
@@ -34,7 +35,7 @@ from mia.simulate.acceptance import (
 from mia.simulate.catalog import OFFERS, TARIFFS, OfferSpec, Tariff, catalog_frame
 from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import TRUTH_DIR, SimulationConfig, SimulationError
-from mia.simulate.oracle import oracle_p_accept
+from mia.simulate.oracle import oracle_p_accept, oracle_uplift
 from mia.simulate.world import generate_days, write_world
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "catalog_frame",
     "generate_days",
     "oracle_p_accept",
+    "oracle_uplift",
     "signals_from_drivers",
     "write_world",
 ]

@@ -1,4 +1,4 @@
-"""The oracle: true P(accept | shown) of any subscriber x offer from the written truth."""
+"""The oracle: true P(accept | shown) and true contact uplift of any subscriber x offer."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from mia.simulate.acceptance import DRIVERS, acceptance_probability, signals_fro
 from mia.simulate.catalog import OFFERS
 from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import TRUTH_DIR, SimulationError
+from mia.simulate.world import ORGANIC_BROWSE, ORGANIC_FACTOR
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +136,50 @@ def _read_tastes(truth_root: Path, as_of: dt.date, ids: np.ndarray) -> np.ndarra
         traits, on=SUBSCRIBER_ID, how="left", maintain_order="left"
     )
     return aligned.select(f"taste_{c}" for c in CATEGORIES).to_numpy()
+
+
+ORGANIC_P = "p_organic"
+TRUE_UPLIFT = "true_uplift"
+
+
+def oracle_uplift(
+    root: Path,
+    as_of: dt.date | str,
+    horizon_days: int,
+    subscriber_ids: Iterable[int] | pl.Series | np.ndarray | None = None,
+    offer_ids: Iterable[str] | None = None,
+    eligible: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """True uplift of contacting each subscriber with an offer the day after `as_of`.
+
+    `true_uplift = p_accept - p_organic`: the chance that the contact is accepted (the
+    simulator's P(accept | shown)) minus the chance that the subscriber, not contacted, accepts the
+    offer on their own within `horizon_days`. In the simulator a subscriber without an impression
+    browses one offer a day with chance ORGANIC_BROWSE, picked uniformly among the offers eligible
+    to them, and accepts it with ORGANIC_FACTOR x p_accept; so the daily organic chance is
+    q = ORGANIC_BROWSE x ORGANIC_FACTOR x p_accept / n_eligible and
+    p_organic = 1 - (1 - q) ** horizon_days (p_accept held at its value as of `as_of`).
+    n_eligible counts the subscriber's pairs in `eligible` ([subscriber_id, offer_id], e.g. from
+    offers.eligibility.eligible_pairs); without it, the active offers whose product the
+    subscriber does not hold (region, device, tenure and cooldown rules are then ignored).
+    Columns: subscriber_id, offer_id, p_accept, p_organic, true_uplift, sorted like
+    `oracle_p_accept`.
+    """
+    if not isinstance(horizon_days, int) or isinstance(horizon_days, bool) or horizon_days < 1:
+        raise SimulationError(f"horizon_days == {horizon_days!r}, must be an integer >= 1.")
+    probabilities = oracle_p_accept(root, as_of, subscriber_ids, offer_ids)
+    if eligible is None:
+        counts_from = probabilities.filter(pl.col(P_ACCEPT) > 0)
+        if offer_ids is not None:  # count every active offer, not only the requested ones
+            counts_from = oracle_p_accept(root, as_of, subscriber_ids).filter(pl.col(P_ACCEPT) > 0)
+    else:
+        counts_from = eligible.select(SUBSCRIBER_ID, OFFER_ID).unique()
+    counts = counts_from.group_by(SUBSCRIBER_ID).agg(pl.len().alias("_n_eligible"))
+    daily = ORGANIC_BROWSE * ORGANIC_FACTOR * pl.col(P_ACCEPT) / pl.col("_n_eligible").clip(1, None)
+    organic = (1.0 - (1.0 - daily) ** horizon_days).fill_null(0.0)
+    return (
+        probabilities.join(counts, on=SUBSCRIBER_ID, how="left", maintain_order="left")
+        .with_columns(organic.alias(ORGANIC_P))
+        .with_columns((pl.col(P_ACCEPT) - pl.col(ORGANIC_P)).alias(TRUE_UPLIFT))
+        .select(SUBSCRIBER_ID, OFFER_ID, P_ACCEPT, ORGANIC_P, TRUE_UPLIFT)
+    )
