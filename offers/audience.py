@@ -41,7 +41,7 @@ from mia.schema import (
 )
 from mia.settings import Settings
 from offers.eligibility import Frame, OffersInputError, lazy, require_columns
-from offers.groups import TREATMENT
+from offers.groups import CONTROL, TREATMENT
 from offers.rank import CAPACITY, OFFER_ORDER, category_weight_expr, scored_candidates
 from offers.uplift import (
     BY_EXPECTED_VALUE,
@@ -183,8 +183,9 @@ def build_audiences(
     """
     if not isinstance(generated_at, str) or not generated_at:
         raise OffersInputError(f"generated_at == {generated_at!r}, must be a non-empty string.")
+    # The impact arms are contacted by their own plain policies: never by a champion audience.
     candidates = scored_candidates(scores, eligible, catalog, groups, settings).filter(
-        pl.col(COVERED)
+        pl.col(COVERED), pl.col(GROUP).is_in([TREATMENT, CONTROL])
     )
     if uplift is None:
         predicted = pl.DataFrame(

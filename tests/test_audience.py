@@ -127,6 +127,26 @@ def test_audience_rows_capacity_and_control():
     assert plain["p_accept"].to_list() == [0.12, 0.1, 0.06]
 
 
+def test_impact_arm_subscribers_are_never_in_an_audience():
+    arms = groups().with_columns(
+        pl.when(pl.col("subscriber_id") == 1)
+        .then(pl.lit("random"))
+        .when(pl.col("subscriber_id") == 3)
+        .then(pl.lit("propensity_only"))
+        .otherwise(pl.col("group"))
+        .alias("group")
+    )
+    audiences = build_audiences(scores(), eligible(), catalog(), arms, SETTINGS, GENERATED_AT)
+    rows = pl.concat(audiences.values())
+    assert set(rows["group"]) == {"treatment", "control"}
+    assert not rows.filter(pl.col("subscriber_id").is_in([1, 3])).height
+    summary = audience_summary(audiences, catalog())
+    gift = summary.filter(pl.col("offer_id") == "gift_box").row(0, named=True)
+    shown = audiences["gift_box"]["group"].value_counts()
+    counts = dict(zip(shown["group"], shown["count"], strict=True))
+    assert (gift["audience_size"], gift["control_size"]) == (counts["treatment"], counts["control"])
+
+
 def test_uplift_ranking_orders_by_incremental_value_and_says_so():
     # predicted uplift reverses the p_accept order of 1 and 3 and cuts 5 (no positive uplift)
     uplift = pl.DataFrame(
