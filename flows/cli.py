@@ -585,6 +585,8 @@ def offers_explain(
         inputs["holdings"],
         inputs["offer_state"],
         night,
+        recent_events=inputs["contact_events"],
+        settings=settings,
     ).with_columns(pl.col("failed_rules").list.join(", "))
     if not all_offers:
         table = table.filter(~pl.col("eligible"))

@@ -38,7 +38,7 @@ from mia.ingest import (
     state_delivery,
 )
 from mia.lake import Lake, merge_sorted_parquet, partition_files, write_parquet
-from mia.schema import CATEGORY, STATE_TABLES, SUBSCRIBER_ID
+from mia.schema import CATEGORY, STATE_TABLES, SUBSCRIBER_ID, TS
 from mia.settings import Settings
 from models.scoring import MODEL_NAME
 from models.training import TRAINED_AS_OF_TAG
@@ -139,10 +139,13 @@ def night_inputs(
     """State tables, the offer state and recent offer events that eligibility and scoring need.
 
     `offer_state` (the whole history per subscriber x offer) serves eligibility; `offer_events`
-    (the longest feature window, only with `recent_events`) serves the interactions of scoring.
+    (the longest feature window, only with `recent_events`) serves the interactions of scoring;
+    `contact_events` (the days the fatigue and weekly-cap rules look back) serves eligibility.
     With `shard`, subscribers, holdings, the offer state and offer events hold only that shard's
     subscribers.
     """
+    from offers.fatigue import lookback_days
+
     part = None if shard is None else (shard, settings.n_shards)
     subscribers = raw_state(lake, "subscribers", as_of, shard=part)
     catalog = raw_state(lake, "catalog", as_of)
@@ -150,16 +153,20 @@ def night_inputs(
         raise InputError(f"subscribers or catalog missing in {lake.root / 'raw'} for {as_of}.")
     settings.check_categories(catalog[CATEGORY].unique(), where=f"the catalog of {as_of}")
     holdings = raw_state(lake, "holdings", as_of, shard=part)
-    events = None
-    if recent_events:
-        start = as_of - dt.timedelta(days=max(settings.windows) - 1)
-        events = raw_events(lake, "offer_events", start, as_of, shard=part)
+    contact_days = lookback_days(catalog, settings)
+    days = max(max(settings.windows), contact_days) if recent_events else contact_days
+    events = raw_events(
+        lake, "offer_events", as_of - dt.timedelta(days=days - 1), as_of, shard=part
+    )
+    events = events.collect(engine="streaming") if events is not None else None
+    since = dt.datetime.combine(as_of - dt.timedelta(days=contact_days - 1), dt.time())
     return {
         "subscribers": subscribers,
         "catalog": catalog,
         "holdings": holdings,
         "offer_state": read_offer_state(lake, as_of, shard=part),
-        "offer_events": events.collect(engine="streaming") if events is not None else None,
+        "offer_events": events if recent_events else None,
+        "contact_events": events.filter(pl.col(TS) >= since) if events is not None else None,
     }
 
 
@@ -291,13 +298,10 @@ def score_shard(
     """Eligible pairs and their P(accept) for one shard of subscribers, stored as Parquet."""
     from models.cf import build_interactions
     from models.scoring import load_bundle, score_offers
-    from offers.eligibility import eligible_pairs
 
     inputs = night_inputs(lake, as_of, settings, shard=shard)
     snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
-    eligible = eligible_pairs(
-        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_state"], as_of
-    )
+    eligible = night_eligible_pairs(inputs, as_of, settings)
     bundle = load_bundle(settings)
     interactions = (
         build_interactions(inputs["offer_events"], as_of, lookback_days=max(settings.windows))
@@ -685,11 +689,25 @@ def manifest(
 
 def eligible_for_night(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame:
     """[subscriber_id, offer_id] pairs eligible for the night after `as_of`."""
+    return night_eligible_pairs(
+        night_inputs(lake, as_of, settings, recent_events=False), as_of, settings
+    )
+
+
+def night_eligible_pairs(
+    inputs: dict[str, Any], as_of: dt.date, settings: Settings
+) -> pl.DataFrame:
+    """Eligible pairs from `night_inputs`, the contact rules included."""
     from offers.eligibility import eligible_pairs
 
-    inputs = night_inputs(lake, as_of, settings, recent_events=False)
     return eligible_pairs(
-        inputs["subscribers"], inputs["catalog"], inputs["holdings"], inputs["offer_state"], as_of
+        inputs["subscribers"],
+        inputs["catalog"],
+        inputs["holdings"],
+        inputs["offer_state"],
+        as_of,
+        recent_events=inputs["contact_events"],
+        settings=settings,
     )
 
 

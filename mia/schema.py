@@ -226,6 +226,18 @@ TABLES: dict[str, Table] = {
                     non_negative=True,
                     description="Maximum audience size per night; empty means unlimited.",
                 ),
+                *(
+                    Column(
+                        name,
+                        pl.Int64,
+                        nullable=True,
+                        optional=True,
+                        non_negative=True,
+                        description=f"Overrides the {name} setting for this offer; empty: the "
+                        "setting.",
+                    )
+                    for name in ("fatigue_ignores", "fatigue_window_days", "fatigue_suppress_days")
+                ),
             ),
         ),
         Table(

@@ -23,7 +23,7 @@ import tomllib
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -134,6 +134,12 @@ class Settings(BaseModel):
     # Lift: comparisons with fewer accept events on either side are flagged, not tested.
     lift_min_accepts: AtLeastOne = 10
     lift_fdr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05  # Benjamini-Hochberg level
+    # Contact fatigue (offers.fatigue): N ignored impressions within D days suppress M days.
+    fatigue_ignores: Annotated[int, Field(ge=0)] = 3  # 0 turns the rule off
+    fatigue_window_days: AtLeastOne = 14
+    fatigue_suppress_days: AtLeastOne = 14
+    fatigue_scope: Literal["offer", "category"] = "offer"
+    weekly_contact_cap: Annotated[int, Field(ge=0)] = 0  # impressions per 7 days; 0 = no cap
     uplift_min_control: AtLeastOne = 500  # control subscribers needed to rank an audience by uplift
     uplift_min_control_accepts: AtLeastOne = 10  # control accepts of the category, likewise
     # Scale

@@ -35,6 +35,8 @@ from mia.schema import (
     SUBSCRIBER_ID,
     TS,
 )
+from mia.settings import Settings
+from offers.fatigue import FATIGUED_UNTIL, WEEK_CONTACTS, fatigued_pairs, weekly_contacts
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ _HOLDS_PRODUCT = "_holds_product"
 _HOLDS_REQUIRED = "_holds_required"
 _HOLDS_EXCLUDED = "_holds_excluded"
 _LAST_RESPONSE = "_last_response"
+_CONTACT_CAP = "_contact_cap"  # weekly_contact_cap, null when off
 _OFFER_INDEX = "_offer_index"  # position of offer_id in sorted order
 
 
@@ -144,6 +147,17 @@ RULES: tuple[Rule, ...] = (
         "more than cooldown_days since the last dismiss or accept of this offer (up to as_of)",
         pl.col(_LAST_RESPONSE).is_null() | (_days_since(_LAST_RESPONSE) > pl.col("cooldown_days")),
     ),
+    Rule(
+        "fatigue",
+        "not suppressed after fatigue_ignores ignored impressions within fatigue_window_days "
+        "(suppressed for fatigue_suppress_days; see offers.fatigue)",
+        pl.col(FATIGUED_UNTIL).is_null() | (pl.col(_NIGHT) > pl.col(FATIGUED_UNTIL)),
+    ),
+    Rule(
+        "weekly_cap",
+        "fewer than weekly_contact_cap impressions in the 7 days up to as_of (0 = no cap)",
+        pl.col(_CONTACT_CAP).is_null() | (pl.col(WEEK_CONTACTS) < pl.col(_CONTACT_CAP)),
+    ),
 )
 RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES)
 
@@ -201,9 +215,12 @@ def last_responses(history: Frame | None, as_of: dt.date) -> pl.LazyFrame:
     )
 
 
-def _pair_facts(offers: pl.LazyFrame, held: pl.LazyFrame, responses: pl.LazyFrame) -> pl.LazyFrame:
-    """Per (subscriber_id, offer index), only where something is known: held flags and the last
-    response. Built from the small holdings and events tables, then joined to the pairs once."""
+def _pair_facts(
+    offers: pl.LazyFrame, held: pl.LazyFrame, responses: pl.LazyFrame, fatigued: pl.LazyFrame
+) -> pl.LazyFrame:
+    """Per (subscriber_id, offer index), only where something is known: held flags, the last
+    response and the end of a fatigue suppression. Built from the small holdings and events
+    tables, then joined to the pairs once."""
     flags = (
         (PRODUCT_ID, _HOLDS_PRODUCT),
         ("requires_product", _HOLDS_REQUIRED),
@@ -215,16 +232,38 @@ def _pair_facts(offers: pl.LazyFrame, held: pl.LazyFrame, responses: pl.LazyFram
         ).select(SUBSCRIBER_ID, _OFFER_INDEX, pl.lit(True).alias(flag))
         for column, flag in flags
     ]
-    parts.append(
-        responses.join(offers.select(OFFER_ID, _OFFER_INDEX), on=OFFER_ID).select(
-            SUBSCRIBER_ID, _OFFER_INDEX, _LAST_RESPONSE
+    parts += [
+        facts.join(offers.select(OFFER_ID, _OFFER_INDEX), on=OFFER_ID).select(
+            SUBSCRIBER_ID, _OFFER_INDEX, column
         )
-    )
+        for facts, column in ((responses, _LAST_RESPONSE), (fatigued, FATIGUED_UNTIL))
+    ]
     return (
         pl.concat(parts, how="diagonal")
         .group_by(SUBSCRIBER_ID, _OFFER_INDEX)
-        .agg(*(pl.col(flag).any() for _, flag in flags), pl.col(_LAST_RESPONSE).max())
+        .agg(
+            *(pl.col(flag).any() for _, flag in flags),
+            pl.col(_LAST_RESPONSE).max(),
+            pl.col(FATIGUED_UNTIL).max(),
+        )
     )
+
+
+def _contact_facts(
+    recent_events: Frame | None, catalog: pl.DataFrame, settings: Settings, as_of: dt.date
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """(fatigued pairs, weekly contacts per subscriber) from the recent offer events; empty
+    without them, so the two rules pass."""
+    if recent_events is None:
+        return (
+            pl.LazyFrame(
+                schema={SUBSCRIBER_ID: pl.Int64, OFFER_ID: pl.String, FATIGUED_UNTIL: pl.Date}
+            ),
+            pl.LazyFrame(schema={SUBSCRIBER_ID: pl.Int64, WEEK_CONTACTS: pl.Int64}),
+        )
+    require_columns(recent_events, "offer_events", OFFER_EVENTS_COLUMNS)
+    events = lazy(recent_events)
+    return fatigued_pairs(events, catalog, settings, as_of), weekly_contacts(events, as_of)
 
 
 def _candidates(
@@ -234,8 +273,11 @@ def _candidates(
     history: Frame | None,
     as_of: dt.date,
     offer_filter: pl.Expr | None = None,
+    recent_events: Frame | None = None,
+    settings: Settings | None = None,
 ) -> pl.LazyFrame:
     """Subscriber x offer pairs with every column the rules read (shared by both paths)."""
+    settings = settings or Settings()
     require_columns(subscribers, "subscribers", SUBSCRIBER_COLUMNS)
     # An optional column the catalog leaves out reads as empty: any region, no product, ...
     catalog = with_absent_columns(lazy(catalog), "catalog")
@@ -255,8 +297,22 @@ def _candidates(
     if offer_filter is not None:
         offers = offers.filter(offer_filter)
     offers = offers.collect().lazy()  # small; reused by the cross join and the facts
-    people = lazy(subscribers).select(SUBSCRIBER_COLUMNS)
-    facts = _pair_facts(offers, held_products(holdings, night), last_responses(history, as_of))
+    fatigued, contacts = _contact_facts(
+        recent_events, with_absent_columns(lazy(catalog), "catalog").collect(), settings, as_of
+    )
+    cap = settings.weekly_contact_cap or None
+    people = (
+        lazy(subscribers)
+        .select(SUBSCRIBER_COLUMNS)
+        .join(contacts, on=SUBSCRIBER_ID, how="left")
+        .with_columns(
+            pl.col(WEEK_CONTACTS).fill_null(0),
+            pl.lit(cap, dtype=pl.Int64).alias(_CONTACT_CAP),
+        )
+    )
+    facts = _pair_facts(
+        offers, held_products(holdings, night), last_responses(history, as_of), fatigued
+    )
     return (
         people.join(offers, how="cross")
         .join(facts, on=[SUBSCRIBER_ID, _OFFER_INDEX], how="left")
@@ -274,8 +330,15 @@ def eligible_pairs(
     holdings: Frame | None,
     history: Frame | None,
     as_of: dt.date,
+    recent_events: Frame | None = None,
+    settings: Settings | None = None,
 ) -> pl.DataFrame:
-    """(subscriber_id, offer_id) pairs passing every rule in RULES for the night after as_of."""
+    """(subscriber_id, offer_id) pairs passing every rule in RULES for the night after as_of.
+
+    `recent_events` (raw offer events of the last `offers.fatigue.lookback_days` days up to
+    as_of) feed the fatigue and weekly-cap rules, with the limits of `settings` (default
+    settings when None); without them both rules pass.
+    """
     offer_rules = [_passes(rule) for rule in RULES if rule.offer_level]
     pair_rules = [_passes(rule) for rule in RULES if not rule.offer_level]
     pairs = (
@@ -286,6 +349,8 @@ def eligible_pairs(
             history,
             as_of,
             offer_filter=pl.all_horizontal(offer_rules),
+            recent_events=recent_events,
+            settings=settings,
         )
         .filter(pl.all_horizontal(pair_rules))
         .sort(SUBSCRIBER_ID, _OFFER_INDEX)
@@ -303,8 +368,11 @@ def explain(
     holdings: Frame | None,
     history: Frame | None,
     as_of: dt.date,
+    recent_events: Frame | None = None,
+    settings: Settings | None = None,
 ) -> pl.DataFrame:
-    """Per catalog offer: whether `subscriber_id` is eligible and which rules removed it."""
+    """Per catalog offer: whether `subscriber_id` is eligible and which rules removed it
+    (`recent_events` and `settings` as for `eligible_pairs`)."""
     require_columns(subscribers, "subscribers", SUBSCRIBER_COLUMNS)
     person = lazy(subscribers).filter(pl.col(SUBSCRIBER_ID) == subscriber_id)
     if person.select(pl.len()).collect().item() == 0:
@@ -314,7 +382,17 @@ def explain(
         )
     failed = [pl.when(~_passes(rule)).then(pl.lit(rule.name)) for rule in RULES]
     return (
-        _candidates(person, catalog, holdings, history, as_of)
+        _candidates(
+            person,
+            catalog,
+            holdings,
+            history,
+            as_of,
+            recent_events=recent_events.filter(pl.col(SUBSCRIBER_ID) == subscriber_id)
+            if isinstance(recent_events, pl.DataFrame | pl.LazyFrame)
+            else None,
+            settings=settings,
+        )
         .select(
             OFFER_ID,
             CATEGORY,

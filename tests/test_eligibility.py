@@ -210,6 +210,8 @@ def test_rules_are_listed_once():
         "excludes_product",
         "already_held",
         "cooldown",
+        "fatigue",
+        "weekly_cap",
     }
 
 
