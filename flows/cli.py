@@ -574,6 +574,7 @@ def offers_explain(
 
     from flows.steps import night_inputs
     from offers.eligibility import explain
+    from offers.exploration import offer_evidence, posteriors
 
     settings = _settings(data_dir, config)
     night = _date(date)
@@ -588,6 +589,13 @@ def offers_explain(
         recent_events=inputs["contact_events"],
         settings=settings,
     ).with_columns(pl.col("failed_rules").list.join(", "))
+    # What exploration knows of each offer: Thompson sampling explores those with little evidence.
+    evidence = posteriors(offer_evidence(inputs["offer_state"]), inputs["catalog"], settings)
+    table = table.join(
+        evidence.select("offer_id", "impressions", "accepts", "posterior_mean", "exploring"),
+        on="offer_id",
+        how="left",
+    ).with_columns(pl.col("posterior_mean").round(4))
     if not all_offers:
         table = table.filter(~pl.col("eligible"))
     eligible = int(table["eligible"].sum()) if all_offers else None

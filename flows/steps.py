@@ -360,7 +360,14 @@ def rank(
     frames = [(pl.scan_parquet(shard.path), None) for shard in ordered]  # eligible pairs only
     catalog = raw_state(lake, "catalog", as_of)
     groups = groups_for(lake, as_of, settings)
-    ranked = rank_offers_by_shard(frames, catalog, groups, settings, run_id=staging.run_id)
+    ranked = rank_offers_by_shard(
+        frames,
+        catalog,
+        groups,
+        settings,
+        run_id=staging.run_id,
+        evidence=offer_evidence_as_of(lake, as_of, settings),
+    )
     directory = staging.work("ranked")
     rows = subscribers = 0
     for shard, offers in zip(ordered, ranked, strict=True):
@@ -376,6 +383,18 @@ def rank(
             load_bundle(settings), active_offers(catalog, as_of + dt.timedelta(days=1))
         ),
     }
+
+
+def offer_evidence_as_of(lake: Lake, as_of: dt.date, settings: Settings) -> pl.DataFrame:
+    """Impressions and accepts per offer over the whole history up to as_of (the offer state,
+    summed one shard at a time so memory stays at a shard's)."""
+    from offers.exploration import offer_evidence
+
+    parts = [
+        offer_evidence(read_offer_state(lake, as_of, shard=(shard, settings.n_shards)))
+        for shard in range(settings.n_shards)
+    ]
+    return offer_evidence(pl.concat(parts))
 
 
 def explain_shard(lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shard: int) -> int:

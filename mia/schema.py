@@ -61,6 +61,9 @@ DEVICE_OS = ("android", "ios", "other")
 # feature name. There is no fixed list: models, ranking and reports read the set from the data.
 CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 
+# Optional catalog columns overriding the contact-fatigue settings per offer (offers.fatigue).
+FATIGUE_COLUMNS = ("fatigue_ignores", "fatigue_window_days", "fatigue_suppress_days")
+
 # Separator of list-valued catalog cells such as `regions` ("moscow|spb"); empty means "any".
 LIST_SEPARATOR = "|"
 
@@ -236,7 +239,7 @@ TABLES: dict[str, Table] = {
                         description=f"Overrides the {name} setting for this offer; empty: the "
                         "setting.",
                     )
-                    for name in ("fatigue_ignores", "fatigue_window_days", "fatigue_suppress_days")
+                    for name in FATIGUE_COLUMNS
                 ),
             ),
         ),

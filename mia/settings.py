@@ -127,6 +127,10 @@ class Settings(BaseModel):
     category_weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
     diversity_positions: Annotated[int, Field(ge=0)] = 5  # first positions with distinct categories
     exploration_share: Share = 0.05  # subscribers whose last slot explores another category
+    # Offers shown fewer times than this are explored by Thompson sampling (offers.exploration),
+    # from a Beta prior worth this many impressions at their category's acceptance rate.
+    exploration_min_impressions: Annotated[int, Field(ge=0)] = 200
+    exploration_prior_strength: Annotated[float, Field(gt=0.0)] = 20.0
     # Impact arms: persistent shares of the non-control subscribers contacted by a plain policy
     # (a random eligible offer; p_accept alone), so the champion's gain over them is measured.
     random_arm_share: ArmShare = 0.0

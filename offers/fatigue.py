@@ -25,10 +25,9 @@ import datetime as dt
 import polars as pl
 
 from mia.lake import end_of_day
-from mia.schema import CATEGORY, EVENT, OFFER_ID, SUBSCRIBER_ID, TS
+from mia.schema import CATEGORY, EVENT, FATIGUE_COLUMNS, OFFER_ID, SUBSCRIBER_ID, TS
 from mia.settings import Settings
 
-FATIGUE_COLUMNS = ("fatigue_ignores", "fatigue_window_days", "fatigue_suppress_days")
 RESPONSES = ("accept", "dismiss")
 CAP_DAYS = 7  # the weekly cap counts the impressions of the 7 days up to as_of
 

@@ -51,6 +51,13 @@ from mia.schema import (
 )
 from mia.settings import Settings
 from offers.eligibility import Frame, OffersInputError, lazy, require_columns
+from offers.exploration import (
+    EVIDENCE_COLUMNS,
+    EXPLORING,
+    WIN_PROBABILITY,
+    posteriors,
+    thompson_picks,
+)
 from offers.groups import PROPENSITY_ONLY_ARM, RANDOM_ARM, check_groups, targeted
 
 logger = logging.getLogger(__name__)
@@ -269,16 +276,23 @@ def _exploration_pool(candidates: pl.DataFrame, selected: pl.DataFrame) -> pl.Da
     """Per subscriber of `selected`, the best uncapped candidate of each category it was not
     given: what exploration draws from (capped offers are never explored, so exploration cannot
     break a capacity)."""
+    return _best_per_category(_open_categories(candidates, selected))
+
+
+def _open_categories(candidates: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
+    """The uncapped candidates of the subscribers of `selected` in categories not selected."""
     return (
         candidates.filter(pl.col(CAPACITY).is_null())
         .join(selected.select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
         .join(selected.select(SUBSCRIBER_ID, CATEGORY), on=[SUBSCRIBER_ID, CATEGORY], how="anti")
-        .sort(
-            [SUBSCRIBER_ID, _CATEGORY_CODE, EXPECTED_VALUE, TIE_BREAK],
-            descending=[False, False, True, False],
-        )  # fmt: skip
-        .unique([SUBSCRIBER_ID, _CATEGORY_CODE], keep="first", maintain_order=True)
     )
+
+
+def _best_per_category(rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.sort(
+        [SUBSCRIBER_ID, _CATEGORY_CODE, EXPECTED_VALUE, TIE_BREAK],
+        descending=[False, False, True, False],
+    ).unique([SUBSCRIBER_ID, _CATEGORY_CODE], keep="first", maintain_order=True)
 
 
 def apply_contact_policy(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
@@ -314,12 +328,18 @@ def _explorers(selected: pl.DataFrame, settings: Settings, salt: str) -> pl.Seri
 
 
 def explore(
-    selected: pl.DataFrame, candidates: pl.DataFrame, settings: Settings, salt: str
+    selected: pl.DataFrame,
+    candidates: pl.DataFrame,
+    settings: Settings,
+    salt: str,
+    posterior: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Rule 6: swap the last position of a drawn share of subscribers for another category."""
+    """Rule 6: swap the last position of a drawn share of subscribers for another category:
+    an exploring offer by Thompson sampling where `posterior` (offers.exploration.posteriors)
+    names some among the subscriber's candidates, else the best offer of a random category."""
     share = settings.exploration_share
     # Each row's probability under the policy's randomness (whether the subscriber explores,
-    # which category): rows below the last position are always shown; the last of a full list
+    # which offer): rows below the last position are always shown; the last of a full list
     # gives way whenever the subscriber explores and has a category to explore.
     replaceable = (pl.col(RANK) == settings.top_k) & (pl.col(_EXPLORE_OPTIONS) > 0)
     flagged = selected.with_columns(
@@ -329,42 +349,60 @@ def explore(
     if share <= 0 or selected.is_empty():
         return flagged
     explorers = _explorers(selected, settings, salt)
-    pool = _exploration_pool(
-        candidates.filter(pl.col(SUBSCRIBER_ID).is_in(explorers.implode())),
-        selected.filter(pl.col(SUBSCRIBER_ID).is_in(explorers.implode())),
-    )
+    explorer_rows = pl.col(SUBSCRIBER_ID).is_in(explorers.implode())
+    open_rows = _open_categories(candidates.filter(explorer_rows), selected.filter(explorer_rows))
+    pool = _best_per_category(open_rows)
     if pool.is_empty():
         return flagged
+    options = pool.group_by(SUBSCRIBER_ID).agg(pl.len().cast(pl.Int64).alias(_EXPLORE_OPTIONS))
+    sampled = _sampled_offers(open_rows, posterior, salt).with_columns(
+        (share * pl.col(WIN_PROBABILITY)).alias(PROPENSITY)
+    )
     draw = stable_hash(
         pool[SUBSCRIBER_ID].cast(pl.UInt64) * 4096 + pool[_CATEGORY_CODE].cast(pl.UInt64),
         salt + ":category",
     )
-    picks = (
+    by_category = (
         pool.with_columns(pl.Series("_draw", draw))
+        .join(sampled.select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="anti")
         .sort(SUBSCRIBER_ID, "_draw")
         .unique(SUBSCRIBER_ID, keep="first", maintain_order=True)
-        .drop("_draw")
+        .join(options, on=SUBSCRIBER_ID, how="left")
+        .with_columns((share / pl.col(_EXPLORE_OPTIONS)).alias(PROPENSITY))
+    )
+    picks = pl.concat(
+        [frame.select(*candidates.columns, PROPENSITY) for frame in (sampled, by_category)]
     )
     kept = flagged.join(picks.select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="semi").filter(
         pl.col(RANK) < settings.top_k
     )
     positions = kept.group_by(SUBSCRIBER_ID).agg((pl.len() + 1).cast(pl.Int64).alias(RANK))
-    options = pool.group_by(SUBSCRIBER_ID).agg(pl.len().cast(pl.Int64).alias(_EXPLORE_OPTIONS))
     explored = (
-        picks.drop(_EXPLORE_OPTIONS, strict=False)
-        .join(positions, on=SUBSCRIBER_ID, how="left")
+        picks.join(positions, on=SUBSCRIBER_ID, how="left")
         .join(options, on=SUBSCRIBER_ID, how="left")
-        .with_columns(
-            pl.col(RANK).fill_null(1),
-            pl.lit(True).alias(EXPLORE),
-            (share / pl.col(_EXPLORE_OPTIONS)).alias(PROPENSITY),
-        )
+        .with_columns(pl.col(RANK).fill_null(1), pl.lit(True).alias(EXPLORE))
         .select(flagged.columns)
     )
-    logger.info("exploration: %d subscriber(s) get another category", explored.height)
+    logger.info(
+        "exploration: %d subscriber(s) get another category (%d by Thompson sampling)",
+        explored.height,
+        sampled.height,
+    )
     return pl.concat(
         [flagged.join(picks.select(SUBSCRIBER_ID), on=SUBSCRIBER_ID, how="anti"), kept, explored]
     ).sort(SUBSCRIBER_ID, RANK)
+
+
+def _sampled_offers(
+    open_rows: pl.DataFrame, posterior: pl.DataFrame | None, salt: str
+) -> pl.DataFrame:
+    """The Thompson pick of each subscriber with exploring offers among its open categories."""
+    if posterior is None:
+        return open_rows.clear().with_columns(pl.lit(None, dtype=pl.Float64).alias(WIN_PROBABILITY))
+    exploring = posterior.filter(pl.col(EXPLORING)).select(OFFER_ID)
+    return thompson_picks(
+        open_rows.join(exploring, on=OFFER_ID, how="semi"), posterior, salt + ":thompson"
+    )
 
 
 def _version_label(model_versions: Mapping[str, str] | None) -> str | None:
@@ -381,17 +419,24 @@ def rank_offers(
     settings: Settings,
     run_id: str,
     model_versions: Mapping[str, str] | None = None,
+    evidence: Frame | None = None,
 ) -> pl.DataFrame:
     """Tonight's ranked offers per targeted subscriber, sorted by subscriber_id, rank.
 
     `model_versions` (model name -> version) fills model_version where the scores carry none.
+    `evidence` ([offer_id, impressions, accepts], offers.exploration.offer_evidence) turns on
+    Thompson sampling for the offers with little of it; without it exploration draws categories.
     """
     candidates = _arm_policies(
         scored_candidates(scores, eligible, catalog, groups, settings, _tie_salt(settings))
     )
     policy, random_arm = _split_random_arm(candidates)
     ranked = explore(
-        apply_contact_policy(policy, settings), policy, settings, _explore_salt(run_id)
+        apply_contact_policy(policy, settings),
+        policy,
+        settings,
+        _explore_salt(run_id),
+        _posterior(evidence, catalog, settings),
     )
     return _offers_frame(
         _with_random_arm(ranked, random_arm, _explore_salt(run_id)), run_id, model_versions
@@ -454,6 +499,7 @@ def rank_offers_by_shard(
     settings: Settings,
     run_id: str,
     model_versions: Mapping[str, str] | None = None,
+    evidence: Frame | None = None,
 ) -> Iterator[pl.DataFrame]:
     """`rank_offers` over (scores, eligible) pairs of disjoint sets of subscribers: the offers of
     each shard in turn (eligible None: every scored pair is eligible).
@@ -470,6 +516,7 @@ def rank_offers_by_shard(
     salt = _explore_salt(run_id)
     catalog_frame = lazy(catalog).collect()
     groups_frame = lazy(groups).collect()
+    posterior = _posterior(evidence, catalog_frame, settings)
 
     def candidates_of(index: int, subscribers: pl.Series | None = None) -> pl.DataFrame:
         """Targeted candidates of one shard, or of only `subscribers` of it."""
@@ -533,7 +580,7 @@ def rank_offers_by_shard(
                 pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(SUBSCRIBER_ID).alias(RANK)
             )
             candidates = candidates_of(index, _explorers(selected, settings, salt))
-            ranked = explore(selected, candidates, settings, salt)
+            ranked = explore(selected, candidates, settings, salt, posterior)
             random_arm = pl.read_parquet(arm_paths[index])
             yield _offers_frame(_with_random_arm(ranked, random_arm, salt), run_id, model_versions)
 
@@ -552,6 +599,13 @@ def _capped(selected: pl.DataFrame, index: int) -> pl.DataFrame:
         CAPACITY,
         pl.lit(index, dtype=pl.Int64).alias(_SHARD),
     )
+
+
+def _posterior(evidence: Frame | None, catalog: Frame, settings: Settings) -> pl.DataFrame | None:
+    if evidence is None:
+        return None
+    require_columns(evidence, "evidence", EVIDENCE_COLUMNS)
+    return posteriors(lazy(evidence).collect(), lazy(catalog).collect(), settings)
 
 
 def _explore_salt(run_id: str) -> str:

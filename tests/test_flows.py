@@ -209,9 +209,14 @@ def test_cli_shows_explains_lists_and_exports(night_run, tmp_path, capsys):
     )
     assert offer_id in capsys.readouterr().out
     assert (
-        _mia("offers", "explain", "--data-dir", data, "--date", day, "--subscriber", subscriber)
+        _mia("offers", "explain", "--data-dir", data, "--date", day, "--subscriber", subscriber,
+             "--all")
         == 0
-    )
+    )  # fmt: skip
+    # Each offer with the rules it failed and what exploration knows of it.
+    explained = capsys.readouterr().out
+    for column in ("failed_rules", "impressions", "posterior_mean", "exploring"):
+        assert column in explained
     assert _mia("audience", "list", "--data-dir", data, "--date", day) == 0
     assert offer_id in capsys.readouterr().out
 

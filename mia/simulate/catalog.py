@@ -11,6 +11,7 @@ import polars as pl
 from mia.schema import (
     CATEGORY,
     DEVICE_OS,
+    FATIGUE_COLUMNS,
     LIST_SEPARATOR,
     OFFER_ID,
     PRODUCT_ID,
@@ -417,6 +418,8 @@ def catalog_frame(config: SimulationConfig) -> pl.DataFrame:
         "excludes_product": [o.excludes_product for o in OFFERS],
         "cooldown_days": [o.cooldown_days for o in OFFERS],
         "capacity": [o.capacity for o in OFFERS],
+        # Contact fatigue follows the settings for every simulated offer.
+        **{name: [None] * len(OFFERS) for name in FATIGUE_COLUMNS},
     }
     return pl.DataFrame(rows, schema=TABLES["catalog"].polars_schema)
 
