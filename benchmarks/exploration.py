@@ -16,8 +16,8 @@ evidence grows. Two policies, the same nights and seeds:
 Two new offers are tried: the one whose prior undervalues it most (a winner the policy would
 not show) and the one it overvalues most (a loser). Reported per policy, as medians over seeds:
 the first night from which the new offer's estimate rests on at least 100 impressions and stays
-within 20% of the true mean acceptance of the subscribers it was shown to, its impressions, the final relative error, and expected
-accepts per night relative to greedy.
+within 20% of the true mean acceptance of the subscribers it was shown to, its impressions, the
+final relative error, and expected accepts per night relative to greedy.
 
     python -m benchmarks.exploration --subscribers 3000 --nights 30 --seeds 5
 """
