@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help venv demo test bench bench-scale lint format clean
+.PHONY: help venv demo test bench bench-scale bench-exploration lint format clean
 
 help:
 	@echo "make demo   - simulate a telco world and run the nightly pipeline on it"
@@ -48,6 +48,9 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python -m benchmarks.scale
+
+bench-exploration: $(STAMP)
+	$(BIN)/python -m benchmarks.exploration
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,8 +10,9 @@ from offers.audience import (
     write_audiences,
 )
 from offers.eligibility import RULES, OffersInputError, eligible_pairs, explain
+from offers.exploration import offer_evidence, posteriors
 from offers.groups import CONTROL, TREATMENT, assign_groups
-from offers.lift import measure_lift, organic_baseline
+from offers.lift import measure_impact, measure_lift, organic_baseline
 from offers.ope import PolicyEvaluationError, estimate_policy_value
 from offers.rank import rank_offers
 
@@ -29,8 +30,11 @@ __all__ = [
     "estimate_policy_value",
     "explain",
     "export_audience",
+    "measure_impact",
     "measure_lift",
+    "offer_evidence",
     "organic_baseline",
+    "posteriors",
     "rank_offers",
     "read_summary",
     "safe_file_name",
