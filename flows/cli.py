@@ -648,33 +648,44 @@ def lift(
     end: Annotated[str, typer.Option("--to", help="Last day, YYYY-MM-DD.")],
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
-    level: Annotated[str, typer.Option(help="offer, category or all.")] = "category",
+    level: Annotated[str, typer.Option(help="offer, category, overall or all.")] = "overall",
+    metric: Annotated[str, typer.Option(help="accepts, value or all.")] = "all",
 ) -> None:
-    """Acceptance of treatment vs control per offer and category, with 95% intervals."""
+    """Lift of the champion and the impact arms over control, and of the arms over the champion,
+    with 95% intervals and Benjamini-Hochberg q-values."""
     import polars as pl
 
     from flows.steps import groups_for
     from mia.ingest import raw_events, raw_state
-    from offers.lift import measure_lift
+    from offers.lift import POPULATION_COLUMNS, measure_impact
 
     settings = _settings(data_dir, config)
     lake = Lake(settings.data_dir)
     first, last = _date(start, "--from"), _date(end, "--to")
     if last < first:
         raise InputError(f"--to {last} is before --from {first}: the dates are reversed.")
-    if level not in ("offer", "category", "all"):
-        raise InputError(f"--level == {level!r}, must be offer, category or all.")
+    if level not in ("offer", "category", "overall", "all"):
+        raise InputError(f"--level == {level!r}, must be offer, category, overall or all.")
+    if metric not in ("accepts", "value", "all"):
+        raise InputError(f"--metric == {metric!r}, must be accepts, value or all.")
     events = raw_events(lake, "offer_events", first, last)
     catalog = raw_state(lake, "catalog", last)
-    subscribers = raw_state(lake, "subscribers", last)
+    subscribers = raw_state(lake, "subscribers", last, columns=POPULATION_COLUMNS)
     if events is None or catalog is None or subscribers is None:
         raise InputError(f"no ingested offer events, catalog or subscribers up to {last}.")
-    table = measure_lift(
-        events.collect(), catalog, subscribers, groups_for(lake, last, settings), first, last
+    table = measure_impact(
+        events, catalog, subscribers, groups_for(lake, last, settings), first, last, settings
     )
     if level != "all":
         table = table.filter(pl.col("level") == level)
-    _print_table(f"lift {first} .. {last}", table.to_dicts())
+    if metric != "all":
+        table = table.filter(pl.col("metric") == metric)
+    shown = table.select(
+        "comparison", "level", "key", "metric", "arm_mean", "baseline_mean", "lift", "lift_low",
+        "lift_high", "relative_lift", "relative_low", "relative_high", "q_value", "significant",
+        "few_events",
+    )  # fmt: skip
+    _print_table(f"lift {first} .. {last}", shown.to_dicts())
 
 
 @app.command("evaluate-policy")

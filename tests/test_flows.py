@@ -233,6 +233,10 @@ def test_cli_shows_explains_lists_and_exports(night_run, tmp_path, capsys):
     assert _mia("offers", "show", "--data-dir", data, "--date", "2031-02-30") == 2
     assert _mia("report", "--data-dir", data, "--date", day) == 0
     assert "Mia nightly report" in capsys.readouterr().out
+    first = TINY_START.isoformat()
+    assert _mia("lift", "--data-dir", data, "--from", first, "--to", day, "--level", "all") == 0
+    lift_table = capsys.readouterr().out
+    assert "treatment vs control" in lift_table and "relative_lift" in lift_table
 
 
 def test_manifest_is_valid_json_with_inputs(night_run):
