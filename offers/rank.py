@@ -83,7 +83,7 @@ MAX_CAPACITY_ROUNDS = 50
 _CATEGORY_RANK = "_category_rank"
 _PRIORITY = "_priority"
 OFFER_ORDER = "_offer_order"  # position of offer_id in sorted order: an integer offer key
-TIE_BREAK = "_tie_break"  # stable hash of (subscriber, offer, run): breaks equal expected values
+TIE_BREAK = "_tie_break"  # stable hash of (subscriber, offer): breaks equal expected values
 _OFFER_HASH = "_offer_hash"
 _CATEGORY_CODE = "_category_code"
 # Per selected row: how many categories the subscriber could explore tonight (see `explore`).
@@ -264,7 +264,7 @@ def _select(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
         candidates, settings.top_k, settings.max_per_category, settings.diversity_positions
     )
     return selected.join(
-        _exploration_pool(candidates, selected)
+        _open_categories(candidates, selected)
         .group_by(SUBSCRIBER_ID)
         .agg(pl.col(_CATEGORY_CODE).n_unique().cast(pl.Int64).alias(_EXPLORE_OPTIONS)),
         on=SUBSCRIBER_ID,
@@ -272,15 +272,10 @@ def _select(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     ).with_columns(pl.col(_EXPLORE_OPTIONS).fill_null(0))
 
 
-def _exploration_pool(candidates: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
-    """Per subscriber of `selected`, the best uncapped candidate of each category it was not
-    given: what exploration draws from (capped offers are never explored, so exploration cannot
-    break a capacity)."""
-    return _best_per_category(_open_categories(candidates, selected))
-
-
 def _open_categories(candidates: pl.DataFrame, selected: pl.DataFrame) -> pl.DataFrame:
-    """The uncapped candidates of the subscribers of `selected` in categories not selected."""
+    """The uncapped candidates of the subscribers of `selected` in categories not selected:
+    what exploration draws from (capped offers are never explored, so exploration cannot break
+    a capacity)."""
     return (
         candidates.filter(pl.col(CAPACITY).is_null())
         .join(selected.select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
