@@ -424,7 +424,9 @@ def gather_offers(settings: Settings, staging: Any) -> Path:
     return merge_sorted_parquet(files, path, by=[SUBSCRIBER_ID, "rank"])
 
 
-def audience_uplift(lake: Lake, as_of: dt.date, settings: Settings, catalog, groups):
+def audience_uplift(
+    lake: Lake, as_of: dt.date, settings: Settings, catalog: pl.DataFrame, groups: pl.DataFrame
+) -> tuple[Any, str]:
     """The audience uplift model fitted on the stored training snapshots whose outcome windows
     end by `as_of` (point in time), or the reason there is none."""
     from models.training import snapshot_dates
