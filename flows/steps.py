@@ -400,14 +400,17 @@ def offer_evidence_as_of(lake: Lake, as_of: dt.date, settings: Settings) -> pl.D
 def explain_shard(lake: Lake, as_of: dt.date, settings: Settings, staging: Any, shard: int) -> int:
     """One shard's ranked offers with their reasons in words, in the `explained` work folder.
 
-    SHAP, the costly part of scoring, runs here for the published rows only. Returns the rows.
+    SHAP, the costly part of scoring, runs here for the published rows of ranks 1..reason_ranks
+    only (every rank when 0). Returns the rows.
     """
     from models.scoring import add_reasons, load_bundle
 
     offers = pl.read_parquet(shard_file(staging.work("ranked"), shard))
     if offers.height:
         snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
-        offers = add_reasons(load_bundle(settings), snapshot_frame, offers)
+        offers = add_reasons(
+            load_bundle(settings), snapshot_frame, offers, max_rank=settings.reason_ranks
+        )
     # Sorted in row groups, so that gathering the shards holds a part of them at a time.
     write_parquet(offers, shard_file(staging.work("explained"), shard), sorted_by=SUBSCRIBER_ID)
     return offers.height

@@ -113,12 +113,17 @@ class Settings(BaseModel):
     num_threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] = 2
     min_positives: AtLeastOne = 30
     gate_tolerance: Share = 0.01
+    # Scoring runs the trees as compiled native code (models.compiled), cached beside the MLflow
+    # artifacts; false, or lleaves missing, scores with LightGBM's own predict (same results).
+    compiled_trees: bool = True
     retrain_interval_days: AtLeastOne = 7
     als_factors: AtLeastOne = 32
     als_regularization: Annotated[float, Field(ge=0.0)] = 0.05
     als_iterations: AtLeastOne = 15
     # Offers
     top_k: AtLeastOne = 5
+    # Published ranks 1..reason_ranks get reasons in words (SHAP, the costly part); 0 = every rank.
+    reason_ranks: Annotated[int, Field(ge=0)] = 2
     max_per_category: AtLeastOne = 2
     min_probability: Share = 0.01
     control_share: Annotated[float, Field(ge=0.0, le=0.9)] = 0.10

@@ -14,6 +14,7 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -29,6 +30,7 @@ from mia.schema import (
     SUBSCRIBER_ID,
     VALUE,
 )
+from models.compiled import compiled_predict
 from models.propensity import P_CATEGORY, CategoryPropensity, logit
 
 logger = logging.getLogger(__name__)
@@ -383,7 +385,28 @@ class OfferBlend:
             )
         if not x.shape[0]:
             return np.empty(0)
+        predict = self.__dict__.get("compiled_")
+        if predict is not None:
+            return predict(np.ascontiguousarray(x))
         return self.booster_.predict(np.ascontiguousarray(x), num_threads=self.num_threads)
+
+    def use_compiled(self, cache_dir: Path | None) -> OfferBlend:
+        """Predict with the booster compiled to native code, cached under `cache_dir` (same
+        results; `models.compiled`); None goes back to LightGBM's own predict."""
+        if not hasattr(self, "booster_"):
+            raise BlendInputError("OfferBlend is not fitted: call fit(frame).")
+        self.compiled_ = (
+            compiled_predict(
+                self.booster_, cache_dir, raw_score=False, num_threads=self.num_threads
+            )
+            if cache_dir is not None
+            else None
+        )
+        return self
+
+    def __getstate__(self) -> dict[str, object]:
+        # Compiled code lives in this process only; a pickled model compiles again where loaded.
+        return {key: value for key, value in self.__dict__.items() if key != "compiled_"}
 
     def feature_importance(self) -> pl.DataFrame:
         """[feature, importance] (total gain) of the blend model."""

@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -27,6 +28,7 @@ from mia.errors import InputError
 from mia.hashing import text_hash
 from mia.progress import report_progress
 from mia.schema import CATEGORY, LABEL, SNAPSHOT_DATE, SUBSCRIBER_ID
+from models.compiled import compiled_predict
 
 logger = logging.getLogger(__name__)
 
@@ -424,9 +426,31 @@ class CategoryPropensity:
             if booster is None:
                 result[:, column] = self.priors_[category]
             else:
-                margin = booster.predict(x, raw_score=True, num_threads=self.num_threads)
+                predict = self.__dict__.get("compiled_", {}).get(category)
+                margin = (
+                    predict(x)
+                    if predict is not None
+                    else booster.predict(x, raw_score=True, num_threads=self.num_threads)
+                )
                 result[:, column] = self.calibrators_[category].transform(margin)
         return result
+
+    def use_compiled(self, cache_dir: Path | None) -> CategoryPropensity:
+        """Predict with each booster compiled to native code, cached under `cache_dir` (same
+        results; `models.compiled`); None goes back to LightGBM's own predict."""
+        self._check_fitted()
+        self.compiled_ = {
+            category: compiled_predict(
+                booster, cache_dir, raw_score=True, num_threads=self.num_threads
+            )
+            for category, booster in self.boosters_.items()
+            if cache_dir is not None
+        }
+        return self
+
+    def __getstate__(self) -> dict[str, object]:
+        # Compiled code lives in this process only; a pickled model compiles again where loaded.
+        return {key: value for key, value in self.__dict__.items() if key != "compiled_"}
 
     @property
     def categories_(self) -> list[str]:

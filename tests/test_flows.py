@@ -76,8 +76,11 @@ def test_nightly_publishes_offers_audiences_report_and_manifest(night_run):
     assert manifest["rows"]["offers"] == offers.height > 0
     assert manifest["models"]["champion_version"] == "1"
     assert manifest["run_id"] == offers["run_id"].unique().item()
-    # Every published offer says why, in words (added per shard after ranking).
-    assert offers["reasons"].null_count() == 0 and (offers["reasons"].str.len_chars() > 10).all()
+    # Published ranks 1..reason_ranks (2) say why, in words (added per shard after ranking); the
+    # later ranks have no reasons: SHAP is the costly part of the night.
+    read = offers.filter(pl.col("rank") <= 2)["reasons"]
+    assert read.null_count() == 0 and (read.str.len_chars() > 10).all()
+    assert offers.filter(pl.col("rank") > 2)["reasons"].null_count() == (offers["rank"] > 2).sum()
     steps_timed = {"ingest", "snapshot", "train", "score", "rank", "reasons", "audiences"}
     assert set(manifest["durations_seconds"]) >= steps_timed
     # Peak memory of the flow process after each timed step: known, and never going down.

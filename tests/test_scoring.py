@@ -1,14 +1,18 @@
 """Fast scoring on the shared tiny world: the pruned path equals the reference path (p_accept to
-1e-6, reasons exactly), eligible-only scoring is exactly a subset, reasons on demand."""
+1e-6, reasons exactly), eligible-only scoring is exactly a subset, reasons on demand; compiled
+trees predict what LightGBM predicts, compiled once per model and cached."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import pickle
 
 import numpy as np
 import polars as pl
 import pytest
 
+import models.compiled as compiled
 from benchmarks.scoring import reference_reasons, reference_score_offers
 from mia.ingest import raw_events, raw_state
 from mia.schema import CATEGORY, OFFER_ID, P_ACCEPT, REASONS, SUBSCRIBER_ID
@@ -208,3 +212,143 @@ def test_top_features_is_a_stable_descending_argsort():
         assert np.array_equal(top_features(values, count), expected)
     hand = np.array([[0.0, 2.0, 0.0, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
     assert top_features(hand, 3).tolist() == [[1, 3, 0], [0, 1, 2]]
+
+
+def test_reasons_for_the_first_ranks_only_are_the_same_reasons(full, night, monkeypatch):
+    import models.scoring as scoring
+
+    ranked = (
+        full.sort(P_ACCEPT, descending=True)
+        .group_by(SUBSCRIBER_ID, maintain_order=True)
+        .head(5)
+        .with_columns(pl.col(P_ACCEPT).rank("ordinal", descending=True).over(SUBSCRIBER_ID))
+        .rename({P_ACCEPT: "rank"})
+        .drop(REASONS)
+    )
+    explained_pairs = []
+
+    def counting_explain(model, snapshot, pairs):
+        explained_pairs.append(pairs.height)
+        return explain(model, snapshot, pairs=pairs)
+
+    monkeypatch.setattr(scoring, "explain", counting_explain)
+    explained = add_reasons(night["bundle"], night["snapshot"], ranked, max_rank=2)
+    first = explained.filter(pl.col("rank") <= 2)
+    # SHAP ran for the subscriber x category pairs of ranks 1-2 only.
+    assert explained_pairs == [first.select(SUBSCRIBER_ID, CATEGORY).unique().height]
+    assert explained.filter(pl.col("rank") > 2)[REASONS].null_count() == (ranked["rank"] > 2).sum()
+    expected = first.join(
+        full.select(SUBSCRIBER_ID, OFFER_ID, REASONS), on=[SUBSCRIBER_ID, OFFER_ID], how="left"
+    )
+    assert first[REASONS].null_count() == 0
+    assert first[REASONS].equals(expected[f"{REASONS}_right"])
+    with pytest.raises(ScoringInputError, match=r"\['rank'\] missing"):
+        add_reasons(night["bundle"], night["snapshot"], ranked.drop("rank"), max_rank=2)
+
+
+# ---------------------------------------------------------------- compiled trees (models.compiled)
+
+
+@pytest.fixture
+def bundle_reset(night):
+    """The night's bundle goes back to LightGBM's own predict after a test compiles it."""
+    yield
+    night["bundle"].use_compiled(None)
+
+
+def _hard_rows(bundle, snapshot) -> np.ndarray:
+    """The night's feature rows plus copies with missing values everywhere, unseen and negative
+    category codes: the rows where other tree compilers disagree with LightGBM."""
+    propensity = bundle.propensity
+    x = propensity.feature_matrix(snapshot)
+    rng = np.random.default_rng(5)
+    holes = x.copy()
+    holes[rng.random(x.shape) < 0.3] = np.nan
+    odd = x.copy()
+    for name in propensity.encoding_.levels:
+        column = propensity.encoding_.names.index(name)
+        odd[: len(odd) // 2, column] = len(propensity.encoding_.levels[name]) + 3
+        odd[len(odd) // 2 :, column] = -1
+    return np.vstack([x, holes, odd])
+
+
+def test_compiled_models_predict_what_lightgbm_predicts(bundle_reset, night, tmp_path):
+    bundle = night["bundle"]
+    assert bundle.propensity.encoding_.levels, "the tiny world must exercise categorical splits"
+    x = _hard_rows(bundle, night["snapshot"])
+    plain_category = bundle.propensity.use_compiled(None).predict_features(x)
+    blend_rows = np.random.default_rng(3).normal(size=(5000, bundle.blend.booster_.num_feature()))
+    blend_rows[::7, 2] = np.nan
+    plain_blend = bundle.blend.use_compiled(None).predict_matrix(blend_rows)
+
+    bundle.use_compiled(tmp_path)
+    assert set(bundle.propensity.compiled_) == set(bundle.propensity.boosters_)
+    np.testing.assert_allclose(bundle.propensity.predict_features(x), plain_category, atol=1e-9)
+    np.testing.assert_allclose(bundle.blend.predict_matrix(blend_rows), plain_blend, atol=1e-9)
+    scored = score_offers(bundle, night["snapshot"], night["catalog"], night["interactions"], False)
+    plain = score_offers(
+        bundle.use_compiled(None),
+        night["snapshot"],
+        night["catalog"],
+        night["interactions"],
+        False,
+    )
+    np.testing.assert_allclose(scored[P_ACCEPT].to_numpy(), plain[P_ACCEPT].to_numpy(), atol=1e-9)
+    assert scored.drop(P_ACCEPT).equals(plain.drop(P_ACCEPT))
+
+
+def test_each_model_is_compiled_once_then_loaded_from_the_cache(
+    bundle_reset, night, tmp_path, monkeypatch
+):
+    bundle = night["bundle"]
+    bundle.use_compiled(tmp_path)
+    files = sorted(tmp_path.glob(f"*{compiled.CACHE_SUFFIX}"))
+    # One file per category booster and one for the blend, nothing half-written left beside them.
+    assert len(files) == len(bundle.propensity.boosters_) + 1
+    assert sorted(tmp_path.iterdir()) == files
+    stamps = {path: path.stat().st_mtime_ns for path in files}
+
+    import lleaves
+
+    compiles = []
+    original = lleaves.Model.compile
+
+    def counting(self, cache=None, **options):
+        compiles.append(cache)
+        return original(self, cache=cache, **options)
+
+    monkeypatch.setattr(lleaves.Model, "compile", counting)
+    bundle.use_compiled(tmp_path)
+    # Every model is loaded from its own cache file, and none is written again.
+    assert sorted(compiles) == [str(path) for path in files]
+    assert {path: path.stat().st_mtime_ns for path in files} == stamps
+
+
+def test_compilation_off_or_failing_scores_with_lightgbm(
+    bundle_reset, night, tmp_path, monkeypatch, caplog
+):
+    bundle = night["bundle"]
+    x = bundle.propensity.feature_matrix(night["snapshot"])
+    plain = bundle.propensity.use_compiled(None).predict_features(x)
+    assert bundle.propensity.compiled_ == {}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no LLVM here")
+
+    monkeypatch.setattr(compiled, "_compile", broken)
+    compiled._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="models.compiled"):
+        bundle.use_compiled(tmp_path)
+    assert "compiling a model failed (RuntimeError: no LLVM here); using LightGBM" in caplog.text
+    assert np.array_equal(bundle.propensity.predict_features(x), plain)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pickled_bundle_leaves_its_compiled_code_behind(bundle_reset, night, tmp_path):
+    bundle = night["bundle"].use_compiled(tmp_path)
+    copy = pickle.loads(pickle.dumps(bundle))
+    assert "compiled_" not in copy.propensity.__dict__ and "compiled_" not in copy.blend.__dict__
+    x = bundle.propensity.feature_matrix(night["snapshot"])
+    np.testing.assert_allclose(
+        copy.propensity.predict_features(x), bundle.propensity.predict_features(x), atol=1e-9
+    )
