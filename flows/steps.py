@@ -210,9 +210,13 @@ def training_due(settings: Settings, as_of: dt.date) -> tuple[bool, str]:
 
 def train(lake: Lake, as_of: dt.date, settings: Settings) -> dict[str, Any]:
     """Train, register and gate the models; returns what the manifest and report need."""
+    from models.scoring import compiled_cache_dir
     from models.training import train_models
 
     report = train_models(lake, as_of, settings)
+    if report.promoted:
+        # Compiled once per model version, here, so that no night waits for the compiler.
+        report.bundle.use_compiled(compiled_cache_dir(settings))
     note = f"trained v{report.version} as of {as_of}: {report.reason}" + (
         f"; prior fallback for {', '.join(report.fallback_categories)}"
         if report.fallback_categories

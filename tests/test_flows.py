@@ -125,6 +125,44 @@ def test_rerun_of_the_same_night_gives_identical_outputs(night_run, tmp_path):
     assert _published(root / "data", TINY_LAST_DAY) == before
 
 
+def _assert_same_frames(left: pl.DataFrame, right: pl.DataFrame, what: str) -> None:
+    """Equal frames, floats to 1e-9 and the run id aside (it names the settings)."""
+    assert left.columns == right.columns and left.height == right.height, what
+    for column in left.columns:
+        if column == "run_id":
+            continue
+        if left.schema[column].is_float():
+            difference = (left[column] - right[column]).abs().max()
+            assert difference is None or difference <= 1e-9, f"{what}: {column}"
+        else:
+            assert left[column].equals(right[column]), f"{what}: {column}"
+
+
+def test_compiled_trees_publish_what_lightgbm_publishes(night_run, tmp_path):
+    root = _copy_run(night_run, tmp_path)
+    lake, compiled = Lake(root / "data"), Lake(night_run.data_dir)
+    nightly(
+        date=TINY_LAST_DAY.isoformat(),
+        data_dir=str(root / "data"),
+        overrides={**night_overrides(root), "compiled_trees": False},
+    )
+    # The champion was compiled once, when it was trained, beside its MLflow artifacts.
+    assert list((night_run.data_dir / "mlruns" / "artifacts" / "compiled").glob("*.o"))
+    _assert_same_frames(
+        pl.read_parquet(lake.offers(TINY_LAST_DAY) / "offers.parquet"),
+        pl.read_parquet(compiled.offers(TINY_LAST_DAY) / "offers.parquet"),
+        "offers",
+    )
+    files = sorted(path.name for path in compiled.audiences(TINY_LAST_DAY).glob("*.csv"))
+    assert files and files == sorted(p.name for p in lake.audiences(TINY_LAST_DAY).glob("*.csv"))
+    for name in files:
+        _assert_same_frames(
+            pl.read_csv(lake.audiences(TINY_LAST_DAY) / name),
+            pl.read_csv(compiled.audiences(TINY_LAST_DAY) / name),
+            name,
+        )
+
+
 def test_failed_run_leaves_previous_outputs_and_next_run_succeeds(night_run, tmp_path, monkeypatch):
     root = _copy_run(night_run, tmp_path)
     data = root / "data"
