@@ -315,10 +315,11 @@ def score_shard(
         else None
     )
     # Reasons are added after ranking, for the published rows only: SHAP is the costly part.
+    # Given the eligible pairs, scoring returns exactly those of the snapshot's subscribers.
     candidates = score_offers(
         bundle, snapshot_frame, inputs["catalog"], interactions, with_reasons=False,
         eligible=eligible,
-    ).join(eligible, on=[SUBSCRIBER_ID, "offer_id"], how="semi")  # fmt: skip
+    )  # fmt: skip
     # Sorted by offer: audiences read one group of offers from every shard's file.
     path = write_parquet(candidates, shard_file(directory, shard), sorted_by="offer_id")
     return ShardResult(shard, path, candidates.height, snapshot_frame.height)

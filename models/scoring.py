@@ -325,16 +325,30 @@ def add_reasons(
     return explained
 
 
+# The last champion loaded in this process, by store, version, MLflow run and compiled-code
+# folder: a night asks for it once per shard in several steps.
+_LOADED: dict[tuple[str, ...], ModelBundle] = {}
+
+
 def load_bundle(settings: Settings, name: str = MODEL_NAME) -> ModelBundle:
     """The champion bundle (`models:/<name>@champion`), its `version` set from the registry,
-    scoring with compiled trees unless `compiled_trees` is off."""
+    scoring with compiled trees unless `compiled_trees` is off; loaded once per process and
+    champion (treat it as read-only)."""
     from models.registry import champion_info, load_champion
 
-    bundle = load_champion(name, settings)
     info = champion_info(name, settings)
-    if info is not None:
+    if info is None:
+        return load_champion(name, settings)  # raises: there is no champion
+    cache_dir = compiled_cache_dir(settings)
+    key = (settings.mlflow_uri, name, str(info["version"]), str(info["run_id"]), str(cache_dir))
+    bundle = _LOADED.get(key)
+    if bundle is None:
+        bundle = load_champion(name, settings)
         bundle.version = str(info["version"])
-    return bundle.use_compiled(compiled_cache_dir(settings))
+        bundle.use_compiled(cache_dir)
+        _LOADED.clear()
+        _LOADED[key] = bundle
+    return bundle
 
 
 def compiled_cache_dir(settings: Settings) -> Path | None:

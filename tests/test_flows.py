@@ -364,3 +364,14 @@ def test_a_root_pointed_at_another_roots_models_is_refused_before_any_write(
     assert f"trained from data root {night_run.data_dir}" in error and "shared_registry" in error
     after = {k: v for k, v in _files(fresh_root).items() if not k.startswith(".mia.lock")}
     assert after == before
+
+
+def test_the_champion_is_loaded_once_per_process_and_compiled_unless_off(night_run):
+    from models.scoring import load_bundle
+
+    settings = Settings(data_dir=night_run.data_dir, train_snapshots=4)
+    first = load_bundle(settings)
+    assert load_bundle(settings) is first and first.version == "1"
+    assert first.propensity.compiled_ and first.blend.compiled_ is not None
+    plain = load_bundle(settings.replace(compiled_trees=False))
+    assert plain is not first and plain.propensity.compiled_ == {}
