@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from mia.hashing import pair_hash, stable_hash, text_hash, unit_interval
@@ -81,6 +82,7 @@ OFFERS_COLUMNS = (
 MAX_CAPACITY_ROUNDS = 50
 
 _CATEGORY_RANK = "_category_rank"
+_ROW = "_row"  # a candidate's row number in its frame
 _PRIORITY = "_priority"
 OFFER_ORDER = "_offer_order"  # position of offer_id in sorted order: an integer offer key
 TIE_BREAK = "_tie_break"  # stable hash of (subscriber, offer): breaks equal expected values
@@ -227,11 +229,18 @@ def select_offers(
     `rank` (1..K); capacity is not looked at here."""
     diverse = min(diversity_positions, top_k)
     leader = pl.col(_CATEGORY_RANK) == 1
+    # Ranked on the four columns that decide, then the kept rows (at most K per subscriber) are
+    # gathered from the wide frame: sorting every candidate's strings twice cost more.
+    ordered = (
+        candidates.select(SUBSCRIBER_ID, _CATEGORY_CODE, EXPECTED_VALUE, TIE_BREAK)
+        .with_row_index(_ROW)
+        .sort([SUBSCRIBER_ID, EXPECTED_VALUE, TIE_BREAK], descending=[False, True, False])
+    )
+    category_rank = _position_in_group(
+        ordered[SUBSCRIBER_ID].to_numpy(), ordered[_CATEGORY_CODE].to_numpy()
+    )
     ranked = (
-        candidates.sort([SUBSCRIBER_ID, EXPECTED_VALUE, TIE_BREAK], descending=[False, True, False])
-        .with_columns(
-            pl.int_range(1, pl.len() + 1).over(SUBSCRIBER_ID, _CATEGORY_CODE).alias(_CATEGORY_RANK)
-        )
+        ordered.with_columns(pl.Series(_CATEGORY_RANK, category_rank))
         .filter(pl.col(_CATEGORY_RANK) <= max_per_category)
         .with_columns(
             pl.when(leader & (leader.cum_sum().over(SUBSCRIBER_ID) <= diverse))
@@ -246,7 +255,27 @@ def select_offers(
         .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(SUBSCRIBER_ID).alias(RANK))
         .filter(pl.col(RANK) <= top_k)
     )
-    return ranked.drop(_CATEGORY_RANK, _PRIORITY)
+    return candidates[ranked[_ROW]].with_columns(ranked[RANK])
+
+
+def _position_in_group(subscribers: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """1-based position of each row among the rows of its (subscriber, code), in row order;
+    the rows are sorted by subscriber. (A window over two keys in polars was 7x slower.)"""
+    if not subscribers.size:
+        return np.empty(0, dtype=np.int64)
+    starts = np.empty(subscribers.size, dtype=bool)
+    starts[0] = True
+    starts[1:] = subscribers[1:] != subscribers[:-1]
+    codes = codes.astype(np.int64)
+    keys = (np.cumsum(starts) - 1) * (int(codes.max()) + 1) + codes
+    order = np.argsort(keys, kind="stable")  # each group's rows, still in row order
+    grouped = keys[order]
+    first = np.ones(grouped.size, dtype=bool)
+    first[1:] = grouped[1:] != grouped[:-1]
+    positions = np.arange(grouped.size)
+    result = np.empty(grouped.size, dtype=np.int64)
+    result[order] = positions - np.maximum.accumulate(np.where(first, positions, 0)) + 1
+    return result
 
 
 def _over_capacity(selected: pl.DataFrame) -> pl.DataFrame:
