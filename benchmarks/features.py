@@ -224,7 +224,7 @@ class Stopwatch:
 def _scratch_lake(lake: Lake, scratch: Path) -> Lake:
     """A data root whose raw/ is the world's: Mia's builds write there, never into the world."""
     scratch.mkdir(parents=True)
-    (scratch / "raw").symlink_to(lake.root / "raw", target_is_directory=True)
+    (scratch / "raw").symlink_to(lake.root.resolve() / "raw", target_is_directory=True)
     return Lake(scratch)
 
 
@@ -335,7 +335,7 @@ def _duckdb_snapshot_sql(sources: dict[str, str], subscribers: str, as_of: dt.da
         usage_days += [
             f"SUM({kind}_quantity{MILLI}) AS {kind}_quantity",
             f"SUM({kind}_events) AS {kind}_events",
-            f"COUNT(*) FILTER ({kind}_events > 0) AS {kind}_days",
+            f"SUM(CASE WHEN {kind}_events > 0 THEN 1 ELSE 0 END) AS {kind}_days",
         ]
     for window in WINDOWS:
         for kind in USAGE_KINDS:
