@@ -352,14 +352,15 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
         with naming_damage(partition_files(lake.raw(table, date))):
             aggregate = aggregate_table(table, events, date, catalog=catalog)
         write_partition(aggregate, lake.daily(table, date), by_shard=True)
-        logger.info(
-            "daily aggregate %s %s: %d rows (one per %s) for %d subscribers",
-            table,
-            date,
-            aggregate.height,
-            " x ".join(name for name in daily_keys(table) if name != DATE),
-            aggregate[SUBSCRIBER_ID].n_unique(),
-        )
+        if logger.isEnabledFor(logging.INFO):  # counting subscribers costs a pass: only if shown
+            logger.info(
+                "daily aggregate %s %s: %d rows (one per %s) for %d subscribers",
+                table,
+                date,
+                aggregate.height,
+                " x ".join(name for name in daily_keys(table) if name != DATE),
+                aggregate[SUBSCRIBER_ID].n_unique(),
+            )
         built = True
     if built or read_build_manifest(marker) != done:
         write_json(done, marker)
