@@ -87,10 +87,11 @@ def _since(as_of: dt.date, column: str) -> pl.Expr:
 class _Windows:
     """Window sums over daily aggregates, in two passes that keep the wide work small.
 
-    Pass 1 groups the daily rows of each *bucket* (the days of the shortest window holding them;
-    its index) by subscriber (and category), with plain sums only. Pass 2 turns the few bucket rows per
-    subscriber into one row of window features with conditional sums. The family functions ask
-    for features through `total`, `days` and `last_date`, which record what pass 1 must compute.
+    Pass 1 groups the daily rows of each *bucket* (the days whose shortest window holding them
+    is the same; its index) by subscriber (and category), with plain sums only. Pass 2 turns the
+    few bucket rows per subscriber into one row of window features with conditional sums. The
+    family functions ask for features through `total`, `days` and `last_date`, which record what
+    pass 1 must compute.
     """
 
     def __init__(self, as_of: dt.date, windows: Sequence[int]) -> None:
