@@ -143,25 +143,59 @@ def empty_daily(table: str) -> pl.LazyFrame:
     return pl.LazyFrame(schema=daily_schema(table))
 
 
-def _count(condition: pl.Expr) -> pl.Expr:
-    return condition.sum().cast(_COUNT)
+# Per-event columns computed once before the group-by (a value in fixed point, a flag per kind),
+# so that each daily column is a plain or masked sum of them.
+_EVENT = "_event_"
 
 
-def _fixed_sum(value: str, condition: pl.Expr | None = None) -> pl.Expr:
-    fixed = to_fixed(pl.col(value))
-    if condition is not None:
-        fixed = pl.when(condition).then(fixed).otherwise(0)
+def _fixed(value: str) -> str:
+    return f"{_EVENT}{value}{MILLI}"
+
+
+def _flag(column: str, value: str) -> str:
+    return f"{_EVENT}{column}_is_{value}"
+
+
+def _event_columns(table: str) -> list[pl.Expr]:
+    """Per-event columns the aggregations of `table` read: fixed-point values, kind flags."""
+    values = {
+        "usage": ("quantity", "charge"),
+        "payments": ("amount",),
+        "transfers": ("gb", "amount"),
+    }
+    flags = {
+        "usage": (KIND, USAGE_KINDS),
+        "payments": ("method", PAYMENT_METHODS),
+        "app_events": ("screen", APP_SCREENS),
+        "transfers": (KIND, TRANSFER_KINDS),
+        "offer_events": (EVENT, tuple(OFFER_COUNT_COLUMNS)),
+    }
+    exprs = [to_fixed(pl.col(value)).alias(_fixed(value)) for value in values.get(table, ())]
+    if table in flags:
+        column, kinds = flags[table]
+        exprs += [(pl.col(column) == kind).alias(_flag(column, kind)) for kind in kinds]
+    return exprs
+
+
+def _count(column: str, value: str) -> pl.Expr:
+    return pl.col(_flag(column, value)).sum().cast(_COUNT)
+
+
+def _fixed_sum(value: str, flag: tuple[str, str] | None = None) -> pl.Expr:
+    fixed = pl.col(_fixed(value))
+    if flag is not None:
+        fixed = pl.when(pl.col(_flag(*flag))).then(fixed).otherwise(0)
     return fixed.sum().cast(_FIXED)
 
 
 def _aggregations(table: str) -> list[pl.Expr]:
-    """Per-subscriber aggregations of one day's events, one expression per daily column."""
+    """Per-subscriber aggregations of one day's events (with `_event_columns`), one expression
+    per daily column."""
     if table == "usage":
         exprs = []
         for kind in USAGE_KINDS:
-            is_kind = pl.col(KIND) == kind
-            exprs.append(_fixed_sum("quantity", is_kind).alias(f"{kind}_quantity{MILLI}"))
-            exprs.append(_count(is_kind).alias(f"{kind}_events"))
+            exprs.append(_fixed_sum("quantity", (KIND, kind)).alias(f"{kind}_quantity{MILLI}"))
+            exprs.append(_count(KIND, kind).alias(f"{kind}_events"))
         exprs.append(_fixed_sum("charge").alias(f"charge{MILLI}"))
         return exprs
     if table == "payments":
@@ -169,28 +203,21 @@ def _aggregations(table: str) -> list[pl.Expr]:
             _fixed_sum("amount").alias(f"topup_amount{MILLI}"),
             pl.len().cast(_COUNT).alias("topups"),
         ]
-        exprs += [
-            _count(pl.col("method") == method).alias(f"{method}_topups")
-            for method in PAYMENT_METHODS
-        ]
+        exprs += [_count("method", method).alias(f"{method}_topups") for method in PAYMENT_METHODS]
         return exprs
     if table == "app_events":
         exprs = [pl.len().cast(_COUNT).alias("screen_views")]
-        exprs += [_count(pl.col("screen") == s).alias(f"{s}_views") for s in APP_SCREENS]
+        exprs += [_count("screen", s).alias(f"{s}_views") for s in APP_SCREENS]
         return exprs
     if table == "transfers":
         exprs = []
         for kind in TRANSFER_KINDS:
-            is_kind = pl.col(KIND) == kind
-            exprs.append(_fixed_sum("gb", is_kind).alias(f"{kind}_gigabytes{MILLI}"))
-            exprs.append(_count(is_kind).alias(f"{kind}_transfers"))
-            exprs.append(_fixed_sum("amount", is_kind).alias(f"{kind}_amount{MILLI}"))
+            exprs.append(_fixed_sum("gb", (KIND, kind)).alias(f"{kind}_gigabytes{MILLI}"))
+            exprs.append(_count(KIND, kind).alias(f"{kind}_transfers"))
+            exprs.append(_fixed_sum("amount", (KIND, kind)).alias(f"{kind}_amount{MILLI}"))
         return exprs
     if table == "offer_events":
-        return [
-            _count(pl.col(EVENT) == event).alias(column)
-            for event, column in OFFER_COUNT_COLUMNS.items()
-        ]
+        return [_count(EVENT, event).alias(column) for event, column in OFFER_COUNT_COLUMNS.items()]
     raise DailyInputError(f"table {table!r} has no daily aggregate; known: {DAILY_TABLES}.")
 
 
@@ -252,7 +279,8 @@ def aggregate_table(
         frame = with_offer_category(frame, catalog)
         keys.append(CATEGORY)
     result = (
-        frame.group_by(keys)
+        frame.with_columns(_event_columns(table))
+        .group_by(keys)
         .agg(_aggregations(table))
         .with_columns(pl.lit(date, dtype=pl.Date).alias(DATE))
         .select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
@@ -324,14 +352,15 @@ def build_daily(lake: Lake, date: dt.date, force: bool = False) -> bool:
         with naming_damage(partition_files(lake.raw(table, date))):
             aggregate = aggregate_table(table, events, date, catalog=catalog)
         write_partition(aggregate, lake.daily(table, date), by_shard=True)
-        logger.info(
-            "daily aggregate %s %s: %d rows (one per %s) for %d subscribers",
-            table,
-            date,
-            aggregate.height,
-            " x ".join(name for name in daily_keys(table) if name != DATE),
-            aggregate[SUBSCRIBER_ID].n_unique(),
-        )
+        if logger.isEnabledFor(logging.INFO):  # counting subscribers costs a pass: only if shown
+            logger.info(
+                "daily aggregate %s %s: %d rows (one per %s) for %d subscribers",
+                table,
+                date,
+                aggregate.height,
+                " x ".join(name for name in daily_keys(table) if name != DATE),
+                aggregate[SUBSCRIBER_ID].n_unique(),
+            )
         built = True
     if built or read_build_manifest(marker) != done:
         write_json(done, marker)

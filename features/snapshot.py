@@ -87,25 +87,17 @@ def _since(as_of: dt.date, column: str) -> pl.Expr:
 class _Windows:
     """Window sums over daily aggregates, in two passes that keep the wide work small.
 
-    Pass 1 groups the daily rows by subscriber (and category) and by *bucket*, the index of the
-    shortest window holding the day, with plain sums only. Pass 2 turns the few bucket rows per
-    subscriber into one row of window features with conditional sums. The family functions ask
-    for features through `total`, `days` and `last_date`, which record what pass 1 must compute.
+    Pass 1 groups the daily rows of each *bucket* (the days whose shortest window holding them
+    is the same; its index) by subscriber (and category), with plain sums only. Pass 2 turns the
+    few bucket rows per subscriber into one row of window features with conditional sums. The
+    family functions ask for features through `total`, `days` and `last_date`, which record what
+    pass 1 must compute.
     """
 
     def __init__(self, as_of: dt.date, windows: Sequence[int]) -> None:
         self.as_of = as_of
         self.windows = tuple(windows)
         self.first_pass: dict[str, pl.Expr] = {}
-
-    def bucket(self) -> pl.Expr:
-        """Index of the shortest window that holds the row's day."""
-        days_ago = (pl.lit(self.as_of, dtype=pl.Date) - pl.col(DATE)).dt.total_days()
-        bucket: pl.Expr = pl.lit(len(self.windows) - 1, dtype=pl.Int8)
-        for index in range(len(self.windows) - 2, -1, -1):
-            inside = days_ago < self.windows[index]
-            bucket = pl.when(inside).then(pl.lit(index, dtype=pl.Int8)).otherwise(bucket)
-        return bucket
 
     def _inside(self, window: int, category: str | None) -> pl.Expr:
         inside = pl.col(_BUCKET) <= self.windows.index(window)
@@ -140,15 +132,34 @@ class _Windows:
             return pl.col(name).max()
         return pl.when(pl.col(CATEGORY) == category).then(pl.col(name)).max()
 
+    def bucket_days(self) -> list[tuple[dt.date, dt.date]]:
+        """(first, last) day of each bucket, most recent bucket first."""
+        bounds = []
+        for index, window in enumerate(self.windows):
+            newest = 0 if index == 0 else self.windows[index - 1]
+            bounds.append(
+                (self.as_of - dt.timedelta(days=window - 1), self.as_of - dt.timedelta(days=newest))
+            )
+        return bounds
+
     def aggregate(self, daily: pl.LazyFrame, features: list[pl.Expr]) -> pl.LazyFrame:
-        """Per-subscriber window features of one daily table (after `features` were built)."""
+        """Per-subscriber window features of one daily table (after `features` were built).
+
+        Pass 1 groups each bucket's days apart (a date-range filter, which a scan of daily
+        partitions answers by skipping the other days' files), so its key is the subscriber
+        (and category) alone; the buckets' rows are then stacked for pass 2.
+        """
         keys = [SUBSCRIBER_ID]
         if CATEGORY in daily.collect_schema().names():
             keys.append(CATEGORY)
-        buckets = (
-            daily.with_columns(self.bucket().alias(_BUCKET))
-            .group_by([*keys, _BUCKET])
-            .agg(list(self.first_pass.values()))
+        buckets = pl.concat(
+            [
+                daily.filter(pl.col(DATE).is_between(pl.lit(first), pl.lit(last), closed="both"))
+                .group_by(keys)
+                .agg(list(self.first_pass.values()))
+                .with_columns(pl.lit(index, dtype=pl.Int8).alias(_BUCKET))
+                for index, (first, last) in enumerate(self.bucket_days())
+            ]
         )
         return buckets.group_by(SUBSCRIBER_ID).agg(features)
 

@@ -637,6 +637,7 @@ def test_benchmark_engines_agree_on_a_small_world(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "duckdb equal, pandas equal" in completed.stdout
     assert all(f"\n| {engine} | " in completed.stdout for engine in ("mia", "duckdb", "pandas"))
+    assert "**nightly**" in completed.stdout and "**rebuild**" in completed.stdout
 
 
 def test_snapshot_bytes_do_not_depend_on_row_order_or_chunks(tmp_path):
