@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.common import READY, RESULTS, SEED, START, replicated
-from mia.ingest import ingest_day
+from mia.ingest import MANIFEST_DIR, ingest_day
 from mia.lake import PUBLISHED, Lake, atomic_path, remove_path, write_parquet
 from mia.schema import SHARD_KEY
 from mia.settings import Settings
@@ -53,10 +53,11 @@ STEPS = ("ingest", "daily", "snapshot", "score", "rank", "reasons", "audiences",
 SAMPLE_SECONDS = 0.2
 # What a night reads of the days before it: daily aggregates and the offer state, state tables
 # (yesterday's snapshot needs holdings), the offer events of the last 90 days (interactions, lift)
-# and the list of ingested days. Raw usage, payments, app events and transfers of past days are
-# read only to build their daily aggregates, so they are not copied.
+# and the list of ingested days (their ingest manifests). Raw usage, payments, app events and
+# transfers of past days are read only to build their daily aggregates, so they are not copied.
 REPLICATED = (
     "daily",
+    f"raw/{MANIFEST_DIR}",
     "raw/subscribers",
     "raw/offer_events",
     "raw/catalog",
@@ -128,8 +129,9 @@ def _replicate_tree(
     source: Path, target: Path, copies: int, skip: str = "", by_shard: bool = True
 ) -> None:
     """Every Parquet file below `source`, replicated, at the same place below `target`; stored
-    by shard key like the lake's own partitions (not for the drop zone)."""
-    for path in sorted(source.rglob("*.parquet")):
+    by shard key like the lake's own partitions (not for the drop zone). JSON files (the ingest
+    and build manifests that say a day is complete) are copied as they are."""
+    for path in sorted([*source.rglob("*.parquet"), *source.rglob("*.json")]):
         parts = path.relative_to(source).parts
         if any(part.startswith(".") for part in parts) or (skip and skip in parts):
             continue
@@ -137,6 +139,9 @@ def _replicate_tree(
         if out.exists():
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".json":
+            out.write_bytes(path.read_bytes())
+            continue
         frame = pl.read_parquet(path).select(pl.exclude(SHARD_KEY))
         write_parquet(replicated(frame, copies), out, by_shard=by_shard)
 
