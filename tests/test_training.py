@@ -167,7 +167,7 @@ def test_champion_scores_a_new_snapshot_in_a_fresh_process(world, second, tmp_pa
         cwd=Path(__file__).parents[1],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     scores = pl.read_parquet(output)
@@ -183,7 +183,12 @@ def test_champion_scores_a_new_snapshot_in_a_fresh_process(world, second, tmp_pa
     expected = score_offers(
         second.bundle, snapshot, second.bundle.catalog, second.bundle.interactions
     )
-    assert scores.drop("model_version").equals(expected.drop("model_version"))
+    # The fresh process scores with compiled trees (compiling them first): LightGBM's numbers
+    # to within rounding, everything else the same.
+    assert scores.drop("model_version", "p_accept").equals(
+        expected.drop("model_version", "p_accept")
+    )
+    assert (scores["p_accept"] - expected["p_accept"]).abs().max() < 1e-9
 
 
 def test_not_enough_history_is_refused(world):
