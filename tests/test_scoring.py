@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import pickle
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -256,6 +257,12 @@ def bundle_reset(night):
     night["bundle"].use_compiled(None)
 
 
+@pytest.fixture(scope="module")
+def compiled_dir(tmp_path_factory) -> Path:
+    """One cache of compiled trees for the module's bundle (compiling takes seconds)."""
+    return tmp_path_factory.mktemp("compiled")
+
+
 def _hard_rows(bundle, snapshot) -> np.ndarray:
     """The night's feature rows plus copies with missing values everywhere, unseen and negative
     category codes: the rows where other tree compilers disagree with LightGBM."""
@@ -272,7 +279,7 @@ def _hard_rows(bundle, snapshot) -> np.ndarray:
     return np.vstack([x, holes, odd])
 
 
-def test_compiled_models_predict_what_lightgbm_predicts(bundle_reset, night, tmp_path):
+def test_compiled_models_predict_what_lightgbm_predicts(bundle_reset, night, compiled_dir):
     bundle = night["bundle"]
     assert bundle.propensity.encoding_.levels, "the tiny world must exercise categorical splits"
     x = _hard_rows(bundle, night["snapshot"])
@@ -281,7 +288,7 @@ def test_compiled_models_predict_what_lightgbm_predicts(bundle_reset, night, tmp
     blend_rows[::7, 2] = np.nan
     plain_blend = bundle.blend.use_compiled(None).predict_matrix(blend_rows)
 
-    bundle.use_compiled(tmp_path)
+    bundle.use_compiled(compiled_dir)
     assert set(bundle.propensity.compiled_) == set(bundle.propensity.boosters_)
     np.testing.assert_allclose(bundle.propensity.predict_features(x), plain_category, atol=1e-9)
     np.testing.assert_allclose(bundle.blend.predict_matrix(blend_rows), plain_blend, atol=1e-9)
@@ -298,14 +305,14 @@ def test_compiled_models_predict_what_lightgbm_predicts(bundle_reset, night, tmp
 
 
 def test_each_model_is_compiled_once_then_loaded_from_the_cache(
-    bundle_reset, night, tmp_path, monkeypatch
+    bundle_reset, night, compiled_dir, monkeypatch
 ):
     bundle = night["bundle"]
-    bundle.use_compiled(tmp_path)
-    files = sorted(tmp_path.glob(f"*{compiled.CACHE_SUFFIX}"))
+    bundle.use_compiled(compiled_dir)
+    files = sorted(compiled_dir.glob(f"*{compiled.CACHE_SUFFIX}"))
     # One file per category booster and one for the blend, nothing half-written left beside them.
     assert len(files) == len(bundle.propensity.boosters_) + 1
-    assert sorted(tmp_path.iterdir()) == files
+    assert sorted(compiled_dir.iterdir()) == files
     stamps = {path: path.stat().st_mtime_ns for path in files}
 
     import lleaves
@@ -318,7 +325,7 @@ def test_each_model_is_compiled_once_then_loaded_from_the_cache(
         return original(self, cache=cache, **options)
 
     monkeypatch.setattr(lleaves.Model, "compile", counting)
-    bundle.use_compiled(tmp_path)
+    bundle.use_compiled(compiled_dir)
     # Every model is loaded from its own cache file, and none is written again.
     assert sorted(compiles) == [str(path) for path in files]
     assert {path: path.stat().st_mtime_ns for path in files} == stamps
@@ -344,8 +351,8 @@ def test_compilation_off_or_failing_scores_with_lightgbm(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_pickled_bundle_leaves_its_compiled_code_behind(bundle_reset, night, tmp_path):
-    bundle = night["bundle"].use_compiled(tmp_path)
+def test_a_pickled_bundle_leaves_its_compiled_code_behind(bundle_reset, night, compiled_dir):
+    bundle = night["bundle"].use_compiled(compiled_dir)
     copy = pickle.loads(pickle.dumps(bundle))
     assert "compiled_" not in copy.propensity.__dict__ and "compiled_" not in copy.blend.__dict__
     x = bundle.propensity.feature_matrix(night["snapshot"])
