@@ -30,7 +30,7 @@ from mia.schema import (
     SUBSCRIBER_ID,
     VALUE,
 )
-from models.compiled import compiled_predict
+from models.compiled import PicklesWithoutCompiled, compiled_predict
 from models.propensity import P_CATEGORY, CategoryPropensity, logit
 
 logger = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def propensity_and_cf(
     return p_category, np.asarray(cf_scores, dtype=np.float64)
 
 
-class OfferBlend:
+class OfferBlend(PicklesWithoutCompiled):
     """Small monotone LightGBM turning blend inputs into calibrated P(accept | shown)."""
 
     def __init__(
@@ -403,10 +403,6 @@ class OfferBlend:
             else None
         )
         return self
-
-    def __getstate__(self) -> dict[str, object]:
-        # Compiled code lives in this process only; a pickled model compiles again where loaded.
-        return {key: value for key, value in self.__dict__.items() if key != "compiled_"}
 
     def feature_importance(self) -> pl.DataFrame:
         """[feature, importance] (total gain) of the blend model."""

@@ -85,6 +85,14 @@ def _compile(model_text: str, raw_score: bool, cache: Path) -> object:
         return model
 
 
+class PicklesWithoutCompiled:
+    """Mixin for models that hold compiled code in `compiled_`: it lives in one process only, so
+    a pickled model leaves it behind and compiles again where it is loaded (`use_compiled`)."""
+
+    def __getstate__(self) -> dict[str, object]:
+        return {key: value for key, value in self.__dict__.items() if key != "compiled_"}
+
+
 def compiled_predict(
     booster: lgb.Booster, cache_dir: Path | None, *, raw_score: bool, num_threads: int
 ) -> Predict:

@@ -28,7 +28,7 @@ from mia.errors import InputError
 from mia.hashing import text_hash
 from mia.progress import report_progress
 from mia.schema import CATEGORY, LABEL, SNAPSHOT_DATE, SUBSCRIBER_ID
-from models.compiled import compiled_predict
+from models.compiled import PicklesWithoutCompiled, compiled_predict
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _platt(margin: np.ndarray, labels: np.ndarray, iterations: int = 50) -> tupl
     return float(slope), float(intercept)
 
 
-class CategoryPropensity:
+class CategoryPropensity(PicklesWithoutCompiled):
     """One calibrated LightGBM binary model per offer category (sklearn-like)."""
 
     def __init__(
@@ -447,10 +447,6 @@ class CategoryPropensity:
             if cache_dir is not None
         }
         return self
-
-    def __getstate__(self) -> dict[str, object]:
-        # Compiled code lives in this process only; a pickled model compiles again where loaded.
-        return {key: value for key, value in self.__dict__.items() if key != "compiled_"}
 
     @property
     def categories_(self) -> list[str]:
