@@ -304,9 +304,13 @@ def add_reasons(
     missing = [column for column in needed if column not in offers_frame.columns]
     if missing:
         raise ScoringInputError(f"offers frame: columns {missing} missing.")
+    explained = pl.col(RANK) <= max_rank if max_rank else pl.lit(True)
     keys = offers_frame.select(SUBSCRIBER_ID, pl.col(CATEGORY).cast(pl.String).alias(_KEY))
-    selected = offers_frame.filter(pl.col(RANK) <= max_rank) if max_rank else offers_frame
-    pairs = selected.select(SUBSCRIBER_ID, pl.col(CATEGORY).cast(pl.String)).unique()
+    pairs = (
+        offers_frame.filter(explained)
+        .select(SUBSCRIBER_ID, pl.col(CATEGORY).cast(pl.String))
+        .unique()
+    )
     try:
         reasons = explain(bundle.propensity, snapshot, pairs=pairs)
     except InputError as error:
@@ -317,12 +321,7 @@ def add_reasons(
         how="left",
         maintain_order="left",
     )[REASONS]
-    explained = offers_frame.with_columns(found.alias(REASONS))
-    if max_rank:
-        explained = explained.with_columns(
-            pl.when(pl.col(RANK) <= max_rank).then(pl.col(REASONS)).alias(REASONS)
-        )
-    return explained
+    return offers_frame.with_columns(pl.when(explained).then(pl.lit(found)).alias(REASONS))
 
 
 # The last champion loaded in this process, by store, version, MLflow run and compiled-code

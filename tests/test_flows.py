@@ -127,15 +127,17 @@ def test_rerun_of_the_same_night_gives_identical_outputs(night_run, tmp_path):
 
 def _assert_same_frames(left: pl.DataFrame, right: pl.DataFrame, what: str) -> None:
     """Equal frames, floats to 1e-9 and the run id aside (it names the settings)."""
-    assert left.columns == right.columns and left.height == right.height, what
-    for column in left.columns:
-        if column == "run_id":
-            continue
-        if left.schema[column].is_float():
-            difference = (left[column] - right[column]).abs().max()
-            assert difference is None or difference <= 1e-9, f"{what}: {column}"
-        else:
-            assert left[column].equals(right[column]), f"{what}: {column}"
+    from polars.testing import assert_frame_equal
+
+    try:
+        assert_frame_equal(
+            left.drop("run_id", strict=False),
+            right.drop("run_id", strict=False),
+            rel_tol=0,
+            abs_tol=1e-9,
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{what}: {error}") from error
 
 
 def test_compiled_trees_publish_what_lightgbm_publishes(night_run, tmp_path):
