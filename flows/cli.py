@@ -246,6 +246,13 @@ def simulate(
     days: Annotated[int, typer.Option(min=1, help="Number of days to generate.")] = 120,
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2026-01-01",
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same world.")] = 7,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Kind of world: telco (behaviour drives acceptance), taste-heavy (latent "
+            "tastes dominate, few impressions) or cold-start (many new lines, late offers)."
+        ),
+    ] = "telco",
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite deliveries already in DATA/incoming/.")
@@ -265,6 +272,7 @@ def simulate(
         seed=seed,
         control_share=settings.control_share,
         group_salt=settings.group_salt,
+        preset=preset,
     )
     with (
         run_lock(settings.data_dir, owner="simulate"),

@@ -11,6 +11,12 @@ The drivers of every day are kept under `root/truth/` so that `oracle_p_accept` 
 the probability that was used to draw accepts, and `oracle_uplift` the true uplift of a contact
 (that probability minus the chance of an organic accept within a horizon).
 
+Presets (`SimulationConfig(preset=...)`, `mia simulate --preset`) give other kinds of world with
+the same tables: `telco` (the original: behaviour drives acceptance), `taste-heavy` (latent
+tastes dominate and impressions are few) and `cold-start` (many new lines, offers launched late).
+`oracle_p_accept(..., behaviour_only=True)` gives the probability averaged over tastes: the best
+a model of the logs' behaviour alone can reach.
+
 Truth layout (not part of the input contract):
     truth/meta.json                      the SimulationConfig and the truth version
     truth/offers.parquet                 offer attractiveness and logging-policy prior
@@ -36,6 +42,7 @@ from mia.simulate.catalog import OFFERS, TARIFFS, OfferSpec, Tariff, catalog_fra
 from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import TRUTH_DIR, SimulationConfig, SimulationError
 from mia.simulate.oracle import oracle_p_accept, oracle_uplift
+from mia.simulate.presets import PRESETS, Preset
 from mia.simulate.world import generate_days, write_world
 
 __all__ = [
@@ -44,10 +51,12 @@ __all__ = [
     "CATEGORY_WEIGHTS",
     "DRIVERS",
     "OFFERS",
+    "PRESETS",
     "SIGNALS",
     "TARIFFS",
     "TRUTH_DIR",
     "OfferSpec",
+    "Preset",
     "SimulationConfig",
     "SimulationError",
     "Tariff",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from mia.simulate.categories import CATEGORIES
+from mia.simulate.config import STREAM_STATIC, SimulationConfig, static_rng
+from mia.simulate.presets import Preset
 
 # Per-subscriber drivers as of the end of a day: window aggregates a feature pipeline computes.
 DRIVERS = (
@@ -58,9 +60,6 @@ SIGNALS = (
 
 BASE_LOGIT = -4.8
 ENGAGEMENT_WEIGHT = 0.9
-TASTE_SCALE = 0.4
-TASTE_NOISE = 0.2
-TASTE_FACTORS = 3
 ATTRACTIVENESS_SD = 0.35
 CATEGORY_BASE = {"tariff": -5.1, "home_internet": -5.0, "promised_payment": -4.9}
 # Planted weights: category -> signal -> weight on the logit.
@@ -135,12 +134,22 @@ def signals_from_drivers(drivers: np.ndarray) -> np.ndarray:
     return np.column_stack([columns[name] for name in SIGNALS])
 
 
+def _add_behaviour(
+    logit: np.ndarray, signals: np.ndarray, category_index: np.ndarray, behaviour_weight: float
+) -> np.ndarray:
+    """`logit` plus the planted effect of every signal, added in a fixed order."""
+    for k in range(len(SIGNALS)):
+        logit = logit + signals[:, k] * (_WEIGHTS[k, category_index] * behaviour_weight)
+    return logit
+
+
 def acceptance_probability(
     signals: np.ndarray,
     category_index: np.ndarray,
     attractiveness: np.ndarray,
     taste: np.ndarray,
     held: np.ndarray,
+    behaviour_weight: float = 1.0,
 ) -> np.ndarray:
     """P(accept | shown) per row from signals, category, offer attractiveness and taste.
 
@@ -148,7 +157,56 @@ def acceptance_probability(
     computed alone or among millions: the simulator and the oracle agree exactly.
     """
     logit = _CATEGORY_INTERCEPT[category_index] + attractiveness + taste
-    for k in range(len(SIGNALS)):
-        logit = logit + signals[:, k] * _WEIGHTS[k, category_index]
+    logit = _add_behaviour(logit, signals, category_index, behaviour_weight)
     probability = 1.0 / (1.0 + np.exp(-logit))
     return np.where(held, 0.0, probability)
+
+
+# Gauss-Hermite nodes: E[f(t)] for t ~ N(0, sd^2) is sum(w_i f(sqrt(2) sd x_i)) / sqrt(pi),
+# exact to ~1e-12 for the smooth logistic function at these taste scales.
+_HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(48)
+
+
+def behaviour_only_probability(
+    signals: np.ndarray,
+    category_index: np.ndarray,
+    attractiveness: np.ndarray,
+    taste_sd: np.ndarray,
+    held: np.ndarray,
+    behaviour_weight: float = 1.0,
+) -> np.ndarray:
+    """P(accept | shown) averaged over the latent taste a subscriber might have.
+
+    The best any model can do from log-visible behaviour alone: tastes are drawn independently of
+    behaviour, normal with `taste_sd` (per row: its category's spread).
+    """
+    logit = _CATEGORY_INTERCEPT[category_index] + attractiveness
+    logit = _add_behaviour(logit, signals, category_index, behaviour_weight)
+    probability = np.zeros_like(logit)
+    for node, weight in zip(_HERMITE_NODES, _HERMITE_WEIGHTS, strict=True):
+        shifted = logit + np.sqrt(2.0) * taste_sd * node
+        probability = probability + weight / (1.0 + np.exp(-shifted))
+    return np.where(held, 0.0, probability / np.sqrt(np.pi))
+
+
+def category_factors(config: SimulationConfig) -> np.ndarray:
+    """The categories' taste loadings (factors x CATEGORIES), fixed by the world's seed."""
+    rng = static_rng(config.seed, STREAM_STATIC)
+    return rng.normal(0.0, 1.0, (config.world.taste_factors, len(CATEGORIES)))
+
+
+def draw_tastes(rng: np.random.Generator, n: int, factors: np.ndarray, world: Preset) -> np.ndarray:
+    """Latent tastes (n x CATEGORIES) of new subscribers: shared factors plus private noise."""
+    user_factors = rng.normal(0.0, 1.0, (n, world.taste_factors))
+    taste = np.zeros((n, len(CATEGORIES)))
+    for k in range(world.taste_factors):
+        taste = taste + user_factors[:, [k]] * factors[k]
+    return world.taste_scale * taste / np.sqrt(world.taste_factors) + rng.normal(
+        0.0, world.taste_noise, (n, len(CATEGORIES))
+    )
+
+
+def taste_sd(factors: np.ndarray, world: Preset) -> np.ndarray:
+    """Standard deviation of the taste for each category across subscribers (CATEGORIES,)."""
+    shared = world.taste_scale**2 * (factors**2).sum(axis=0) / world.taste_factors
+    return np.sqrt(shared + world.taste_noise**2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -401,25 +402,47 @@ def _offset_date(start: dt.date, offset: int | None) -> dt.date | None:
     return None if offset is None else start + dt.timedelta(days=offset)
 
 
+def offer_specs(config: SimulationConfig) -> tuple[OfferSpec, ...]:
+    """The offers of a world: OFFERS, with the late launches its preset asks for.
+
+    Every n-th open-ended offer that is live from the start (tariffs aside: subscribers always
+    hold one) launches `late_launch_days` before the last day instead.
+    """
+    world = config.world
+    if not world.late_launch_every:
+        return OFFERS
+    late_start = max(config.days - 1 - world.late_launch_days, 0)
+    movable = [
+        o.offer_id
+        for o in OFFERS
+        if o.category != "tariff" and o.start_offset <= 0 and o.end_offset is None
+    ]
+    late = set(movable[world.late_launch_every - 1 :: world.late_launch_every])
+    return tuple(
+        dataclasses.replace(o, start_offset=late_start) if o.offer_id in late else o for o in OFFERS
+    )
+
+
 def catalog_frame(config: SimulationConfig) -> pl.DataFrame:
     """The catalog table (contract schema); the same every day of a world."""
+    offers = offer_specs(config)
     rows = {
-        OFFER_ID: [o.offer_id for o in OFFERS],
-        CATEGORY: [o.category for o in OFFERS],
-        "title": [o.title for o in OFFERS],
-        VALUE: [o.value for o in OFFERS],
-        "start_date": [_offset_date(config.start, o.start_offset) for o in OFFERS],
-        "end_date": [_offset_date(config.start, o.end_offset) for o in OFFERS],
-        PRODUCT_ID: [o.product_id for o in OFFERS],
-        "regions": [o.regions for o in OFFERS],
-        "device_os": [o.device_os for o in OFFERS],
-        "min_tenure_days": [o.min_tenure_days for o in OFFERS],
-        "requires_product": [o.requires_product for o in OFFERS],
-        "excludes_product": [o.excludes_product for o in OFFERS],
-        "cooldown_days": [o.cooldown_days for o in OFFERS],
-        "capacity": [o.capacity for o in OFFERS],
+        OFFER_ID: [o.offer_id for o in offers],
+        CATEGORY: [o.category for o in offers],
+        "title": [o.title for o in offers],
+        VALUE: [o.value for o in offers],
+        "start_date": [_offset_date(config.start, o.start_offset) for o in offers],
+        "end_date": [_offset_date(config.start, o.end_offset) for o in offers],
+        PRODUCT_ID: [o.product_id for o in offers],
+        "regions": [o.regions for o in offers],
+        "device_os": [o.device_os for o in offers],
+        "min_tenure_days": [o.min_tenure_days for o in offers],
+        "requires_product": [o.requires_product for o in offers],
+        "excludes_product": [o.excludes_product for o in offers],
+        "cooldown_days": [o.cooldown_days for o in offers],
+        "capacity": [o.capacity for o in offers],
         # Contact fatigue follows the settings for every simulated offer.
-        **{name: [None] * len(OFFERS) for name in FATIGUE_COLUMNS},
+        **{name: [None] * len(offers) for name in FATIGUE_COLUMNS},
     }
     return pl.DataFrame(rows, schema=TABLES["catalog"].polars_schema)
 
@@ -428,8 +451,9 @@ class OfferArrays:
     """Catalog as arrays: one entry per offer, products indexed."""
 
     def __init__(self, config: SimulationConfig) -> None:
+        self.specs = offers = offer_specs(config)
         products: list[str] = [t.tariff_id for t in TARIFFS]
-        for offer in OFFERS:
+        for offer in offers:
             for name in (offer.product_id, offer.requires_product, offer.excludes_product):
                 if name is not None and name not in products:
                     products.append(name)
@@ -438,44 +462,44 @@ class OfferArrays:
                 products.append(name)
         self.products = tuple(products)
         index = {name: i for i, name in enumerate(products)}
-        self.ids = tuple(o.offer_id for o in OFFERS)
-        self.category = np.array([CATEGORIES.index(o.category) for o in OFFERS])
-        self.product = np.array([index[o.product_id] for o in OFFERS])
-        self.requires = np.array([index.get(o.requires_product, -1) for o in OFFERS])
-        self.excludes = np.array([index.get(o.excludes_product, -1) for o in OFFERS])
-        self.min_tenure = np.array([o.min_tenure_days for o in OFFERS])
-        self.cooldown = np.array([o.cooldown_days for o in OFFERS])
-        self.capacity = np.array([-1 if o.capacity is None else o.capacity for o in OFFERS])
-        self.start_day = np.array([o.start_offset for o in OFFERS])
+        self.ids = tuple(o.offer_id for o in offers)
+        self.category = np.array([CATEGORIES.index(o.category) for o in offers])
+        self.product = np.array([index[o.product_id] for o in offers])
+        self.requires = np.array([index.get(o.requires_product, -1) for o in offers])
+        self.excludes = np.array([index.get(o.excludes_product, -1) for o in offers])
+        self.min_tenure = np.array([o.min_tenure_days for o in offers])
+        self.cooldown = np.array([o.cooldown_days for o in offers])
+        self.capacity = np.array([-1 if o.capacity is None else o.capacity for o in offers])
+        self.start_day = np.array([o.start_offset for o in offers])
         self.end_day = np.array(
-            [OPEN_ENDED if o.end_offset is None else o.end_offset for o in OFFERS]
+            [OPEN_ENDED if o.end_offset is None else o.end_offset for o in offers]
         )
         self.duration = np.array(
-            [-1 if o.duration_days is None else o.duration_days for o in OFFERS]
+            [-1 if o.duration_days is None else o.duration_days for o in offers]
         )
         regions = [name for name, _ in REGIONS]
         self.region_ok = np.array(
             [
                 [o.regions is None or r in o.regions.split(LIST_SEPARATOR) for r in regions]
-                for o in OFFERS
+                for o in offers
             ]
         )
         self.os_ok = np.array(
             [
                 [o.device_os is None or s in o.device_os.split(LIST_SEPARATOR) for s in DEVICE_OS]
-                for o in OFFERS
+                for o in offers
             ]
         )
         rng = static_rng(config.seed, STREAM_STATIC + 1)
-        self.attractiveness = rng.normal(0.0, ATTRACTIVENESS_SD, len(OFFERS))
-        self.policy_prior = rng.lognormal(0.0, 0.5, len(OFFERS))
+        self.attractiveness = rng.normal(0.0, ATTRACTIVENESS_SD, len(offers))
+        self.policy_prior = rng.lognormal(0.0, 0.5, len(offers))
         self.tariff_product = np.array([index[t.tariff_id] for t in TARIFFS])
         self.is_tariff = self.category == CATEGORIES.index("tariff")
         # product -> tariff index for tariff products, -1 otherwise
         self.product_tariff = np.full(len(products), -1)
         self.product_tariff[self.tariff_product] = np.arange(len(TARIFFS))
-        self.onehot = np.zeros((len(OFFERS), len(CATEGORIES)))
-        self.onehot[np.arange(len(OFFERS)), self.category] = 1.0
+        self.onehot = np.zeros((len(offers), len(CATEGORIES)))
+        self.onehot[np.arange(len(offers)), self.category] = 1.0
 
     def frame(self) -> pl.DataFrame:
         """Truth about offers: attractiveness and policy prior."""
@@ -486,7 +510,7 @@ class OfferArrays:
                 PRODUCT_ID: [self.products[p] for p in self.product],
                 "attractiveness": self.attractiveness,
                 "policy_prior": self.policy_prior,
-                "duration_days": [o.duration_days for o in OFFERS],
+                "duration_days": [o.duration_days for o in self.specs],
             },
             schema_overrides={"duration_days": pl.Int64},
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from mia.errors import InputError
 from mia.settings import Settings
+from mia.simulate.presets import PRESETS, Preset
 
 TRUTH_DIR = "truth"
 TRUTH_VERSION = 1
@@ -21,7 +23,7 @@ class SimulationError(InputError):
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """Size, period, seed and control group of one synthetic world."""
+    """Size, period, seed, control group and kind (preset) of one synthetic world."""
 
     subscribers: int = 20000
     days: int = 120
@@ -29,6 +31,7 @@ class SimulationConfig:
     seed: int = 7
     control_share: float = 0.10
     group_salt: str = Settings().group_salt
+    preset: str = "telco"
 
     def __post_init__(self) -> None:
         if self.subscribers < 1:
@@ -41,6 +44,27 @@ class SimulationConfig:
             raise SimulationError(f"control_share == {self.control_share!r}, must be in [0, 1).")
         if not isinstance(self.start, dt.date) or isinstance(self.start, dt.datetime):
             raise SimulationError(f"start == {self.start!r}, must be a date.")
+        if self.preset not in PRESETS:
+            raise SimulationError(
+                f"preset == {self.preset!r}, must be one of {', '.join(PRESETS)}."
+            )
+
+    @property
+    def world(self) -> Preset:
+        """The knobs of this world's preset."""
+        return PRESETS[self.preset]
+
+    def to_meta(self) -> dict:
+        """The config as JSON-ready values (the truth's meta.json)."""
+        return {**dataclasses.asdict(self), "start": self.start.isoformat()}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> SimulationConfig:
+        """The config a truth/meta.json records (worlds written before presets are `telco`)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in meta.items() if key in names}
+        values["start"] = dt.date.fromisoformat(values["start"])
+        return cls(**values)
 
 
 NEVER = np.iinfo(np.int32).min

@@ -19,10 +19,17 @@ from mia.schema import (
     PRODUCT_ID,
     SUBSCRIBER_ID,
 )
-from mia.simulate.acceptance import DRIVERS, acceptance_probability, signals_from_drivers
-from mia.simulate.catalog import OFFERS
+from mia.simulate.acceptance import (
+    DRIVERS,
+    acceptance_probability,
+    behaviour_only_probability,
+    category_factors,
+    signals_from_drivers,
+    taste_sd,
+)
+from mia.simulate.catalog import offer_specs
 from mia.simulate.categories import CATEGORIES
-from mia.simulate.config import TRUTH_DIR, SimulationError
+from mia.simulate.config import TRUTH_DIR, SimulationConfig, SimulationError
 from mia.simulate.world import ORGANIC_BROWSE, ORGANIC_FACTOR
 
 logger = logging.getLogger(__name__)
@@ -47,12 +54,15 @@ def oracle_p_accept(
     as_of: dt.date | str,
     subscriber_ids: Iterable[int] | pl.Series | np.ndarray | None = None,
     offer_ids: Iterable[str] | None = None,
+    behaviour_only: bool = False,
 ) -> pl.DataFrame:
     """True P(accept) of each subscriber x offer if shown the day after `as_of`.
 
     Uses only the truth written up to the end of `as_of`. Defaults: every subscriber active at
     the end of `as_of` and every offer active on the next day. Rows are sorted by subscriber_id
-    then offer_id; a held product has probability 0.
+    then offer_id; a held product has probability 0. With `behaviour_only`, the probability
+    averaged over the tastes a subscriber might have: the best a model of log-visible behaviour
+    alone can do (the taste signal is what separates it from the oracle).
     """
     root = Path(root)
     as_of = parse_date(as_of)
@@ -60,7 +70,7 @@ def oracle_p_accept(
     truth_root = root / TRUTH_DIR
     drivers = pl.read_parquet(directory / "drivers.parquet")
     offers = pl.read_parquet(truth_root / "offers.parquet")
-    start = dt.date.fromisoformat(json.loads((truth_root / "meta.json").read_text())["start"])
+    config = SimulationConfig.from_meta(json.loads((truth_root / "meta.json").read_text()))
     if subscriber_ids is not None:
         if not isinstance(subscriber_ids, pl.Series | np.ndarray):
             subscriber_ids = list(subscriber_ids)
@@ -74,10 +84,10 @@ def oracle_p_accept(
         drivers = drivers.filter(pl.col(SUBSCRIBER_ID).is_in(wanted.implode()))
     drivers = drivers.sort(SUBSCRIBER_ID)
     if offer_ids is None:
-        next_day = (as_of - start).days + 1
+        next_day = (as_of - config.start).days + 1
         active = [
             o.offer_id
-            for o in OFFERS
+            for o in offer_specs(config)
             if o.start_offset <= next_day and (o.end_offset is None or next_day <= o.end_offset)
         ]
         offers = offers.filter(pl.col(OFFER_ID).is_in(active))
@@ -90,7 +100,11 @@ def oracle_p_accept(
     offers = offers.sort(OFFER_ID)
 
     ids = drivers.get_column(SUBSCRIBER_ID).to_numpy()
-    tastes = _read_tastes(truth_root, as_of, ids)
+    world = config.world
+    if behaviour_only:
+        spread = taste_sd(category_factors(config), world)
+    else:
+        tastes = _read_tastes(truth_root, as_of, ids)
     signals = signals_from_drivers(drivers.select(DRIVERS).to_numpy().astype(np.float32))
     held = pl.read_parquet(directory / "held.parquet")
     frames = []
@@ -99,13 +113,21 @@ def oracle_p_accept(
     ).iter_rows():
         c = CATEGORIES.index(category)
         holders = held.filter(pl.col(PRODUCT_ID) == product).get_column(SUBSCRIBER_ID)
-        probability = acceptance_probability(
-            signals,
-            np.full(len(ids), c),
-            np.full(len(ids), attractiveness),
-            tastes[:, c],
-            np.isin(ids, holders.to_numpy()),
-        )
+        category_index = np.full(len(ids), c)
+        held_now = np.isin(ids, holders.to_numpy())
+        if behaviour_only:
+            probability = behaviour_only_probability(
+                signals, category_index, attractiveness, spread[c], held_now, world.behaviour_weight
+            )
+        else:
+            probability = acceptance_probability(
+                signals,
+                category_index,
+                np.full(len(ids), attractiveness),
+                tastes[:, c],
+                held_now,
+                world.behaviour_weight,
+            )
         frames.append(
             pl.DataFrame(
                 {

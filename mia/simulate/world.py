@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -33,16 +32,14 @@ from mia.schema import (
 from mia.simulate.acceptance import (
     DRIVERS,
     SIGNALS,
-    TASTE_FACTORS,
-    TASTE_NOISE,
-    TASTE_SCALE,
     acceptance_probability,
+    category_factors,
+    draw_tastes,
     signals_from_drivers,
 )
 from mia.simulate.catalog import (
     DEVICES,
     INITIAL_HOLDINGS,
-    OFFERS,
     PREMIUM_VENDORS,
     REGIONS,
     SUBSCRIPTION_CHURN,
@@ -104,7 +101,6 @@ _WINDOW_7 = ("roaming_units", "roaming_screens")
 _RING_DAYS = 30
 
 # Logging policy and responses.
-IMPRESSION_RATE = 0.32  # impression slots per treatment subscriber-day (average app activity)
 MAX_SLOTS = 3
 EXPLORATION = 0.5  # share of the policy that spreads impressions evenly over categories
 CLICK_BEFORE_ACCEPT = 0.7
@@ -113,7 +109,6 @@ DISMISS_AFTER_CLICK = 0.6
 DISMISS_WITHOUT_CLICK = 0.35
 ORGANIC_BROWSE = 0.04  # daily chance a subscriber looks at one offer on their own
 ORGANIC_FACTOR = 0.5  # organic accept chance relative to P(accept | shown)
-NEW_ACTIVATION_RATE = 0.0004  # new lines per existing subscriber base per day
 
 _SCREEN_ALPHA = np.array([3.0, 2.0, 0.8, 0.8, 0.3, 0.4, 0.6, 0.9, 0.5, 0.4])
 _APP_RATE_MEDIAN = 0.5
@@ -212,8 +207,7 @@ class _World:
         self.offers = OfferArrays(config)
         self.catalog = catalog_frame(config)
         self.start_number = (config.start - EPOCH).days
-        rng = static_rng(config.seed, STREAM_STATIC)
-        self.category_factors = rng.normal(0.0, 1.0, (TASTE_FACTORS, len(CATEGORIES)))
+        self.category_factors = category_factors(config)
         self.n = 0
         n_products = len(self.offers.products)
         self.columns: dict[str, np.ndarray] = {}
@@ -221,12 +215,12 @@ class _World:
         self.screen_pref = np.zeros((0, len(APP_SCREENS)))
         self.hold_start = np.zeros((0, n_products), dtype=np.int32)
         self.hold_end = np.zeros((0, n_products), dtype=np.int32)
-        self.last_response = np.zeros((0, len(OFFERS)), dtype=np.int32)
+        self.last_response = np.zeros((0, len(self.offers.specs)), dtype=np.int32)
         self.drivers = np.zeros((0, len(DRIVERS)), dtype=np.float32)
         self.signals = np.zeros((0, len(SIGNALS)))
         self.ring = np.zeros((_RING_DAYS, len(_DAILY), 0), dtype=np.float32)
         self.product_duration = np.full(n_products, -1)
-        for offer_index in range(len(OFFERS) - 1, -1, -1):
+        for offer_index in range(len(self.offers.specs) - 1, -1, -1):
             self.product_duration[self.offers.product[offer_index]] = self.offers.duration[
                 offer_index
             ]
@@ -262,13 +256,7 @@ class _World:
         }
         new["control"] = control_mask(new["id"], self.config.group_salt, self.config.control_share)
         screen_pref = rng.dirichlet(_SCREEN_ALPHA, n)
-        user_factors = rng.normal(0.0, 1.0, (n, TASTE_FACTORS))
-        taste = np.zeros((n, len(CATEGORIES)))
-        for k in range(TASTE_FACTORS):
-            taste = taste + user_factors[:, [k]] * self.category_factors[k]
-        taste = TASTE_SCALE * taste / np.sqrt(TASTE_FACTORS) + rng.normal(
-            0.0, TASTE_NOISE, (n, len(CATEGORIES))
-        )
+        taste = draw_tastes(rng, n, self.category_factors, self.config.world)
         hold_start = np.full((n, len(self.offers.products)), NEVER, dtype=np.int32)
         hold_end = np.full((n, len(self.offers.products)), NEVER, dtype=np.int32)
         rows = np.arange(n)
@@ -300,7 +288,7 @@ class _World:
         self.hold_start = np.vstack([self.hold_start, hold_start])
         self.hold_end = np.vstack([self.hold_end, hold_end])
         self.last_response = np.vstack(
-            [self.last_response, np.full((n, len(OFFERS)), NEVER, dtype=np.int32)]
+            [self.last_response, np.full((n, len(self.offers.specs)), NEVER, dtype=np.int32)]
         )
         self.drivers = np.vstack([self.drivers, np.zeros((n, len(DRIVERS)), dtype=np.float32)])
         self.n += n
@@ -319,7 +307,8 @@ class _World:
             self._add_subscribers(rng, -tenure.astype(np.int64))
         else:
             rng = day_rng(self.config.seed, day, STREAM_NEW)
-            count = int(rng.poisson(self.config.subscribers * NEW_ACTIVATION_RATE))
+            rate = self.config.world.new_activation_rate
+            count = int(rng.poisson(self.config.subscribers * rate))
             if count:
                 self._add_subscribers(rng, np.full(count, day, dtype=np.int64))
         traits = {SUBSCRIBER_ID: self.columns["id"][before:]}
@@ -549,6 +538,7 @@ class _World:
             self.offers.attractiveness[offers],
             self.taste[rows, category],
             held[rows, self.offers.product[offers]],
+            self.config.world.behaviour_weight,
         )
 
     def _offer_events(
@@ -565,7 +555,7 @@ class _World:
         # Logging policy: impression slots for treatment subscribers active in the app.
         rng = day_rng(seed, day, STREAM_POLICY)
         activity = np.clip(c["app_rate"] / _APP_RATE_MEAN, 0.1, 4.0)
-        slots = np.minimum(rng.poisson(IMPRESSION_RATE * activity), MAX_SLOTS)
+        slots = np.minimum(rng.poisson(self.config.world.impression_rate * activity), MAX_SLOTS)
         slots = np.where(allowed & ~c["control"], slots, 0)
         rows = np.repeat(np.arange(self.n), slots)
         eligible = self._eligible(rows, day, held)
@@ -850,7 +840,7 @@ def write_world(
     _refuse_delivered_days(lake, config, overwrite)
     truth_root = root / TRUTH_DIR
     world = _World(config)
-    meta = {"version": TRUTH_VERSION, **dataclasses.asdict(config)}
+    meta = {"version": TRUTH_VERSION, **config.to_meta()}
     write_json(meta, truth_root / "meta.json")
     write_parquet(world.offers.frame(), truth_root / "offers.parquet")
     written: list[dt.date] = []

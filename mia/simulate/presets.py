@@ -1,0 +1,59 @@
+"""Named kinds of simulated world: how much tastes matter, how much is logged, how much is new."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Knobs of one kind of world; `telco` is the simulator's original world."""
+
+    name: str
+    description: str
+    # Latent tastes: taste = scale x (K factors of the subscriber . the category's) / sqrt(K)
+    # + noise, one value per subscriber x category, added to the acceptance logit.
+    taste_scale: float = 0.4
+    taste_noise: float = 0.2
+    taste_factors: int = 3
+    # Multiplies every planted weight of log-visible behaviour on the acceptance logit.
+    behaviour_weight: float = 1.0
+    # Impression slots per treatment subscriber-day at average app activity.
+    impression_rate: float = 0.32
+    # New lines per day, as a share of the initial base.
+    new_activation_rate: float = 0.0004
+    # Every n-th offer of the catalog (0: none) launches `late_launch_days` before the last day.
+    late_launch_every: int = 0
+    late_launch_days: int = 21
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="telco",
+            description="behaviour in the logs drives acceptance; tastes add a little",
+        ),
+        Preset(
+            name="taste-heavy",
+            description=(
+                "latent tastes (4 factors) dominate acceptance and are seen only through past "
+                "responses; few impressions per subscriber"
+            ),
+            taste_scale=1.4,
+            taste_noise=0.3,
+            taste_factors=4,
+            behaviour_weight=0.5,
+            impression_rate=0.2,
+        ),
+        Preset(
+            name="cold-start",
+            description=(
+                "many new lines (half a percent of the base a day) and every third offer "
+                "launched three weeks before the last day"
+            ),
+            new_activation_rate=0.005,
+            late_launch_every=3,
+        ),
+    )
+}
