@@ -250,7 +250,8 @@ def simulate(
         str,
         typer.Option(
             help="Kind of world: telco (behaviour drives acceptance), taste-heavy (latent "
-            "tastes dominate, few impressions) or cold-start (many new lines, late offers)."
+            "tastes dominate, seen only through responses) or cold-start (many new lines, "
+            "late offers)."
         ),
     ] = "telco",
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",

@@ -120,6 +120,8 @@ class Settings(BaseModel):
     als_factors: AtLeastOne = 32
     als_regularization: Annotated[float, Field(ge=0.0)] = 0.05
     als_iterations: AtLeastOne = 15
+    # Tastes learned from accepted and unanswered offers (models.taste); 0 leaves them out.
+    taste_factors: Annotated[int, Field(ge=0, le=64)] = 4
     # Offers
     top_k: AtLeastOne = 5
     # Published ranks 1..reason_ranks get reasons in words (SHAP, the costly part); 0 = every rank.

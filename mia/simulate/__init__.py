@@ -13,7 +13,8 @@ the probability that was used to draw accepts, and `oracle_uplift` the true upli
 
 Presets (`SimulationConfig(preset=...)`, `mia simulate --preset`) give other kinds of world with
 the same tables: `telco` (the original: behaviour drives acceptance), `taste-heavy` (latent
-tastes dominate and impressions are few) and `cold-start` (many new lines, offers launched late).
+tastes dominate, seen only through responses) and `cold-start` (many new lines, offers launched
+late).
 `oracle_p_accept(..., behaviour_only=True)` gives the probability averaged over tastes: the best
 a model of the logs' behaviour alone can reach.
 

@@ -37,14 +37,14 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="taste-heavy",
             description=(
-                "latent tastes (4 factors) dominate acceptance and are seen only through past "
-                "responses; few impressions per subscriber"
+                "latent tastes (4 factors) dominate acceptance and are seen only through "
+                "responses to about 50 impressions per subscriber in 120 days"
             ),
             taste_scale=1.4,
             taste_noise=0.3,
             taste_factors=4,
             behaviour_weight=0.5,
-            impression_rate=0.2,
+            impression_rate=0.42,
         ),
         Preset(
             name="cold-start",
