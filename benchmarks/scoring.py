@@ -52,6 +52,7 @@ from models.scoring import (
     ModelBundle,
     active_offers,
     add_reasons,
+    bundle_taste,
     score_offers,
 )
 
@@ -194,8 +195,10 @@ def reference_score_offers(
         p_category = reference_propensity(bundle, snapshot)
     with clock("ALS"):
         cf_scores = bundle.cf.score(snapshot[SUBSCRIBER_ID], offers[OFFER_ID], interactions)
+    with clock("taste"):
+        taste = bundle_taste(bundle, snapshot)
     with clock("blend inputs"):
-        frame = blend_frame_from(bundle, snapshot, offers, p_category, cf_scores)
+        frame = blend_frame_from(bundle, snapshot, offers, p_category, cf_scores, taste)
     with clock("blend predict"):
         p_accept = bundle.blend.predict(frame)
     with clock("reasons (SHAP)"):
@@ -218,8 +221,9 @@ def blend_frame_from(
     offers: pl.DataFrame,
     p_category: np.ndarray,
     cf_scores: np.ndarray,
+    taste: np.ndarray | None,
 ) -> pl.DataFrame:
-    """`models.scoring.blend_frame` from already computed propensities and ALS scores."""
+    """`models.scoring.blend_frame` from already computed propensities, ALS scores and tastes."""
     from models.blend import candidate_features
 
     return candidate_features(
@@ -229,6 +233,7 @@ def blend_frame_from(
         np.asarray(cf_scores, dtype=np.float64),
         offers,
         bundle.offer_stats,
+        taste=taste,
     )
 
 
@@ -285,6 +290,8 @@ def run_after(inputs: dict[str, Any], max_rank: int = 0) -> dict[str, float]:
     offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
     with clock("ALS"):
         cf_scores = bundle.cf.score(snapshot[SUBSCRIBER_ID], offers[OFFER_ID], interactions)
+    with clock("taste"):
+        taste = bundle_taste(bundle, snapshot.sort(SUBSCRIBER_ID))
     with clock("blend inputs"):
         from models.scoring import _cells
 
@@ -295,7 +302,8 @@ def run_after(inputs: dict[str, Any], max_rank: int = 0) -> dict[str, float]:
             np.asarray(cf_scores, dtype=np.float64),
             offers,
             bundle.offer_stats,
-        ).matrix(rows, columns)
+            taste=taste,
+        ).matrix(rows, columns, bundle.blend.features)
     with clock("blend predict"):
         bundle.blend.predict_matrix(matrix)
     parts = time.perf_counter() - started

@@ -1,11 +1,13 @@
 """The blend: one calibrated P(accept | shown) per subscriber x offer.
 
 Inputs per subscriber x offer: the calibrated category propensity of the offer's category, the ALS
-score (raw, centred on the subscriber's mean and as a rank among the candidate offers), offer
-attributes (value, category) and the offer's smoothed historical acceptance rate and volume from
-labelled windows. A small LightGBM (monotone increasing in the propensity, the ALS score and the
-offer's rate) is fitted on a window LATER than the one its inputs were trained on, so it learns
-how far to trust each input out of sample.
+score (raw, centred on the subscriber's mean and as a rank among the candidate offers), the
+subscriber's taste for the offer's category learned from accepted and unanswered offers
+(`models.taste`; raw and centred), offer attributes (value, category) and the offer's smoothed
+historical acceptance rate and volume from labelled windows. A small LightGBM (monotone
+increasing in the propensity, the ALS score, the taste and the offer's rate) is fitted on a window
+LATER than the one its inputs were trained on, so it learns how far to trust each input out of
+sample.
 """
 
 from __future__ import annotations
@@ -32,24 +34,31 @@ from mia.schema import (
 )
 from models.compiled import PicklesWithoutCompiled, compiled_predict
 from models.propensity import P_CATEGORY, CategoryPropensity, logit
+from models.taste import TASTE_LOGIT
 
 logger = logging.getLogger(__name__)
 
 OFFER_ACCEPT_RATE = "offer_accept_rate"
 CATEGORY_ACCEPT_RATE = "category_accept_rate"
-# Columns the blend model reads, in matrix order.
+# Columns the blend model reads, in matrix order (a fitted blend keeps its own list: `features_`).
 BLEND_FEATURES = (
     "logit_p_category",
     "logit_p_category_centered",
     CF_SCORE,
     "cf_score_centered",
     "cf_rank",
+    TASTE_LOGIT,
+    "taste_centered",
     "offer_lift",
     "offer_log_accepts",
     "log_value",
     "category_code",
 )
-_MONOTONE = {"logit_p_category": 1, CF_SCORE: 1, "offer_lift": 1}
+# What blends fitted before tastes read: a stored champion keeps scoring until it is replaced.
+_FEATURES_BEFORE_TASTE = tuple(
+    f for f in BLEND_FEATURES if f not in (TASTE_LOGIT, "taste_centered")
+)
+_MONOTONE = {"logit_p_category": 1, CF_SCORE: 1, TASTE_LOGIT: 1, "offer_lift": 1}
 
 
 class BlendInputError(InputError):
@@ -122,13 +131,18 @@ class CandidateInputs:
     cells: dict[str, np.ndarray]
     per_offer: dict[str, np.ndarray]
 
-    def matrix(self, subscriber_rows: np.ndarray, offer_columns: np.ndarray) -> np.ndarray:
-        """(cells x BLEND_FEATURES) float64 matrix of the given subscriber x offer positions."""
+    def matrix(
+        self,
+        subscriber_rows: np.ndarray,
+        offer_columns: np.ndarray,
+        features: Sequence[str] = BLEND_FEATURES,
+    ) -> np.ndarray:
+        """(cells x features) float64 matrix of the given subscriber x offer positions."""
         n_offers = next(iter(self.per_offer.values())).size
         flat = subscriber_rows * n_offers + offer_columns
         # Filled one contiguous feature at a time, returned as its (column-major) transpose.
-        result = np.empty((len(BLEND_FEATURES), subscriber_rows.size), dtype=np.float64)
-        for index, name in enumerate(BLEND_FEATURES):
+        result = np.empty((len(features), subscriber_rows.size), dtype=np.float64)
+        for index, name in enumerate(features):
             if name in self.cells:
                 result[index] = self.cells[name].reshape(-1)[flat]
             else:
@@ -158,12 +172,15 @@ def candidate_inputs(
     offers: pl.DataFrame,
     offer_stats: pl.DataFrame,
     unseen_prior: float | None = None,
+    taste: np.ndarray | None = None,
 ) -> CandidateInputs:
-    """Blend inputs as matrices: `p_category` is (subscribers x categories) in `categories`
-    order, `cf_scores` is (subscribers x offers) in `offers` order (offer_id, category, value).
+    """Blend inputs as matrices: `p_category` and `taste` are (subscribers x categories) in
+    `categories` order, `cf_scores` is (subscribers x offers) in `offers` order (offer_id,
+    category, value).
 
     Offers of a category outside `categories` (never seen in training) take `unseen_prior` as
-    their category propensity; without it they are refused."""
+    their category propensity (without it they are refused) and a taste of 0; without `taste`
+    every taste is 0."""
     missing = [column for column in (OFFER_ID, CATEGORY, VALUE) if column not in offers.columns]
     if missing:
         raise BlendInputError(f"offers: columns {missing} missing.")
@@ -173,6 +190,10 @@ def candidate_inputs(
         raise BlendInputError(
             f"p_category has shape {p_category.shape}, must be {(n_subscribers, len(categories))}."
         )
+    if taste is None:
+        taste = np.zeros(p_category.shape)
+    if taste.shape != p_category.shape:
+        raise BlendInputError(f"taste has shape {taste.shape}, must be {p_category.shape}.")
     unknown = sorted(set(offers[CATEGORY]) - set(categories))
     if unknown:
         if unseen_prior is None:
@@ -180,6 +201,7 @@ def candidate_inputs(
         categories = [*categories, *unknown]
         prior = np.full((n_subscribers, len(unknown)), unseen_prior, dtype=np.float64)
         p_category = np.hstack([p_category, prior])
+        taste = np.hstack([taste, np.zeros((n_subscribers, len(unknown)))])
     if cf_scores.shape != (n_subscribers, n_offers):
         raise BlendInputError(
             f"cf_scores has shape {cf_scores.shape}, must be {(n_subscribers, n_offers)}."
@@ -194,6 +216,7 @@ def candidate_inputs(
     offer_columns = np.array([column_of[category] for category in offers[CATEGORY]], dtype=np.int64)
     p = np.ascontiguousarray(p_category[:, offer_columns])
     logit_p = logit(p)
+    offer_taste = np.ascontiguousarray(taste[:, offer_columns], dtype=np.float64)
     cf = cf_scores.astype(np.float64)
     # Offers never seen in a labelled window take their category's rate (lift 0).
     category_rate = stats[CATEGORY_ACCEPT_RATE].fill_null(strategy="mean").fill_null(0.05)
@@ -205,6 +228,8 @@ def candidate_inputs(
         CF_SCORE: cf,
         "cf_score_centered": _row_centered(cf),
         "cf_rank": _row_rank(cf) if n_offers else np.empty((n_subscribers, 0)),
+        TASTE_LOGIT: offer_taste,
+        "taste_centered": _row_centered(offer_taste),
     }
     per_offer = {
         "offer_lift": logit(offer_rate.to_numpy()) - logit(category_rate.to_numpy()),
@@ -223,19 +248,30 @@ def candidate_features(
     offers: pl.DataFrame,
     offer_stats: pl.DataFrame,
     unseen_prior: float | None = None,
+    taste: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """Blend inputs for every subscriber x offer (subscriber-major, offers in `offers` order).
 
-    `p_category` is (subscribers x categories) in `categories` order, `cf_scores` is (subscribers
-    x offers) in `offers` order; `offers` has offer_id, category, value (see `candidate_inputs`
-    for `unseen_prior`).
+    `p_category` and `taste` are (subscribers x categories) in `categories` order, `cf_scores`
+    is (subscribers x offers) in `offers` order; `offers` has offer_id, category, value (see
+    `candidate_inputs` for `unseen_prior`).
     """
     ids = np.asarray(subscriber_ids)
     if p_category.shape[0] != ids.size:
         raise BlendInputError(
             f"p_category has shape {p_category.shape}, must be {(ids.size, len(categories))}."
         )
-    inputs = candidate_inputs(p_category, categories, cf_scores, offers, offer_stats, unseen_prior)
+    inputs = candidate_inputs(
+        p_category, categories, cf_scores, offers, offer_stats, unseen_prior, taste
+    )
+    return inputs_frame(ids, inputs, offers)
+
+
+def inputs_frame(
+    subscriber_ids: np.ndarray | pl.Series, inputs: CandidateInputs, offers: pl.DataFrame
+) -> pl.DataFrame:
+    """`inputs` as rows: every subscriber x offer, subscriber-major, offers in `offers` order."""
+    ids = np.asarray(subscriber_ids)
     n_subscribers, n_offers = ids.size, offers.height
     columns: dict[str, pl.Series | np.ndarray] = {
         SUBSCRIBER_ID: np.repeat(ids, n_offers),
@@ -315,23 +351,27 @@ class OfferBlend(PicklesWithoutCompiled):
             "verbosity": -1,
         }
         if self.monotone:
-            params["monotone_constraints"] = [_MONOTONE.get(name, 0) for name in BLEND_FEATURES]
+            params["monotone_constraints"] = [_MONOTONE.get(name, 0) for name in self.features]
             params["monotone_constraints_method"] = "advanced"
         return params
 
-    @staticmethod
-    def _matrix(frame: pl.DataFrame) -> np.ndarray:
-        missing = [name for name in BLEND_FEATURES if name not in frame.columns]
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The columns this blend reads, in matrix order."""
+        return tuple(self.__dict__.get("features_", _FEATURES_BEFORE_TASTE))
+
+    def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
+        missing = [name for name in self.features if name not in frame.columns]
         if missing:
             raise BlendInputError(f"blend frame: columns {missing} missing.")
-        return frame.select(pl.col(BLEND_FEATURES).cast(pl.Float64)).to_numpy()
+        return frame.select(pl.col(self.features).cast(pl.Float64)).to_numpy()
 
     def _dataset(self, x: np.ndarray, y: np.ndarray) -> lgb.Dataset:
         return lgb.Dataset(
             x,
             y,
-            feature_name=list(BLEND_FEATURES),
-            categorical_feature=[BLEND_FEATURES.index("category_code")],
+            feature_name=list(self.features),
+            categorical_feature=[self.features.index("category_code")],
             free_raw_data=True,
         )
 
@@ -344,6 +384,7 @@ class OfferBlend(PicklesWithoutCompiled):
             bad = labels.filter(~labels.is_in([0, 1])).unique().head(5).to_list()
             raise BlendInputError(f"blend frame: column {LABEL!r} must be 0 or 1, found {bad}.")
         y = labels.cast(pl.Float64).to_numpy()
+        self.features_ = BLEND_FEATURES
         if not 0 < y.sum() < y.size:
             raise BlendInputError(
                 f"blend frame: column {LABEL!r} needs both classes, has {int(y.sum())} "
@@ -376,12 +417,12 @@ class OfferBlend(PicklesWithoutCompiled):
         return self.predict_matrix(self._matrix(frame))
 
     def predict_matrix(self, x: np.ndarray) -> np.ndarray:
-        """P(accept | shown) per row of a (rows x BLEND_FEATURES) float64 matrix."""
+        """P(accept | shown) per row of a (rows x features) float64 matrix."""
         if not hasattr(self, "booster_"):
             raise BlendInputError("OfferBlend is not fitted: call fit(frame).")
-        if x.ndim != 2 or x.shape[1] != len(BLEND_FEATURES):
+        if x.ndim != 2 or x.shape[1] != len(self.features):
             raise BlendInputError(
-                f"blend matrix has shape {x.shape}, must be (rows, {len(BLEND_FEATURES)})."
+                f"blend matrix has shape {x.shape}, must be (rows, {len(self.features)})."
             )
         if not x.shape[0]:
             return np.empty(0)
@@ -407,4 +448,4 @@ class OfferBlend(PicklesWithoutCompiled):
     def feature_importance(self) -> pl.DataFrame:
         """[feature, importance] (total gain) of the blend model."""
         gain = self.booster_.feature_importance("gain").astype(np.float64)
-        return pl.DataFrame({"feature": list(BLEND_FEATURES), "importance": gain})
+        return pl.DataFrame({"feature": list(self.features), "importance": gain})

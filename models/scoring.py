@@ -33,7 +33,13 @@ from mia.schema import (
     VALUE,
 )
 from mia.settings import Settings
-from models.blend import OfferBlend, candidate_features, candidate_inputs, propensity_and_cf
+from models.blend import (
+    CandidateInputs,
+    OfferBlend,
+    candidate_inputs,
+    inputs_frame,
+    propensity_and_cf,
+)
 from models.propensity import CategoryPropensity
 from models.reasons import explain
 
@@ -61,6 +67,8 @@ class ModelBundle:
     trained_as_of: dt.date
     version: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    # Tastes from responses (models.taste.CategoryTaste); None in bundles trained without them.
+    taste: Any = None
 
     @property
     def versions(self) -> dict[str, str]:
@@ -112,6 +120,32 @@ def active_offers(catalog: pl.DataFrame, day: dt.date) -> pl.DataFrame:
     )
 
 
+def bundle_taste(bundle: ModelBundle, snapshot: pl.DataFrame) -> np.ndarray | None:
+    """Taste logits (snapshot rows x the propensity's categories); None without a taste model."""
+    return bundle.taste.predict_matrix(snapshot) if bundle.taste is not None else None
+
+
+def bundle_inputs(
+    bundle: ModelBundle,
+    snapshot: pl.DataFrame,
+    offers: pl.DataFrame,
+    interactions: pl.DataFrame | None,
+) -> CandidateInputs:
+    """The blend's inputs for every snapshot row x offer of `offers`, as matrices."""
+    p_category, cf_scores = propensity_and_cf(
+        bundle.propensity, bundle.cf, snapshot, offers, interactions
+    )
+    return candidate_inputs(
+        p_category,
+        bundle.propensity.categories_,
+        cf_scores,
+        offers,
+        bundle.offer_stats,
+        unseen_prior=bundle.propensity.unseen_prior_,
+        taste=bundle_taste(bundle, snapshot),
+    )
+
+
 def blend_frame(
     bundle: ModelBundle,
     snapshot: pl.DataFrame,
@@ -119,18 +153,8 @@ def blend_frame(
     interactions: pl.DataFrame | None,
 ) -> pl.DataFrame:
     """Blend inputs for every snapshot subscriber x offer of `offers` (sorted offers)."""
-    p_category, cf_scores = propensity_and_cf(
-        bundle.propensity, bundle.cf, snapshot, offers, interactions
-    )
-    return candidate_features(
-        snapshot[SUBSCRIBER_ID],
-        p_category,
-        bundle.propensity.categories_,
-        cf_scores,
-        offers,
-        bundle.offer_stats,
-        unseen_prior=bundle.propensity.unseen_prior_,
-    )
+    inputs = bundle_inputs(bundle, snapshot, offers, interactions)
+    return inputs_frame(snapshot[SUBSCRIBER_ID], inputs, offers)
 
 
 def _checked_snapshot(snapshot: pl.DataFrame) -> pl.DataFrame:
@@ -216,18 +240,8 @@ def _score_chunk(
     """[subscriber_id, offer_id, category, p_accept] of the (row, offer position) `cells` of one
     chunk of a sorted snapshot."""
     rows, columns = cells
-    p_category, cf_scores = propensity_and_cf(
-        bundle.propensity, bundle.cf, snapshot, offers, interactions
-    )
-    inputs = candidate_inputs(
-        p_category,
-        bundle.propensity.categories_,
-        cf_scores,
-        offers,
-        bundle.offer_stats,
-        unseen_prior=bundle.propensity.unseen_prior_,
-    )
-    p_accept = bundle.blend.predict_matrix(inputs.matrix(rows, columns))
+    inputs = bundle_inputs(bundle, snapshot, offers, interactions)
+    p_accept = bundle.blend.predict_matrix(inputs.matrix(rows, columns, bundle.blend.features))
     return pl.DataFrame(
         {
             SUBSCRIBER_ID: snapshot[SUBSCRIBER_ID].gather(rows),

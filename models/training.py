@@ -36,6 +36,7 @@ from models import metrics as mx
 from models.blend import OfferBlend, offer_statistics
 from models.propensity import P_CATEGORY, CategoryPropensity, training_frame
 from models.scoring import MODEL_NAME, ModelBundle, active_offers, blend_frame, score_offers
+from models.taste import TASTE_LOGIT, CategoryTaste
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,15 @@ def cf_model(settings: Settings, **params: Any):
     return ALSRecommender(**{**configured, **params})
 
 
+def taste_model(settings: Settings) -> CategoryTaste | None:
+    """The taste estimator configured by `settings`, or None when tastes are turned off."""
+    if not settings.taste_factors:
+        return None
+    return CategoryTaste(
+        factors=settings.taste_factors, window=max(settings.windows), random_state=settings.seed
+    )
+
+
 def als_grid(settings: Settings) -> dict[str, list]:
     """Factors and regularisation tried around the configured values."""
     factors = settings.als_factors
@@ -347,6 +357,10 @@ def fit_bundle(data: TrainingData, settings: Settings) -> tuple[ModelBundle, dic
     als_params, als_metrics = tuned_als_params(data, settings)
     logger.info("ALS on %d interactions up to %s", data.interactions_blend.height, t0)
     cf = cf_model(settings, **als_params).fit(data.interactions_blend)
+    taste = taste_model(settings)
+    if taste is not None:
+        # The T_0 snapshot holds the responses up to T_0: the blend's labels come after it.
+        taste.fit(data.snapshots[t0], propensity.categories_)
     bundle = ModelBundle(
         propensity=propensity,
         cf=cf,
@@ -356,6 +370,7 @@ def fit_bundle(data: TrainingData, settings: Settings) -> tuple[ModelBundle, dic
         interactions=data.interactions_as_of,
         trained_as_of=data.as_of,
         metadata={"snapshot_dates": ",".join(str(d) for d in dates)},
+        taste=taste,
     )
     rows, held = _labelled_blend_rows(bundle, data)
     fit_rows = rows.filter(pl.Series(~held))
@@ -386,6 +401,8 @@ def compute_metrics(bundle: ModelBundle, frames: dict[str, Any]) -> dict[str, fl
     result["inputs.p_category.roc_auc"] = mx.roc_auc(y, holdout[P_CATEGORY].to_numpy())
     result["inputs.p_category.log_loss"] = mx.log_loss(y, holdout[P_CATEGORY].to_numpy())
     result["inputs.cf_score.roc_auc"] = mx.roc_auc(y, holdout["cf_score"].to_numpy())
+    if bundle.taste is not None:
+        result["inputs.taste_logit.roc_auc"] = mx.roc_auc(y, holdout[TASTE_LOGIT].to_numpy())
     result["propensity.fallback_categories"] = float(len(bundle.propensity.fallback_categories_))
     result.update({f"als.{key}": value for key, value in frames.get("als", {}).items()})
     return result
@@ -462,6 +479,8 @@ def _params(bundle: ModelBundle, data: TrainingData, settings: Settings) -> dict
     params.update({f"propensity.{k}": v for k, v in bundle.propensity.get_params().items()})
     params.update({f"als.{k}": v for k, v in bundle.cf.get_params().items()})
     params.update({f"blend.{k}": v for k, v in bundle.blend.get_params().items()})
+    if bundle.taste is not None:
+        params.update({f"taste.{k}": v for k, v in bundle.taste.get_params().items()})
     params["propensity.fallback"] = ",".join(bundle.propensity.fallback_categories_) or "none"
     return params
 
