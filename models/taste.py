@@ -121,18 +121,22 @@ def _newton_step(
     hessian[:, np.arange(dims), np.arange(dims)] += penalty
     step = np.linalg.solve(hessian, gradient[:, :, None])[:, :, 0]
     before = _objective(owner, n_owners, eta, trials, successes, params, penalty)
+    floor = before - 1e-9 * (1.0 + np.abs(before))  # a fall within rounding is no fall
     result = params.copy()
     pending = np.ones(n_owners, dtype=bool)
+    cells = np.arange(owner.size)  # the cells of owners still pending
     for _ in range(HALVINGS):
-        candidate = np.where(pending[:, None], params + step, params)
-        eta = _eta(owner, design, offset, candidate)
-        after = _objective(owner, n_owners, eta, trials, successes, candidate, penalty)
-        improved = pending & (after >= before)
+        candidate = params + step
+        mine = owner[cells]
+        eta = _eta(mine, design[cells], offset[cells], candidate)
+        after = _objective(mine, n_owners, eta, trials[cells], successes[cells], candidate, penalty)
+        improved = pending & (after >= floor)
         result[improved] = candidate[improved]
         pending &= ~improved
         if not pending.any():
             break
         step = 0.5 * step
+        cells = cells[pending[mine]]
     return result
 
 
