@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,23 +75,38 @@ def category_auc_metrics(impressions: pl.DataFrame) -> dict[str, float]:
     return result
 
 
-def top_k_metrics(scores: pl.DataFrame, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+def subscriber_rank(column: str) -> pl.Expr:
+    """Rank of each row's `column` within its subscriber, 1 = highest.
+
+    On a frame sorted by subscriber_id then offer_id, ties go to the lower offer_id, so the rank
+    never depends on the sort algorithm.
+    """
+    return pl.col(column).rank("ordinal", descending=True).over(SUBSCRIBER_ID)
+
+
+def top_k_metrics(
+    scores: pl.DataFrame,
+    ks: tuple[int, ...] = (1, 5),
+    score: str = P_ACCEPT,
+    truth: str = ORACLE_P,
+) -> dict[str, float]:
     """Expected acceptances of Mia's top-k vs the oracle's top-k vs random, per subscriber.
 
-    `scores` holds [subscriber_id, offer_id, p_accept, oracle_p] for every candidate pair; ties are
-    broken by offer_id so the result is deterministic.
+    `scores` holds [subscriber_id, offer_id, <score>, <truth>] for every candidate pair: the top-k
+    by `score` (Mia's p_accept unless another column is named) and by `truth` (the oracle's p,
+    or any expected gain such as p x value) are both valued by `truth`. Ties are broken by
+    offer_id so the result is deterministic.
     """
     result: dict[str, float] = {}
     ranked = scores.sort(SUBSCRIBER_ID, OFFER_ID).with_columns(
-        pl.col(P_ACCEPT).rank("ordinal", descending=True).over(SUBSCRIBER_ID).alias("_mia_rank"),
-        pl.col(ORACLE_P).rank("ordinal", descending=True).over(SUBSCRIBER_ID).alias("_best_rank"),
-        pl.col(ORACLE_P).mean().over(SUBSCRIBER_ID).alias("_random"),
-        pl.len().over(SUBSCRIBER_ID).alias("_offers"),
+        subscriber_rank(score).alias("_mia_rank"),
+        subscriber_rank(truth).alias("_best_rank"),
+        pl.col(truth).mean().over(SUBSCRIBER_ID).alias("_random"),
     )
     for k in ks:
         totals = ranked.select(
-            pl.col(ORACLE_P).filter(pl.col("_mia_rank") <= k).sum().alias("mia"),
-            pl.col(ORACLE_P).filter(pl.col("_best_rank") <= k).sum().alias("oracle"),
+            pl.col(truth).filter(pl.col("_mia_rank") <= k).sum().alias("mia"),
+            pl.col(truth).filter(pl.col("_best_rank") <= k).sum().alias("oracle"),
             (pl.col("_random").filter(pl.col("_best_rank") <= k).sum()).alias("random"),
         ).row(0, named=True)
         prefix = f"top{k}"
@@ -164,6 +180,48 @@ def check_outcomes_after(lake: Lake, as_of: dt.date, settings: Settings) -> None
         )
 
 
+@dataclass(frozen=True)
+class HeldOutWorld:
+    """A data root cut at `as_of`: what a model may use that night, and what came after it."""
+
+    as_of: dt.date
+    snapshot: pl.DataFrame  # features as of the end of as_of
+    catalog: pl.DataFrame  # the catalog in force on as_of
+    interactions: pl.DataFrame  # ALS interactions in the lookback up to the end of as_of
+    held: pl.DataFrame  # [subscriber_id, offer_id] whose product is held at the end of as_of
+    events: pl.DataFrame  # offer events from the lookback before as_of to the horizon's end
+    impressions: pl.DataFrame  # [subscriber_id, offer_id, label] shown in the horizon
+
+
+def held_out_world(lake: Lake, as_of: dt.date, settings: Settings) -> HeldOutWorld:
+    """Scoring inputs as of `as_of` and the labelled impressions of the horizon after it."""
+    from features.labels import offer_labels
+    from mia.ingest import raw_events, raw_state
+    from models.cf import build_interactions
+
+    lookback = max(settings.windows)
+    horizon_end = as_of + dt.timedelta(days=settings.horizon_days)
+    events = raw_events(lake, "offer_events", as_of - dt.timedelta(days=lookback), horizon_end)
+    catalog = raw_state(lake, "catalog", as_of)
+    if events is None or catalog is None:
+        raise TrainingInputError(f"offer_events or catalog not ingested up to {as_of}.")
+    events = events.collect(engine="streaming")
+    # Offers that start within the horizon are labelled with the catalog that knows them.
+    later = raw_state(lake, "catalog", horizon_end)
+    impressions = offer_labels(
+        events, later if later is not None else catalog, as_of, settings.horizon_days
+    ).select(SUBSCRIBER_ID, OFFER_ID, LABEL)
+    return HeldOutWorld(
+        as_of=as_of,
+        snapshot=read_or_build_snapshot(lake, as_of, settings),
+        catalog=catalog,
+        interactions=build_interactions(events, as_of, lookback),
+        held=held_offers(raw_state(lake, "holdings", as_of), catalog, as_of),
+        events=events,
+        impressions=impressions,
+    )
+
+
 def evaluate_against_oracle(
     lake: Lake,
     as_of: dt.date,
@@ -177,25 +235,16 @@ def evaluate_against_oracle(
     Offer choice compares picks among `eligible` [subscriber_id, offer_id] pairs when given (the
     offers layer's eligibility for the night), else among active offers not already held.
     """
-    from features.labels import offer_labels
-    from mia.ingest import raw_events, raw_state
     from mia.simulate import oracle_p_accept
-    from models.cf import build_interactions
 
     check_outcomes_after(lake, as_of, settings)
     if bundle is None:
         check_champion_predates(settings, as_of)
         bundle = load_bundle(settings)
-    lookback = max(settings.windows)
-    horizon_end = as_of + dt.timedelta(days=settings.horizon_days)
-    events = raw_events(lake, "offer_events", as_of - dt.timedelta(days=lookback), horizon_end)
-    catalog = raw_state(lake, "catalog", as_of)
-    if events is None or catalog is None:
-        raise TrainingInputError(f"offer_events or catalog not ingested up to {as_of}.")
-    events = events.collect(engine="streaming").lazy()
-    snapshot = read_or_build_snapshot(lake, as_of, settings)
-    interactions = build_interactions(events, as_of, lookback)
-    scores = score_offers(bundle, snapshot, catalog, interactions, with_reasons=False)
+    world = held_out_world(lake, as_of, settings)
+    scores = score_offers(
+        bundle, world.snapshot, world.catalog, world.interactions, with_reasons=False
+    )
     oracle = oracle_p_accept(
         lake.root,
         as_of,
@@ -210,13 +259,8 @@ def evaluate_against_oracle(
             eligible.select(SUBSCRIBER_ID, OFFER_ID), on=[SUBSCRIBER_ID, OFFER_ID], how="semi"
         )
     else:
-        held = held_offers(raw_state(lake, "holdings", as_of), catalog, as_of)
-        choices = paired.join(held, on=[SUBSCRIBER_ID, OFFER_ID], how="anti")
-    later = raw_state(lake, "catalog", horizon_end)
-    impressions = offer_labels(
-        events, later if later is not None else catalog, as_of, settings.horizon_days
-    ).select(SUBSCRIBER_ID, OFFER_ID, LABEL)
-    impressions = impressions.join(paired, on=[SUBSCRIBER_ID, OFFER_ID], how="inner")
+        choices = paired.join(world.held, on=[SUBSCRIBER_ID, OFFER_ID], how="anti")
+    impressions = world.impressions.join(paired, on=[SUBSCRIBER_ID, OFFER_ID], how="inner")
     result = category_auc_metrics(impressions)
     result.update(top_k_metrics(choices, tuple(sorted({1, settings.top_k}))))
     logger.info(
