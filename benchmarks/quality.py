@@ -1,0 +1,563 @@
+"""Model quality: Mia against simple baselines and the oracle, on simulated worlds.
+
+    python -m benchmarks.quality --subscribers 10000 --days 100 --train-snapshots 8 --seed 11
+
+(`make bench-quality` runs exactly this.) For each world a telco is simulated
+(`mia.simulate.write_world`), every day is ingested, and the world is cut at as_of = last day -
+horizon_days, so the horizon (as_of, last day] has been logged but no method sees it. Every
+method is fitted on data up to the end of as_of only (no leakage: training labels are those of
+the training snapshots, whose windows end on as_of; interactions and features stop at as_of) and
+scores the same pairs, every subscriber of the as_of snapshot x every offer active on as_of + 1:
+
+- `mia`: the bundle that `models.training` fits (category propensity, ALS, blend), its p_accept;
+- `popularity`: the offer's acceptance rate over the training window's impressions,
+  (accepts + 30 x global rate) / (impressions + 30): a prior worth 30 impressions at the global
+  acceptance rate, so an offer never shown gets the global rate;
+- `als`: implicit ALS alone (`models.cf.ALSRecommender` with Mia's configured, untuned
+  hyper-parameters) on the accepts of the 90 days up to as_of; its score ranks but is not a
+  probability, so it has no ECE;
+- `global_lgbm`: one LightGBM binary classifier over every labelled impression of Mia's training
+  snapshots, reading the features Mia's propensity models read plus offer_id and category as
+  categorical features, early-stopped on the last snapshot;
+- `oracle`: the simulator's true P(accept | shown), the reference (capture 1 by definition);
+- `random` (captures only): the expected value of a uniformly random pick.
+
+Columns of the tables (candidates: the pairs above whose product the subscriber does not hold,
+as in `models.evaluate.evaluate_against_oracle`; ties broken by offer_id):
+
+- `accepts@1`, `accepts@5`: expected acceptances (sum of the oracle's p) of the method's top 1 / 5
+  offers per subscriber, divided by those of the oracle's own top 1 / 5;
+- `value@1`, `value@5`: the same for expected value (oracle p x the offer's catalog value), the
+  method ranking by score x value and the oracle by p x value;
+- `spearman`: Spearman rank correlation of the method's score with the oracle's p within each
+  subscriber, averaged over subscribers with at least 3 candidates (subscribers whose scores are
+  all equal have none and are left out);
+- `ECE`: expected calibration error, 10 equal-width probability bins, of the method's probability
+  on the impressions of the horizon (label: accepted after being shown, `offer_labels`);
+- `P@5`: of the method's top 5 candidates per subscriber, the share the subscriber accepted in the
+  horizon (any accept event, shown or not), over subscribers with at least one such accept;
+- `coverage@5`: distinct offers in any top 5 / distinct candidate offers;
+- `top-1 share`: the share of subscribers whose top-1 offer is the single most common top-1 offer;
+- `fit+score s`, `CPU s`: wall and CPU seconds of the method's fit and scoring (the training data
+  that mia, popularity and global_lgbm share is read once, outside these times).
+
+The full results go to `--out` as JSON (default benchmarks/results/quality.json, git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import polars as pl
+
+from benchmarks.common import RESULTS
+from features.labels import label_window
+from mia.ingest import ingest_day
+from mia.lake import Lake
+from mia.schema import (
+    CATEGORY,
+    CF_SCORE,
+    EVENT,
+    LABEL,
+    OFFER_ID,
+    P_ACCEPT,
+    SNAPSHOT_DATE,
+    SUBSCRIBER_ID,
+    TS,
+    VALUE,
+)
+from mia.settings import Settings
+from mia.simulate import SimulationConfig, oracle_p_accept, write_world
+from mia.text import markdown_text
+from models import metrics as mx
+from models.cf import build_interactions
+from models.evaluate import (
+    ORACLE_P,
+    HeldOutWorld,
+    check_outcomes_after,
+    held_out_world,
+    subscriber_rank,
+    top_k_metrics,
+)
+from models.propensity import NON_FEATURE_COLUMNS, FeatureEncoding
+from models.ranking_metrics import ranking_metrics_from_lists
+from models.scoring import active_offers, score_offers
+from models.training import TrainingData, cf_model, fit_bundle, load_training_data
+
+logger = logging.getLogger(__name__)
+
+SCORE = "score"
+KS = (1, 5)
+PRECISION_K = 5
+MIN_SPEARMAN_CANDIDATES = 3
+ECE_BINS = 10
+POPULARITY_PRIOR_IMPRESSIONS = 30.0
+# The global model's booster: the propensity models' settings, with the leaves a model over
+# every offer at once needs.
+GLOBAL_LGBM_PARAMS: dict[str, Any] = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.5,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "max_bin": 63,
+    "min_data_per_group": 20,
+    "cat_smooth": 10.0,
+    "deterministic": True,
+    "force_row_wise": True,
+    "verbosity": -1,
+}
+GLOBAL_LGBM_ROUNDS = 400
+GLOBAL_LGBM_PATIENCE = 40
+COLUMNS = (
+    ("accepts@1", "top1_accepts_capture", "{:.3f}"),
+    ("accepts@5", "top5_accepts_capture", "{:.3f}"),
+    ("value@1", "top1_value_capture", "{:.3f}"),
+    ("value@5", "top5_value_capture", "{:.3f}"),
+    ("spearman", "spearman", "{:.3f}"),
+    ("ECE", "ece", "{:.4f}"),
+    ("P@5", "precision_at_5", "{:.3f}"),
+    ("coverage@5", "coverage_at_5", "{:.2f}"),
+    ("top-1 share", "top1_share", "{:.2f}"),
+    ("fit+score s", "wall_seconds", "{:.1f}"),
+    ("CPU s", "cpu_seconds", "{:.1f}"),
+)
+
+
+# Metrics: each takes the candidate pairs with a `score` column and returns plain floats.
+
+
+def acceptance_capture(candidates: pl.DataFrame, score: str = SCORE) -> dict[str, float]:
+    """Expected acceptances of the top 1 / 5 by `score` over those of the oracle's top 1 / 5."""
+    result = top_k_metrics(candidates, KS, score=score, truth=ORACLE_P)
+    return {f"top{k}_accepts_capture": result[f"top{k}.capture"] for k in KS}
+
+
+def value_capture(candidates: pl.DataFrame, score: str = SCORE) -> dict[str, float]:
+    """Expected value (oracle p x value) of the top 1 / 5 by score x value over the oracle's."""
+    weighted = candidates.with_columns(
+        (pl.col(score) * pl.col(VALUE)).alias("_score_value"),
+        (pl.col(ORACLE_P) * pl.col(VALUE)).alias("_oracle_value"),
+    )
+    result = top_k_metrics(weighted, KS, score="_score_value", truth="_oracle_value")
+    return {f"top{k}_value_capture": result[f"top{k}.capture"] for k in KS}
+
+
+def random_capture(candidates: pl.DataFrame) -> dict[str, float]:
+    """Capture of acceptances and value by a uniformly random pick (its expectation)."""
+    accepts = top_k_metrics(candidates, KS, score=ORACLE_P, truth=ORACLE_P)
+    value = top_k_metrics(
+        candidates.with_columns((pl.col(ORACLE_P) * pl.col(VALUE)).alias("_oracle_value")),
+        KS,
+        score="_oracle_value",
+        truth="_oracle_value",
+    )
+    return {
+        **{f"top{k}_accepts_capture": accepts[f"top{k}.random_capture"] for k in KS},
+        **{f"top{k}_value_capture": value[f"top{k}.random_capture"] for k in KS},
+    }
+
+
+def within_subscriber_spearman(
+    candidates: pl.DataFrame, score: str = SCORE, min_candidates: int = MIN_SPEARMAN_CANDIDATES
+) -> float:
+    """Mean over subscribers (>= `min_candidates` candidates) of Spearman(score, oracle p)."""
+    per_subscriber = (
+        candidates.group_by(SUBSCRIBER_ID)
+        .agg(
+            pl.corr(score, ORACLE_P, method="spearman").alias("rho"),
+            pl.len().alias("candidates"),
+        )
+        .filter(pl.col("candidates") >= min_candidates)
+    )
+    # A subscriber whose scores (or true p) are all equal has no rank correlation.
+    rho = per_subscriber["rho"].fill_nan(None).drop_nulls()
+    return float(rho.mean()) if rho.len() else math.nan
+
+
+def calibration_error(impressions: pl.DataFrame, score: str = SCORE) -> float:
+    """ECE (10 equal-width bins) of `score` as P(accept | shown) on labelled impressions."""
+    return mx.expected_calibration_error(impressions[LABEL], impressions[score], bins=ECE_BINS)
+
+
+def _top_lists(candidates: pl.DataFrame, score: str, k: int) -> pl.DataFrame:
+    """[subscriber_id, top] with each subscriber's k best offers by `score`, best first."""
+    return (
+        candidates.sort(SUBSCRIBER_ID, OFFER_ID)
+        .with_columns(subscriber_rank(score).alias("_rank"))
+        .filter(pl.col("_rank") <= k)
+        .sort(SUBSCRIBER_ID, "_rank")
+        .group_by(SUBSCRIBER_ID, maintain_order=True)
+        .agg(pl.col(OFFER_ID).alias("top"))
+    )
+
+
+def precision_at_k(
+    candidates: pl.DataFrame, accepts: pl.DataFrame, score: str = SCORE, k: int = PRECISION_K
+) -> float:
+    """Share of each subscriber's top k that they accepted ([subscriber_id, offer_id] in
+    `accepts`), averaged over subscribers with at least one accepted candidate."""
+    accepted = accepts.select(SUBSCRIBER_ID, OFFER_ID).join(
+        candidates.select(SUBSCRIBER_ID, OFFER_ID), on=[SUBSCRIBER_ID, OFFER_ID], how="semi"
+    )
+    relevant = accepted.group_by(SUBSCRIBER_ID).agg(pl.col(OFFER_ID).alias("accepted"))
+    lists = _top_lists(candidates, score, k).join(relevant, on=SUBSCRIBER_ID, how="inner")
+    if lists.is_empty():
+        return math.nan
+    metrics = ranking_metrics_from_lists(
+        lists["top"].to_list(), [set(offers) for offers in lists["accepted"].to_list()], k, 1
+    )
+    return metrics[f"precision@{k}"]
+
+
+def offer_coverage(
+    candidates: pl.DataFrame, score: str = SCORE, k: int = PRECISION_K
+) -> dict[str, Any]:
+    """Distinct offers in any top k / candidate offers, and how concentrated the top 1 is."""
+    lists = _top_lists(candidates, score, k)
+    if lists.is_empty():
+        return {f"coverage_at_{k}": math.nan, "top1_share": math.nan, "top1_offer": None}
+    shown = lists["top"].explode().n_unique()
+    firsts = lists["top"].list.first().value_counts(sort=True, name="n")
+    # The most common first offer; among equally common ones the lowest offer_id.
+    leader = firsts.sort(["n", "top"], descending=[True, False]).row(0, named=True)
+    return {
+        f"coverage_at_{k}": shown / candidates[OFFER_ID].n_unique(),
+        "top1_share": leader["n"] / lists.height,
+        "top1_offer": leader["top"],
+    }
+
+
+def method_metrics(
+    candidates: pl.DataFrame,
+    impressions: pl.DataFrame,
+    accepts: pl.DataFrame,
+    score: str = SCORE,
+    probability: bool = True,
+) -> dict[str, Any]:
+    """Every metric of one method's `score` column on the candidates and the impressions (ECE
+    only when the score is a probability)."""
+    result: dict[str, Any] = {}
+    result.update(acceptance_capture(candidates, score))
+    result.update(value_capture(candidates, score))
+    result["spearman"] = within_subscriber_spearman(candidates, score)
+    result["ece"] = calibration_error(impressions, score) if probability else math.nan
+    result[f"precision_at_{PRECISION_K}"] = precision_at_k(candidates, accepts, score)
+    result.update(offer_coverage(candidates, score))
+    return result
+
+
+# Methods: each fits on data up to as_of and scores every pair of `WorldInputs.pairs`.
+
+
+@dataclass(frozen=True)
+class WorldInputs:
+    """What every method may use: the training data and scoring inputs of one as_of."""
+
+    root: Path
+    settings: Settings
+    data: TrainingData
+    world: HeldOutWorld
+    pairs: pl.DataFrame  # [subscriber_id, offer_id, category, value] to score
+
+
+def mia_scores(inputs: WorldInputs) -> pl.Series:
+    """Mia's p_accept: the bundle fitted as `mia train` fits it, scored as the night scores."""
+    bundle, _ = fit_bundle(inputs.data, inputs.settings)
+    world = inputs.world
+    scores = score_offers(
+        bundle, world.snapshot, world.catalog, world.interactions, with_reasons=False
+    )
+    return _aligned(inputs.pairs, scores, P_ACCEPT)
+
+
+def popularity_scores(inputs: WorldInputs) -> pl.Series:
+    """The offer's acceptance rate on the training impressions, shrunk to the global rate."""
+    labels = pl.concat([inputs.data.offer_labels[date] for date in inputs.data.snapshot_dates])
+    global_rate = float(labels[LABEL].mean()) if labels.height else 0.0
+    strength = POPULARITY_PRIOR_IMPRESSIONS
+    rates = labels.group_by(OFFER_ID).agg(
+        ((pl.col(LABEL).sum() + strength * global_rate) / (pl.len() + strength)).alias(SCORE)
+    )
+    scores = inputs.pairs.join(rates, on=OFFER_ID, how="left", maintain_order="left")
+    return scores[SCORE].fill_null(global_rate)
+
+
+def als_scores(inputs: WorldInputs) -> pl.Series:
+    """Implicit ALS alone on the accepts up to as_of, with Mia's configured hyper-parameters."""
+    settings = inputs.settings
+    accepts = build_interactions(
+        inputs.world.events, inputs.world.as_of, max(settings.windows), weights={"click": 0.0}
+    )
+    model = cf_model(settings).fit(accepts)
+    pairs = inputs.pairs.select(SUBSCRIBER_ID, OFFER_ID)
+    return model.predict_frame(pairs)[CF_SCORE].cast(pl.Float64).rename(SCORE)
+
+
+def _global_frame(data: TrainingData, dates: list[dt.date]) -> pl.DataFrame:
+    """Labelled impressions of the snapshots `dates` joined to their snapshot's features."""
+    keys = [SUBSCRIBER_ID, SNAPSHOT_DATE]
+    return pl.concat(
+        [
+            data.offer_labels[date]
+            .select(*keys, OFFER_ID, pl.col(CATEGORY).cast(pl.String), pl.col(LABEL))
+            .join(data.snapshots[date], on=keys, how="inner")
+            for date in dates
+        ],
+        how="diagonal_relaxed",
+    )
+
+
+def global_lgbm_scores(inputs: WorldInputs) -> pl.Series:
+    """One LightGBM over all offers' impressions, offer_id and category as categoricals."""
+    data, settings = inputs.data, inputs.settings
+    train = _global_frame(data, list(data.snapshot_dates[:-1]))
+    valid = _global_frame(data, list(data.snapshot_dates[-1:]))
+    snapshot_features = [
+        name for name in train.columns if name not in (*NON_FEATURE_COLUMNS, OFFER_ID)
+    ]
+    encoding = FeatureEncoding.fit(train, [*snapshot_features, OFFER_ID, CATEGORY])
+    names, categorical = list(encoding.names), encoding.categorical_indices
+    params = {**GLOBAL_LGBM_PARAMS, "seed": settings.seed, "num_threads": settings.num_threads}
+    booster = lgb.train(
+        params,
+        lgb.Dataset(
+            encoding.matrix(train),
+            train[LABEL].to_numpy(),
+            feature_name=names,
+            categorical_feature=categorical,
+        ),
+        num_boost_round=GLOBAL_LGBM_ROUNDS,
+        valid_sets=[
+            lgb.Dataset(
+                encoding.matrix(valid),
+                valid[LABEL].to_numpy(),
+                feature_name=names,
+                categorical_feature=categorical,
+            )
+        ],
+        callbacks=[lgb.early_stopping(GLOBAL_LGBM_PATIENCE, verbose=False)],
+    )
+    logger.info("global LightGBM: %d rows, %d trees", train.height, booster.best_iteration)
+    # One offer at a time: every subscriber's features with that offer's id and category.
+    snapshot = inputs.world.snapshot.sort(SUBSCRIBER_ID)
+    offers = inputs.pairs.select(OFFER_ID, CATEGORY).unique().sort(OFFER_ID)
+    frames = []
+    for offer_id, category in offers.iter_rows():
+        shown = snapshot.with_columns(
+            pl.lit(offer_id).alias(OFFER_ID), pl.lit(category).alias(CATEGORY)
+        )
+        p = booster.predict(encoding.matrix(shown), num_iteration=booster.best_iteration)
+        frames.append(
+            pl.DataFrame({SUBSCRIBER_ID: shown[SUBSCRIBER_ID], OFFER_ID: shown[OFFER_ID], SCORE: p})
+        )
+    return _aligned(inputs.pairs, pl.concat(frames), SCORE)
+
+
+def oracle_scores(inputs: WorldInputs) -> pl.Series:
+    """The simulator's true P(accept | shown) of every pair."""
+    truth = oracle_p_accept(
+        inputs.root,
+        inputs.world.as_of,
+        subscriber_ids=inputs.pairs[SUBSCRIBER_ID].unique().sort(),
+        offer_ids=inputs.pairs[OFFER_ID].unique().sort(),
+    )
+    return _aligned(inputs.pairs, truth, P_ACCEPT)
+
+
+def _aligned(pairs: pl.DataFrame, scores: pl.DataFrame, column: str) -> pl.Series:
+    """`scores[column]` in the row order of `pairs`; every pair must have a score."""
+    joined = pairs.select(SUBSCRIBER_ID, OFFER_ID).join(
+        scores.select(SUBSCRIBER_ID, OFFER_ID, column),
+        on=[SUBSCRIBER_ID, OFFER_ID],
+        how="left",
+        maintain_order="left",
+    )
+    missing = joined[column].null_count()
+    if missing:
+        raise ValueError(f"{missing} of {pairs.height} pairs have no {column!r} score.")
+    return joined[column].cast(pl.Float64).rename(SCORE)
+
+
+Method = Callable[[WorldInputs], pl.Series]
+METHODS: dict[str, Method] = {
+    "mia": mia_scores,
+    "popularity": popularity_scores,
+    "als": als_scores,
+    "global_lgbm": global_lgbm_scores,
+    "oracle": oracle_scores,
+}
+RANKING_ONLY = frozenset({"als"})  # scores that rank but are not probabilities: no ECE
+
+
+def _timed(call: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """The call's result and its wall and CPU seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = call()
+    return result, {
+        "wall_seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
+    }
+
+
+def horizon_accepts(world: HeldOutWorld, horizon_days: int) -> pl.DataFrame:
+    """[subscriber_id, offer_id] accepted in the horizon (as_of, as_of + horizon_days]."""
+    start, stop = label_window(world.as_of, horizon_days)
+    return (
+        world.events.filter(pl.col(EVENT) == "accept", pl.col(TS) >= start, pl.col(TS) < stop)
+        .select(SUBSCRIBER_ID, OFFER_ID)
+        .unique()
+    )
+
+
+def evaluate_world(
+    lake: Lake, as_of: dt.date, settings: Settings, methods: dict[str, Method] | None = None
+) -> dict[str, Any]:
+    """Every method fitted as of `as_of` on an ingested simulated world, and its metrics."""
+    methods = METHODS if methods is None else methods
+    check_outcomes_after(lake, as_of, settings)
+    (data, world), shared = _timed(
+        lambda: (load_training_data(lake, as_of, settings), held_out_world(lake, as_of, settings))
+    )
+    offers = active_offers(world.catalog, as_of + dt.timedelta(days=1))
+    pairs = (
+        world.snapshot.select(SUBSCRIBER_ID)
+        .sort(SUBSCRIBER_ID)
+        .join(offers, how="cross")
+        .select(SUBSCRIBER_ID, OFFER_ID, CATEGORY, VALUE)
+    )
+    inputs = WorldInputs(lake.root, settings, data, world, pairs)
+    scores, seconds = {}, {}
+    for name, method in methods.items():
+        logger.info("quality as of %s: %s", as_of, name)
+        scores[name], seconds[name] = _timed(lambda method=method: method(inputs))
+    truth = scores["oracle"] if "oracle" in methods else oracle_scores(inputs)
+    scored = pairs.with_columns(
+        truth.alias(ORACLE_P), *(score.alias(f"{SCORE}_{name}") for name, score in scores.items())
+    )
+    candidates = scored.join(world.held, on=[SUBSCRIBER_ID, OFFER_ID], how="anti")
+    impressions = world.impressions.join(scored, on=[SUBSCRIBER_ID, OFFER_ID], how="inner")
+    accepts = horizon_accepts(world, settings.horizon_days).join(
+        candidates, on=[SUBSCRIBER_ID, OFFER_ID], how="semi"
+    )
+    results = {
+        name: {
+            **method_metrics(
+                candidates, impressions, accepts, f"{SCORE}_{name}", name not in RANKING_ONLY
+            ),
+            **seconds[name],
+        }
+        for name in methods
+    }
+    return {
+        "as_of": as_of.isoformat(),
+        "training_snapshots": [date.isoformat() for date in data.snapshot_dates],
+        "subscribers": pairs[SUBSCRIBER_ID].n_unique(),
+        "offers": offers.height,
+        "candidates": candidates.height,
+        "horizon_impressions": impressions.height,
+        "horizon_accepts": accepts.height,
+        "methods": results,
+        "random": random_capture(candidates),
+        "shared_data_seconds": shared,
+    }
+
+
+# The command: simulate, ingest, evaluate, print.
+
+
+def simulate_world(root: Path, config: SimulationConfig) -> Lake:
+    """A simulated world written under `root` with every day ingested."""
+    write_world(root, config)
+    lake = Lake(root)
+    for date in lake.dates("incoming"):
+        ingest_day(lake, date)
+    return lake
+
+
+def run_world(config: SimulationConfig, train_snapshots: int, threads: int) -> dict[str, Any]:
+    """Simulate and ingest one world in a temporary folder and evaluate every method on it."""
+    with tempfile.TemporaryDirectory(prefix="mia-quality-") as folder:
+        root = Path(folder) / "data"
+        lake, simulated = _timed(lambda: simulate_world(root, config))
+        settings = Settings(data_dir=root, num_threads=threads, train_snapshots=train_snapshots)
+        last_day = config.start + dt.timedelta(days=config.days - 1)
+        result = evaluate_world(lake, last_day - dt.timedelta(days=settings.horizon_days), settings)
+    return {**result, "simulate_and_ingest_seconds": simulated}
+
+
+def _cell(value: Any, template: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return template.format(value)
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """One world's results as a Markdown table: a row per method, then the random pick."""
+    header = ["method", *(title for title, _, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * len(COLUMNS) + "|"]
+    rows = [*result["methods"].items(), ("random", result["random"])]
+    for name, metrics in rows:
+        cells = [_cell(metrics.get(key), template) for _, key, template in COLUMNS]
+        lines.append("| " + " | ".join([markdown_text(name), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _summary(name: str, config: SimulationConfig, result: dict[str, Any]) -> str:
+    """One line on the world behind a table."""
+    leader = result["methods"].get("mia", {}).get("top1_offer")
+    return (
+        f"world {markdown_text(name)}: {config.subscribers:,} subscribers x {config.days} days, "
+        f"seed {config.seed}; as_of {result['as_of']}, trained on "
+        f"{len(result['training_snapshots'])} snapshots; {result['candidates']:,} candidate "
+        f"pairs over {result['offers']} offers; {result['horizon_impressions']:,} impressions "
+        f"and {result['horizon_accepts']:,} accepts held out"
+        + (f"; Mia's most common top-1 offer: {markdown_text(str(leader))}" if leader else "")
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every method on each world; print a Markdown table per world, write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=10000)
+    parser.add_argument("--days", type=int, default=100, help="days of each simulated world")
+    parser.add_argument("--seed", type=int, default=11, help="simulation seed")
+    parser.add_argument("--train-snapshots", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="LightGBM threads")
+    parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    arguments = parser.parse_args(argv)
+    started = time.perf_counter()
+    output: dict[str, Any] = {"arguments": {**vars(arguments), "out": str(arguments.out)}}
+    output["worlds"] = {}
+    # Until the simulator has presets, the default world is the only one.
+    for name in ("default",):
+        config = SimulationConfig(
+            subscribers=arguments.subscribers, days=arguments.days, seed=arguments.seed
+        )
+        output["worlds"][name] = result = run_world(
+            config, arguments.train_snapshots, arguments.threads
+        )
+        print(f"\n{_summary(name, config, result)}\n")
+        print(markdown_table(result), flush=True)
+    output["wall_seconds"] = time.perf_counter() - started
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.write_text(json.dumps(output, indent=2, default=str))
+    print(f"\n({output['wall_seconds']:.0f} s; results in {arguments.out})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The model-quality benchmark: its metrics on hand-made frames, then one run on the tiny world."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+
+from benchmarks.quality import (
+    acceptance_capture,
+    calibration_error,
+    evaluate_world,
+    markdown_table,
+    method_metrics,
+    offer_coverage,
+    popularity_scores,
+    precision_at_k,
+    random_capture,
+    value_capture,
+    within_subscriber_spearman,
+)
+from tests.conftest import training_world
+
+AS_OF = dt.date(2026, 3, 4)
+SCHEMA = {
+    "subscriber_id": pl.Int64,
+    "offer_id": pl.String,
+    "oracle_p": pl.Float64,
+    "value": pl.Float64,
+    "score": pl.Float64,
+}
+
+
+def candidates(score: list[float]) -> pl.DataFrame:
+    """Subscriber 1 has three offers, 2 two with equal true p, 3 a single one."""
+    return pl.DataFrame(
+        {
+            "subscriber_id": [1, 1, 1, 2, 2, 3],
+            "offer_id": ["a", "b", "c", "a", "b", "a"],
+            "oracle_p": [0.1, 0.3, 0.6, 0.2, 0.2, 0.5],
+            "value": [10.0, 1.0, 1.0, 10.0, 1.0, 10.0],
+            "score": score,
+        },
+        schema=SCHEMA,
+    )
+
+
+EMPTY = pl.DataFrame(schema=SCHEMA)
+
+
+def test_a_perfect_ranking_captures_everything():
+    frame = candidates([0.1, 0.3, 0.6, 0.2, 0.2, 0.5])
+    assert acceptance_capture(frame) == {
+        "top1_accepts_capture": pytest.approx(1.0),
+        "top5_accepts_capture": pytest.approx(1.0),
+    }
+
+
+def test_a_reversed_ranking_captures_the_worst_picks():
+    result = acceptance_capture(candidates([-0.1, -0.3, -0.6, -0.2, -0.2, -0.5]))
+    # Top 1: a (0.1) for 1, a on the tie (0.2) for 2, the only offer (0.5) for 3; the oracle's
+    # top 1 is worth 0.6 + 0.2 + 0.5. Top 5 holds every candidate for both.
+    assert result["top1_accepts_capture"] == pytest.approx(0.8 / 1.3)
+    assert result["top5_accepts_capture"] == pytest.approx(1.0)
+
+
+def test_tied_scores_go_to_the_lower_offer_id():
+    # Subscriber 1 ties b and c: b (0.3) is picked, not c (0.6).
+    result = acceptance_capture(candidates([0.0, 1.0, 1.0, 0.0, 0.0, 0.0]))
+    assert result["top1_accepts_capture"] == pytest.approx((0.3 + 0.2 + 0.5) / 1.3)
+
+
+def test_value_capture_ranks_by_score_times_value():
+    # Oracle p x value: subscriber 1 a 1.0, b 0.3, c 0.6; 2 a 2.0, b 0.2; 3 a 5.0.
+    assert value_capture(candidates([0.1, 0.3, 0.6, 0.2, 0.2, 0.5]))[
+        "top1_value_capture"
+    ] == pytest.approx(1.0)
+    # Score x value for subscriber 1 is 0.1, 0.5, 0.5: b wins the tie and is worth 0.3.
+    result = value_capture(candidates([0.01, 0.5, 0.5, 0.5, 0.5, 0.5]))
+    assert result["top1_value_capture"] == pytest.approx((0.3 + 2.0 + 5.0) / 8.0)
+    assert result["top5_value_capture"] == pytest.approx(1.0)
+
+
+def test_random_capture_is_the_mean_pick():
+    result = random_capture(candidates([0.0] * 6))
+    assert result["top1_accepts_capture"] == pytest.approx((1 / 3 + 0.2 + 0.5) / 1.3)
+    assert result["top5_accepts_capture"] == pytest.approx(1.0)
+    assert result["top1_value_capture"] == pytest.approx((1.9 / 3 + 1.1 + 5.0) / 8.0)
+
+
+def test_spearman_within_subscribers_with_three_candidates_or_more():
+    frame = pl.DataFrame(
+        {
+            "subscriber_id": [1, 1, 1, 4, 4, 4, 5, 5, 5, 2, 2],
+            "offer_id": ["a", "b", "c"] * 3 + ["a", "b"],
+            "oracle_p": [0.1, 0.3, 0.6, 0.3, 0.1, 0.2, 0.1, 0.2, 0.3, 0.1, 0.2],
+            # 1 ranks perfectly (1); 4 scores ranks 1, 2, 3 against 3, 1, 2 (-0.5); 5 gives
+            # every offer the same score (no correlation); 2 has two candidates only.
+            "score": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 0.5, 0.5, 0.5, 0.2, 0.1],
+        }
+    )
+    assert within_subscriber_spearman(frame) == pytest.approx((1.0 - 0.5) / 2)
+    reversed_ = frame.with_columns(-pl.col("oracle_p").alias("score")).filter(
+        pl.col("subscriber_id") == 1
+    )
+    assert within_subscriber_spearman(reversed_) == pytest.approx(-1.0)
+    assert math.isnan(within_subscriber_spearman(EMPTY))
+
+
+def test_calibration_error_uses_ten_equal_width_bins():
+    impressions = pl.DataFrame({"label": [0, 0, 1, 1], "score": [0.05, 0.05, 0.15, 0.95]})
+    # Bin 0: predicted 0.05, observed 0 (2 rows); bin 1: 0.15 vs 1; bin 9: 0.95 vs 1.
+    assert calibration_error(impressions) == pytest.approx((2 * 0.05 + 0.85 + 0.05) / 4)
+
+
+def ranked() -> pl.DataFrame:
+    """Subscriber 1 scores a..f in that order, 2 has two offers, 3 prefers g to a."""
+    return pl.DataFrame(
+        {
+            "subscriber_id": [1] * 6 + [2, 2, 3, 3],
+            "offer_id": ["a", "b", "c", "d", "e", "f", "a", "b", "a", "g"],
+            "score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.9, 0.1, 0.1, 0.9],
+        }
+    )
+
+
+def test_precision_at_5_counts_held_out_accepts_in_the_top_5():
+    accepts = pl.DataFrame(
+        {"subscriber_id": [1, 1, 2, 2, 3], "offer_id": ["a", "f", "a", "b", "z"]}
+    )
+    # 1: a of a..e (1/5); 2: both of its two (2/5); 3 accepted no candidate and is left out.
+    assert precision_at_k(ranked(), accepts) == pytest.approx((0.2 + 0.4) / 2)
+    assert math.isnan(precision_at_k(ranked(), accepts.filter(pl.col("subscriber_id") == 3)))
+
+
+def test_coverage_and_the_share_of_the_most_common_first_offer():
+    result = offer_coverage(ranked())
+    # Top 5s hold a..e and g: 6 of the 7 candidate offers; a is first for 2 of 3 subscribers.
+    assert result == {
+        "coverage_at_5": pytest.approx(6 / 7),
+        "top1_share": pytest.approx(2 / 3),
+        "top1_offer": "a",
+    }
+
+
+def test_an_empty_method_has_no_metrics_and_a_ranking_score_has_no_ece():
+    impressions = pl.DataFrame(schema={"label": pl.Int8, "score": pl.Float64})
+    accepts = pl.DataFrame(schema={"subscriber_id": pl.Int64, "offer_id": pl.String})
+    result = method_metrics(EMPTY, impressions, accepts)
+    assert result.pop("top1_offer") is None
+    assert all(math.isnan(value) for value in result.values())
+    ranking = method_metrics(
+        candidates([3.0, 2.0, 1.0, 0.0, 5.0, 1.0]), impressions, accepts, probability=False
+    )
+    assert math.isnan(ranking["ece"]) and ranking["top1_accepts_capture"] > 0
+
+
+def test_popularity_is_the_offer_rate_shrunk_to_the_global_rate():
+    first, second = dt.date(2026, 2, 1), dt.date(2026, 2, 8)
+    labels = {
+        first: pl.DataFrame({"offer_id": ["a", "a", "a", "a", "b"], "label": [1, 0, 0, 0, 1]}),
+        second: pl.DataFrame({"offer_id": ["a", "a"], "label": [1, 0]}),
+    }
+    inputs = SimpleNamespace(
+        data=SimpleNamespace(offer_labels=labels, snapshot_dates=(first, second)),
+        pairs=pl.DataFrame({"subscriber_id": [1, 1, 1, 2], "offer_id": ["c", "a", "b", "a"]}),
+    )
+    rate = 3 / 7
+    assert popularity_scores(inputs).to_list() == pytest.approx(
+        [rate, (2 + 30 * rate) / 36, (1 + 30 * rate) / 31, (2 + 30 * rate) / 36]
+    )
+
+
+def test_the_table_has_a_row_per_method_and_the_random_pick():
+    metrics = method_metrics(
+        candidates([0.1, 0.3, 0.6, 0.2, 0.2, 0.5]),
+        pl.DataFrame({"label": [0, 1], "score": [0.2, 0.6]}),
+        pl.DataFrame({"subscriber_id": [1], "offer_id": ["c"]}),
+    )
+    table = markdown_table(
+        {
+            "methods": {"oracle": {**metrics, "wall_seconds": 0.5, "cpu_seconds": 0.4}},
+            "random": random_capture(candidates([0.0] * 6)),
+        }
+    )
+    lines = table.splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| oracle", "| random"]
+    assert lines[2].startswith("| oracle | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 0.3000 |")
+    assert lines[3].endswith("| – | – | – | – | – | – | – |")
+
+
+def test_every_method_on_the_tiny_world(tmp_path, ingested_root):
+    lake, settings = training_world(tmp_path, ingested_root)
+    result = evaluate_world(lake, AS_OF, settings)
+    methods = result["methods"]
+    assert list(methods) == ["mia", "popularity", "als", "global_lgbm", "oracle"]
+    assert methods["oracle"]["top1_accepts_capture"] == pytest.approx(1.0)
+    assert methods["oracle"]["spearman"] == pytest.approx(1.0)
+    # Mia's top 1 captures more of the oracle's expected acceptances than a random pick and
+    # than the most popular offer (on this world: 0.48 against 0.19 and 0.15).
+    mia = methods["mia"]["top1_accepts_capture"]
+    assert result["random"]["top1_accepts_capture"] < mia <= 1.0
+    assert methods["popularity"]["top1_accepts_capture"] < mia
+    assert math.isnan(methods["als"]["ece"])
+    assert all(0 <= methods[name]["ece"] < 0.1 for name in methods if name != "als")
+    assert all(0 < metrics["coverage_at_5"] <= 1 for metrics in methods.values())
+    assert all(metrics["wall_seconds"] > 0 for metrics in methods.values())
+    assert result["horizon_impressions"] > 0 and result["horizon_accepts"] > 0
