@@ -15,12 +15,13 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help venv demo test bench bench-scale bench-exploration lint format clean
+.PHONY: help venv demo test bench bench-scale bench-exploration bench-quality lint format clean
 
 help:
 	@echo "make demo   - simulate a telco world and run the nightly pipeline on it"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks (features, gathering offers; vs DuckDB and pandas/polars)"
+	@echo "make bench-quality - model quality: Mia vs popularity, ALS, one LightGBM and the oracle"
 	@echo "make lint   - ruff check and format check"
 
 venv: $(STAMP)
@@ -51,6 +52,9 @@ bench-scale: $(STAMP)
 
 bench-exploration: $(STAMP)
 	$(BIN)/python -m benchmarks.exploration
+
+bench-quality: $(STAMP)
+	$(BIN)/python -m benchmarks.quality
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
