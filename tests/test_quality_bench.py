@@ -196,8 +196,16 @@ def test_every_method_on_the_tiny_world(tmp_path, ingested_root):
     lake, settings = training_world(tmp_path, ingested_root)
     result = evaluate_world(lake, AS_OF, settings)
     methods = result["methods"]
-    assert list(methods) == ["mia", "popularity", "als", "global_lgbm", "oracle"]
+    assert list(methods) == [
+        "mia",
+        "popularity",
+        "als",
+        "global_lgbm",
+        "oracle",
+        "behaviour_oracle",
+    ]
     assert methods["oracle"]["top1_accepts_capture"] == pytest.approx(1.0)
+    assert methods["behaviour_oracle"]["top1_accepts_capture"] < 1.0
     assert methods["oracle"]["spearman"] == pytest.approx(1.0)
     # Mia's top 1 captures more of the oracle's expected acceptances than a random pick and
     # than the most popular offer (on this world: 0.48 against 0.19 and 0.15).
