@@ -1,9 +1,9 @@
 """Model quality: Mia against simple baselines and the oracle, on simulated worlds.
 
     python -m benchmarks.quality --presets telco,taste-heavy,cold-start --subscribers 20000 \
-        --days 100 --train-snapshots 8 --seed 11 --threads 1
+        --days 120 --train-snapshots 8 --seed 11 --threads 1
 
-(`make bench-quality` runs exactly this; those are the defaults, about 9 minutes on 2 cores.) One
+(`make bench-quality` runs exactly this; those are the defaults, about 12 minutes on 2 cores.) One
 world per simulator preset (`mia.simulate.PRESETS`), one table per world. Each world is simulated
 (`mia.simulate.write_world`) in a temporary folder, every day is ingested, and the world is cut at
 as_of = last day - horizon_days, so the horizon (as_of, last day] has been logged but no method
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
         help=f"comma-separated simulator presets (default: all, {','.join(PRESETS)})",
     )
     parser.add_argument("--subscribers", type=int, default=20000)
-    parser.add_argument("--days", type=int, default=100, help="days of each simulated world")
+    parser.add_argument("--days", type=int, default=120, help="days of each simulated world")
     parser.add_argument("--seed", type=int, default=11, help="simulation seed")
     parser.add_argument("--train-snapshots", type=int, default=8)
     # One thread by default: on a small machine shared with other work, LightGBM's threads wait
