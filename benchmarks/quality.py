@@ -3,7 +3,8 @@
     python -m benchmarks.quality --presets telco,taste-heavy,cold-start --subscribers 20000 \
         --days 120 --train-snapshots 8 --seed 11 --threads 1
 
-(`make bench-quality` runs exactly this; those are the defaults, about 12 minutes on 2 cores.) One
+(`make bench-quality` runs exactly this; those are the defaults, about 12 minutes on 2 cores;
+`--taste-factors 0` measures Mia without its taste model, `models.taste`.) One
 world per simulator preset (`mia.simulate.PRESETS`), one table per world. Each world is simulated
 (`mia.simulate.write_world`) in a temporary folder, every day is ingested, and the world is cut at
 as_of = last day - horizon_days, so the horizon (as_of, last day] has been logged but no method
@@ -506,12 +507,17 @@ def simulate_world(root: Path, config: SimulationConfig) -> Lake:
     return lake
 
 
-def run_world(config: SimulationConfig, train_snapshots: int, threads: int) -> dict[str, Any]:
-    """Simulate and ingest one world in a temporary folder and evaluate every method on it."""
+def run_world(
+    config: SimulationConfig, train_snapshots: int, threads: int, **overrides: Any
+) -> dict[str, Any]:
+    """Simulate and ingest one world in a temporary folder and evaluate every method on it
+    (`overrides`: other Mia settings, e.g. taste_factors=0)."""
     with tempfile.TemporaryDirectory(prefix="mia-quality-") as folder:
         root = Path(folder) / "data"
         lake, simulated = _timed(lambda: simulate_world(root, config))
-        settings = Settings(data_dir=root, num_threads=threads, train_snapshots=train_snapshots)
+        settings = Settings(
+            data_dir=root, num_threads=threads, train_snapshots=train_snapshots, **overrides
+        )
         last_day = config.start + dt.timedelta(days=config.days - 1)
         result = evaluate_world(lake, last_day - dt.timedelta(days=settings.horizon_days), settings)
     return {**result, "simulate_and_ingest_seconds": simulated}
@@ -575,6 +581,12 @@ def main(argv: list[str] | None = None) -> None:
     # on each other at every step whenever one of them is descheduled (a 2-thread fit on 2 busy
     # cores took 50 times as long as a 1-thread fit).
     parser.add_argument("--threads", type=int, default=1, help="LightGBM threads")
+    parser.add_argument(
+        "--taste-factors",
+        type=int,
+        default=Settings().taste_factors,
+        help="Mia's taste_factors setting (0: Mia without the taste model)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
     arguments = parser.parse_args(argv)
     started = time.perf_counter()
@@ -587,7 +599,12 @@ def main(argv: list[str] | None = None) -> None:
             seed=arguments.seed,
             preset=preset,
         )
-        result = run_world(config, arguments.train_snapshots, arguments.threads)
+        result = run_world(
+            config,
+            arguments.train_snapshots,
+            arguments.threads,
+            taste_factors=arguments.taste_factors,
+        )
         output["worlds"][preset] = result
         print(f"\n{_summary(config, result)}\n")
         print(markdown_table(result), flush=True)
