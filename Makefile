@@ -21,7 +21,7 @@ help:
 	@echo "make demo   - simulate a telco world and run the nightly pipeline on it"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks (features, gathering offers; vs DuckDB and pandas/polars)"
-	@echo "make bench-scale - the nightly at 100k and 1M subscribers: time per step, peak memory"
+	@echo "make bench-scale - the nightly at 100k, 300k and 1M subscribers: time per step, peak memory"
 	@echo "make bench-exploration - Thompson sampling vs the category slot for a new offer"
 	@echo "make bench-quality - model quality: Mia vs popularity, ALS, one LightGBM and the oracle"
 	@echo "make lint   - ruff check and format check"
