@@ -12,7 +12,6 @@ sample.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from mia.schema import (
     VALUE,
 )
 from models.compiled import PicklesWithoutCompiled, compiled_predict
+from models.params import ConstructorParams
 from models.propensity import P_CATEGORY, CategoryPropensity, logit
 from models.taste import TASTE_LOGIT
 
@@ -301,7 +301,7 @@ def propensity_and_cf(
     return p_category, np.asarray(cf_scores, dtype=np.float64)
 
 
-class OfferBlend(PicklesWithoutCompiled):
+class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
     """Small monotone LightGBM turning blend inputs into calibrated P(accept | shown)."""
 
     def __init__(
@@ -328,11 +328,6 @@ class OfferBlend(PicklesWithoutCompiled):
         self.monotone = monotone
         self.num_threads = num_threads
         self.random_state = random_state
-
-    def get_params(self) -> dict[str, object]:
-        """Constructor arguments, as given (for tracking)."""
-        names = list(inspect.signature(type(self).__init__).parameters)[1:]
-        return {name: getattr(self, name) for name in names}
 
     def _params(self) -> dict[str, object]:
         seed = self.random_state

@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from mia.errors import InputError
 from mia.lake import end_of_day
 from mia.schema import CF_SCORE, CONFIDENCE, EVENT, OFFER_EVENTS, OFFER_ID, SUBSCRIBER_ID, TS
+from models.params import ConstructorParams
 from models.ranking_metrics import ranking_metrics
 
 logger = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def _check_positive_int(name: str, value: Any, low: int = 1) -> None:
         raise InputError(f"{name} == {value!r}, must be an integer >= {low}.")
 
 
-class ALSRecommender:
+class ALSRecommender(ConstructorParams):
     """Implicit-feedback ALS over subscribers x offers with fold-in and a popularity fallback.
 
     Scores: a subscriber seen at fit time gets the dot product of the fitted factors (extra
@@ -216,17 +217,6 @@ class ALSRecommender:
         self.alpha = alpha
         self.random_state = random_state
         self.num_threads = num_threads
-
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments, ready for logging or for a new instance."""
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "iterations": self.iterations,
-            "alpha": self.alpha,
-            "random_state": self.random_state,
-            "num_threads": self.num_threads,
-        }
 
     def _check_params(self) -> None:
         _check_positive_int("factors", self.factors)

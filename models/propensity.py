@@ -11,7 +11,6 @@ is the positive rate over all categories. `summary_` says which categories did.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from mia.hashing import text_hash
 from mia.progress import report_progress
 from mia.schema import CATEGORY, LABEL, SNAPSHOT_DATE, SUBSCRIBER_ID
 from models.compiled import PicklesWithoutCompiled, compiled_predict
+from models.params import ConstructorParams
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _platt(margin: np.ndarray, labels: np.ndarray, iterations: int = 50) -> tupl
     return float(slope), float(intercept)
 
 
-class CategoryPropensity(PicklesWithoutCompiled):
+class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
     """One calibrated LightGBM binary model per offer category (sklearn-like)."""
 
     def __init__(
@@ -212,11 +212,6 @@ class CategoryPropensity(PicklesWithoutCompiled):
         self.random_state = random_state
         self.dask_address = dask_address
         self.dask_min_rows = dask_min_rows
-
-    def get_params(self) -> dict[str, object]:
-        """Constructor arguments, as given (for tracking)."""
-        names = list(inspect.signature(type(self).__init__).parameters)[1:]
-        return {name: getattr(self, name) for name in names}
 
     def _booster_params(self, category: str) -> dict[str, object]:
         # Seeded by the category's name, so a model does not change when others come or go.

@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from mia.errors import InputError
+from models.params import ConstructorParams
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def _newton_step(
     return result
 
 
-class CategoryTaste:
+class CategoryTaste(ConstructorParams):
     """Subscriber x category taste logits learned from accepted and unanswered offers."""
 
     def __init__(
@@ -161,18 +162,6 @@ class CategoryTaste:
         self.iterations = iterations
         self.fold_in_steps = fold_in_steps
         self.random_state = random_state
-
-    def get_params(self) -> dict[str, object]:
-        """Constructor arguments, as given (for tracking)."""
-        return {
-            "factors": self.factors,
-            "window": self.window,
-            "subscriber_penalty": self.subscriber_penalty,
-            "category_penalty": self.category_penalty,
-            "iterations": self.iterations,
-            "fold_in_steps": self.fold_in_steps,
-            "random_state": self.random_state,
-        }
 
     def _subscriber_step(self, rows, cols, trials, successes, n_rows, params) -> np.ndarray:
         design = np.column_stack([self.category_factors_[cols], np.ones(cols.size)])
