@@ -14,6 +14,7 @@ from models.blend import (
     BLEND_FEATURES,
     OfferBlend,
     candidate_features,
+    candidate_inputs,
     offer_statistics,
 )
 
@@ -130,3 +131,28 @@ def test_blend_refuses_bad_labels():
         OfferBlend().fit(frame.with_columns(pl.lit(0, dtype=pl.Int8).alias("label")))
     with pytest.raises(InputError, match="not fitted"):
         OfferBlend().predict(frame)
+
+
+def test_a_blend_fitted_before_tastes_keeps_scoring_with_its_own_inputs(monkeypatch):
+    import models.blend as blend_module
+
+    train, test = _synthetic(4, subscribers=600), _synthetic(5, subscribers=200)
+    before = tuple(name for name in BLEND_FEATURES if not name.startswith("taste"))
+    with monkeypatch.context() as patch:
+        patch.setattr(blend_module, "BLEND_FEATURES", before)
+        stored = OfferBlend(num_boost_round=20, num_threads=1).fit(train)
+    del stored.features_  # as a blend pickled before tastes existed comes back
+    assert stored.features == before
+    p = stored.predict(test)
+    inputs = candidate_inputs(
+        np.full((1, len(CATEGORIES)), 0.1),
+        CATEGORIES,
+        np.zeros((1, OFFERS.height)),
+        OFFERS,
+        offer_statistics(test.select("offer_id", "category", "label"), OFFERS),
+    )
+    rows = np.zeros(OFFERS.height, dtype=np.int64)
+    matrix = inputs.matrix(rows, np.arange(OFFERS.height), stored.features)
+    assert matrix.shape == (OFFERS.height, len(before))
+    assert np.isfinite(stored.predict_matrix(matrix)).all()
+    assert np.isfinite(p).all() and p.shape == (test.height,)

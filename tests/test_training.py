@@ -103,6 +103,21 @@ def test_blend_beats_each_input_on_the_holdout(first):
     metrics = first.metrics
     assert metrics["blend.roc_auc"] > metrics["inputs.p_category.roc_auc"]
     assert metrics["blend.roc_auc"] > metrics["inputs.cf_score.roc_auc"]
+    assert metrics["blend.roc_auc"] > metrics["inputs.taste_logit.roc_auc"] > 0.5
+
+
+def test_tastes_are_learned_on_the_last_snapshot_and_can_be_left_out(first, world):
+    taste = first.bundle.taste
+    assert taste.fitted_ and taste.categories_ == first.bundle.propensity.categories_
+    assert taste.factors == 4 and taste.window == 90
+    lake, settings = world
+    without = train_models(lake, AS_OF, settings.replace(taste_factors=0), register=False)
+    assert without.bundle.taste is None
+    assert "inputs.taste_logit.roc_auc" not in without.metrics
+    snapshot = read_or_build_snapshot(lake, AS_OF, settings)
+    bundle = without.bundle
+    scores = score_offers(bundle, snapshot, bundle.catalog, bundle.interactions)
+    assert scores.height > 0 and scores["p_accept"].is_between(0, 1).all()
 
 
 def test_retraining_unchanged_data_is_identical(first, second, world):
