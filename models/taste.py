@@ -40,7 +40,7 @@ HALVINGS = 8  # step halvings before a Newton step gives up for an owner
 
 
 class TasteInputError(InputError):
-    """A snapshot given to the taste model lacks what it needs."""
+    """The taste model is used before it is fitted."""
 
 
 def history_columns(category: str, window: int) -> tuple[str, str]:
@@ -55,15 +55,24 @@ def _sigmoid(values: np.ndarray) -> np.ndarray:
 def _observations(
     snapshot: pl.DataFrame, categories: Sequence[str], window: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(row, category index, trials, successes) of the cells with trials, row-major."""
+    """(row, category index, trials, successes) of the cells with trials, row-major.
+
+    A category whose columns the snapshot lacks (no longer in the catalog it was built from) has
+    no history: like the propensity models, taste reads its absent features as missing.
+    """
     columns = [name for category in categories for name in history_columns(category, window)]
-    missing = [name for name in columns if name not in snapshot.columns]
-    if missing:
-        raise TasteInputError(
-            f"snapshot: columns {missing[:4]} missing (offer history of {window} days)."
+    absent = [name for name in columns if name not in snapshot.columns]
+    if absent:
+        logger.info(
+            "taste: %d history columns absent, read as no history: %s", len(absent), absent[:4]
         )
     counts = (
-        snapshot.select(pl.col(columns).cast(pl.Float64).fill_null(0.0).fill_nan(0.0))
+        snapshot.select(
+            pl.col(name).cast(pl.Float64) if name in snapshot.columns else pl.lit(0.0).alias(name)
+            for name in columns
+        )
+        .fill_null(0.0)
+        .fill_nan(0.0)
         .to_numpy()
         .reshape(snapshot.height, len(categories), 2)
     )

@@ -129,9 +129,19 @@ def test_too_little_history_learns_nothing():
     assert np.array_equal(model.predict_matrix(snapshot), np.zeros((5, len(CATEGORIES))))
 
 
-def test_missing_history_columns_are_named():
+def test_a_category_missing_from_the_snapshot_has_no_history(planted):
+    snapshot, _, model = planted
+    impressions, accepts = history_columns("films", WINDOW)
+    retired = snapshot.drop(impressions, accepts)
+    films = CATEGORIES.index("films")
+    silent = snapshot.with_columns(pl.lit(0).alias(impressions), pl.lit(0).alias(accepts))
+    assert np.array_equal(model.predict_matrix(retired), model.predict_matrix(silent))
+    assert not np.array_equal(
+        model.predict_matrix(retired)[:, films], model.predict_matrix(snapshot)[:, films]
+    )
+
+
+def test_an_unfitted_model_refuses_to_predict():
     snapshot, _ = _planted(subscribers=50)
-    with pytest.raises(TasteInputError, match=r"films_accepts_90d.*offer history of 90 days"):
-        CategoryTaste(window=WINDOW).fit(snapshot.drop("films_accepts_90d"), CATEGORIES)
     with pytest.raises(TasteInputError, match="not fitted"):
         CategoryTaste().predict_matrix(snapshot)
