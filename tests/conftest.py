@@ -107,6 +107,21 @@ def night_overrides(root: Path) -> dict[str, int]:
     return {"train_snapshots": 4}
 
 
+def incoming_table(root: Path, table: str):
+    """Every delivered day of one incoming table of a data root, with a `date` column."""
+    import polars as pl
+
+    from mia.lake import Lake
+
+    lake = Lake(root)
+    return pl.concat(
+        pl.read_parquet(lake.incoming(date) / f"{table}.parquet").with_columns(
+            pl.lit(date).alias("date")
+        )
+        for date in lake.dates("incoming")
+    )
+
+
 def training_world(base: Path, ingested_root: Path):
     """A private copy of the ingested tiny world under `base`, with settings to train on it
     (its own MLflow store, in the data root; one thread, a short history)."""

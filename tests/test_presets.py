@@ -23,6 +23,7 @@ from mia.simulate import (
     write_world,
 )
 from mia.simulate.acceptance import behaviour_only_probability
+from tests.conftest import incoming_table
 
 START = dt.date(2026, 1, 1)
 DAYS = 40
@@ -41,16 +42,6 @@ def worlds(tmp_path_factory) -> dict[str, Path]:
         roots[name] = tmp_path_factory.mktemp(name) / "data"
         write_world(roots[name], _config(name))
     return roots
-
-
-def _table(root: Path, table: str) -> pl.DataFrame:
-    lake = Lake(root)
-    return pl.concat(
-        pl.read_parquet(lake.incoming(date) / f"{table}.parquet").with_columns(
-            pl.lit(date).alias("date")
-        )
-        for date in lake.dates("incoming")
-    )
 
 
 def _top1_capture(root: Path, as_of: dt.date) -> float:
@@ -154,7 +145,7 @@ def test_cold_start_world_has_new_lines_and_offers_launched_late(worlds):
     late = catalog.filter(pl.col("start_date") == launch)[OFFER_ID].to_list()
     assert len(late) >= 5
     assert "tariff" not in catalog.filter(pl.col(OFFER_ID).is_in(late))["category"].to_list()
-    shown = _table(root, "offer_events").filter(pl.col(OFFER_ID).is_in(late))
+    shown = incoming_table(root, "offer_events").filter(pl.col(OFFER_ID).is_in(late))
     assert shown.height > 0
     assert shown[TS].dt.date().min() >= launch
     before = oracle_p_accept(root, launch - dt.timedelta(days=2))[OFFER_ID].unique()

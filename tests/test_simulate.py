@@ -38,6 +38,7 @@ from mia.simulate import (
     oracle_p_accept,
     write_world,
 )
+from tests.conftest import incoming_table
 
 START = dt.date(2026, 1, 1)
 WORLD = SimulationConfig(subscribers=1000, days=30, start=START, seed=3)
@@ -49,17 +50,6 @@ def world_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sim") / "data"
     write_world(root, WORLD)
     return root
-
-
-def _read(root: Path, table: str) -> pl.DataFrame:
-    """All days of one incoming table, with a `date` column."""
-    frames = [
-        pl.read_parquet(Lake(root).incoming(date) / f"{table}.parquet").with_columns(
-            pl.lit(date).alias("date")
-        )
-        for date in Lake(root).dates("incoming")
-    ]
-    return pl.concat(frames)
 
 
 def _file_bytes(root: Path, dates: list[dt.date] | None = None) -> dict[str, bytes]:
@@ -255,7 +245,7 @@ def test_progress_is_reported_per_day(tmp_path):
 
 
 def test_every_category_has_impressions_and_accepts(world_root):
-    events = _read(world_root, "offer_events").join(
+    events = incoming_table(world_root, "offer_events").join(
         pl.read_parquet(Lake(world_root).incoming(START) / "catalog.parquet").select(
             OFFER_ID, CATEGORY
         ),
@@ -268,20 +258,22 @@ def test_every_category_has_impressions_and_accepts(world_root):
 
 
 def test_control_group_sees_no_impressions_but_accepts_organically(world_root):
-    events = _read(world_root, "offer_events")
+    events = incoming_table(world_root, "offer_events")
     ids = events[SUBSCRIBER_ID].to_numpy()
     control = control_mask(ids, WORLD.group_salt, WORLD.control_share)
     control_events = events.filter(pl.Series(control))
     assert control_events.height > 0
     assert set(control_events[EVENT]) == {"accept"}
-    subscribers = _read(world_root, "subscribers").filter(pl.col("date") == pl.col("date").max())
+    subscribers = incoming_table(world_root, "subscribers").filter(
+        pl.col("date") == pl.col("date").max()
+    )
     share = control_mask(subscribers[SUBSCRIBER_ID], WORLD.group_salt, WORLD.control_share).mean()
     assert 0.07 <= share <= 0.13
 
 
 def test_impression_volume_and_response_order(world_root):
-    events = _read(world_root, "offer_events")
-    subscribers = _read(world_root, "subscribers")
+    events = incoming_table(world_root, "offer_events")
+    subscribers = incoming_table(world_root, "subscribers")
     treatment_days = subscribers.filter(
         ~pl.Series(control_mask(subscribers[SUBSCRIBER_ID], WORLD.group_salt, WORLD.control_share))
     ).height
@@ -303,9 +295,9 @@ def test_impression_volume_and_response_order(world_root):
 
 
 def test_accepted_products_become_holdings_and_respect_catalog_rules(world_root):
-    events = _read(world_root, "offer_events").filter(pl.col(EVENT) == "accept")
+    events = incoming_table(world_root, "offer_events").filter(pl.col(EVENT) == "accept")
     catalog = pl.read_parquet(Lake(world_root).incoming(START) / "catalog.parquet")
-    holdings = _read(world_root, "holdings")
+    holdings = incoming_table(world_root, "holdings")
     accepted = events.join(catalog.select(OFFER_ID, PRODUCT_ID), on=OFFER_ID).select(
         SUBSCRIBER_ID, PRODUCT_ID, "date"
     )
@@ -314,9 +306,9 @@ def test_accepted_products_become_holdings_and_respect_catalog_rules(world_root)
     )
     assert accepted.join(held, on=[SUBSCRIBER_ID, PRODUCT_ID, "date"], how="anti").height == 0
     # nobody is shown an offer whose product they hold, nor one outside its dates or regions
-    impressions = _read(world_root, "offer_events").filter(pl.col(EVENT) == "impression")
+    impressions = incoming_table(world_root, "offer_events").filter(pl.col(EVENT) == "impression")
     shown = impressions.join(catalog, on=OFFER_ID).join(
-        _read(world_root, "subscribers").select(SUBSCRIBER_ID, "date", "region"),
+        incoming_table(world_root, "subscribers").select(SUBSCRIBER_ID, "date", "region"),
         on=[SUBSCRIBER_ID, "date"],
     )
     assert (shown["date"] >= shown["start_date"]).all()
@@ -339,7 +331,7 @@ def test_accepted_products_become_holdings_and_respect_catalog_rules(world_root)
 
 def _impressions_with_oracle(root: Path) -> pl.DataFrame:
     """Every impression with its outcome and the oracle's P(accept) as of the day before."""
-    events = _read(root, "offer_events")
+    events = incoming_table(root, "offer_events")
     impressions = events.filter(pl.col(EVENT) == "impression").select(
         SUBSCRIBER_ID, OFFER_ID, "date"
     )
@@ -451,7 +443,7 @@ def test_acceptance_probability_is_the_planted_logistic():
 def _window_features(root: Path) -> pl.DataFrame:
     """Per subscriber and day: sums over the 30 (roaming: 7) days before that day, from the logs."""
     usage = (
-        _read(root, "usage")
+        incoming_table(root, "usage")
         .group_by(SUBSCRIBER_ID, "date")
         .agg(
             *(
@@ -466,7 +458,7 @@ def _window_features(root: Path) -> pl.DataFrame:
         )
     )
     payments = (
-        _read(root, "payments")
+        incoming_table(root, "payments")
         .group_by(SUBSCRIBER_ID, "date")
         .agg(
             pl.col("amount").sum().alias("payments"),
@@ -475,7 +467,7 @@ def _window_features(root: Path) -> pl.DataFrame:
         )
     )
     screens = (
-        _read(root, "app_events")
+        incoming_table(root, "app_events")
         .group_by(SUBSCRIBER_ID, "date")
         .agg(
             pl.len().alias("screens"),
@@ -494,14 +486,14 @@ def _window_features(root: Path) -> pl.DataFrame:
         )
     )
     transfers = (
-        _read(root, "transfers")
+        incoming_table(root, "transfers")
         .group_by(SUBSCRIBER_ID, "date")
         .agg(
             pl.col("kind").str.starts_with("gift").sum().alias("gifts"),
             pl.col("kind").str.starts_with("market").sum().alias("trades"),
         )
     )
-    subscribers = _read(root, "subscribers")
+    subscribers = incoming_table(root, "subscribers")
     grid = subscribers.select(SUBSCRIBER_ID, "date")
     for frame in (usage, payments, screens, transfers):
         grid = grid.join(frame, on=[SUBSCRIBER_ID, "date"], how="left")
