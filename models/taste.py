@@ -172,18 +172,16 @@ class CategoryTaste(ConstructorParams):
         self.fold_in_steps = fold_in_steps
         self.random_state = random_state
 
-    def _subscriber_step(self, rows, cols, trials, successes, n_rows, params) -> np.ndarray:
+    def _subscriber_steps(self, rows, cols, trials, successes, params, steps: int) -> np.ndarray:
+        """Subscriber parameters (rows of `params` x factors + 1) after `steps` Newton steps
+        with the category side fixed (its design is built once for all the steps)."""
         design = np.column_stack([self.category_factors_[cols], np.ones(cols.size)])
+        offset = self.category_bias_[cols]
         penalty = np.full(self.factors + 1, self.subscriber_penalty)
-        return _newton_step(
-            rows, n_rows, design, self.category_bias_[cols], trials, successes, params, penalty
-        )
-
-    def _fold_in(self, rows, cols, trials, successes, n_rows: int) -> np.ndarray:
-        """Subscriber parameters (n_rows x factors + 1) with the category side fixed."""
-        params = np.zeros((n_rows, self.factors + 1))
-        for _ in range(self.fold_in_steps):
-            params = self._subscriber_step(rows, cols, trials, successes, n_rows, params)
+        for _ in range(steps):
+            params = _newton_step(
+                rows, len(params), design, offset, trials, successes, params, penalty
+            )
         return params
 
     def fit(self, snapshot: pl.DataFrame, categories: Sequence[str]) -> CategoryTaste:
@@ -209,7 +207,7 @@ class CategoryTaste(ConstructorParams):
         params = np.zeros((n_rows, self.factors + 1))
         category_penalty = np.append(np.full(self.factors, self.category_penalty), 1e-3)
         for _ in range(self.iterations):
-            params = self._subscriber_step(rows, cols, trials, successes, n_rows, params)
+            params = self._subscriber_steps(rows, cols, trials, successes, params, steps=1)
             design = np.column_stack([params[rows, : self.factors], np.ones(rows.size)])
             category_params = _newton_step(
                 cols,
@@ -239,7 +237,8 @@ class CategoryTaste(ConstructorParams):
         if not self.fitted_:
             return np.zeros((n_rows, len(self.categories_)))
         rows, cols, trials, successes = _observations(snapshot, self.categories_, self.window)
-        params = self._fold_in(rows, cols, trials, successes, n_rows)
+        start = np.zeros((n_rows, self.factors + 1))
+        params = self._subscriber_steps(rows, cols, trials, successes, start, self.fold_in_steps)
         # Summed factor by factor, not by a matrix product: BLAS rounding depends on the shape.
         logits = params[:, [self.factors]] + self.category_bias_[None, :]
         for factor in range(self.factors):
