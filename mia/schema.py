@@ -37,6 +37,7 @@ MODEL_VERSION = "model_version"
 RUN_ID = "run_id"
 GENERATED_AT = "generated_at"
 PROPENSITY = "propensity"  # probability with which a policy chose the offer it shows
+ITEM_ID = "item_id"  # a consumed item: an offer_id of the catalog, or content outside it
 
 USAGE_KINDS = ("voice_out", "voice_in", "sms_out", "data", "roaming_voice", "roaming_data")
 OFFER_EVENTS = ("impression", "click", "accept", "dismiss")
@@ -297,6 +298,38 @@ TABLES: dict[str, Table] = {
                 Column(KIND, pl.String, allowed=TRANSFER_KINDS),
                 Column("gb", pl.Float64, non_negative=True),
                 Column("amount", pl.Float64, non_negative=True),
+            ),
+        ),
+        Table(
+            "consumption",
+            required=False,
+            event_time=TS,
+            description="What subscribers watch, listen to, read, play or buy on their own, "
+            "without an offer: one row per consumption.",
+            columns=(
+                Column(SUBSCRIBER_ID, _ID),
+                Column(
+                    ITEM_ID,
+                    pl.String,
+                    description="An offer_id of the catalog (that offer), or any other item "
+                    "identifier (content outside the catalog: it shapes tastes only).",
+                ),
+                Column(TS, _TS),
+                Column(
+                    KIND,
+                    pl.String,
+                    pattern=CATEGORY_PATTERN,
+                    description="What the subscriber did (watch, listen, play, buy, ...): any "
+                    "name matching the category pattern.",
+                ),
+                Column(
+                    QUANTITY,
+                    pl.Float64,
+                    nullable=True,
+                    optional=True,
+                    non_negative=True,
+                    description="How much (minutes, plays, pages, amount); empty means one.",
+                ),
             ),
         ),
         Table(

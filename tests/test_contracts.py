@@ -24,7 +24,7 @@ DAY = dt.date(2026, 3, 10)
 
 
 def valid_day(day: dt.date = DAY) -> dict[str, pl.DataFrame]:
-    """A minimal valid delivery of all 8 tables, in the exact contract schema."""
+    """A minimal valid delivery of all 9 tables, in the exact contract schema."""
     at = dt.datetime.combine(day, dt.time(9, 30))
     frames = {
         "subscribers": {
@@ -85,6 +85,13 @@ def valid_day(day: dt.date = DAY) -> dict[str, pl.DataFrame]:
             "kind": ["gift_out"],
             "gb": [2.0],
             "amount": [0.0],
+        },
+        "consumption": {
+            "subscriber_id": [1, 2, 3],
+            "item_id": ["music_plus", "film_0042", "film_0042"],
+            "ts": [at, at, at + dt.timedelta(hours=2)],
+            "kind": ["listen", "watch", "watch"],
+            "quantity": [35.0, None, 118.0],
         },
         "holdings": {
             "subscriber_id": [1, 1, 2],
@@ -551,6 +558,7 @@ OPTIONAL_COLUMNS = {
         "fatigue_suppress_days",
     ],
     "offer_events": ["propensity"],
+    "consumption": ["quantity"],
     "holdings": ["end_date"],
 }
 

@@ -105,7 +105,9 @@ def test_missing_optional_table_is_skipped(lake, caplog):
     manifest = json.loads(
         (lake.root / "raw" / MANIFEST_DIR / f"date={DAY}" / "manifest.json").read_text()
     )
-    assert manifest["skipped_tables"] == ["payments", "app_events", "transfers", "holdings"]
+    assert manifest["skipped_tables"] == [
+        "payments", "app_events", "transfers", "consumption", "holdings"
+    ]
 
 
 def test_missing_required_table_is_refused(lake):
@@ -585,7 +587,7 @@ def test_later_days_without_state_tables_use_the_latest_earlier_delivery(lake, c
     manifest = read_day_manifest(lake, second)
     in_force = {"catalog": str(first), "holdings": str(first), "subscribers": str(first)}
     assert manifest["state_from"] == in_force
-    assert manifest["skipped_tables"] == ["payments", "app_events", "transfers"]
+    assert manifest["skipped_tables"] == ["payments", "app_events", "transfers", "consumption"]
     assert read_day_manifest(lake, first)["state_from"] == in_force
     assert raw_state(lake, "catalog", second).equals(raw_state(lake, "catalog", first))
     # The day's offer events name offers of the catalog in force and are aggregated with it.

@@ -772,7 +772,7 @@ class _World:
         truth = {"drivers": drivers, "held": self._held_frame(day + 1), "traits": traits}
         if impressions is not None:
             truth["impressions"] = impressions
-        return {name: tables[name] for name in TABLES}, truth
+        return {name: tables[name] for name in TABLES if name in tables}, truth
 
 
 def _simulate(
