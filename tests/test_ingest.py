@@ -106,7 +106,11 @@ def test_missing_optional_table_is_skipped(lake, caplog):
         (lake.root / "raw" / MANIFEST_DIR / f"date={DAY}" / "manifest.json").read_text()
     )
     assert manifest["skipped_tables"] == [
-        "payments", "app_events", "transfers", "consumption", "holdings"
+        "payments",
+        "app_events",
+        "transfers",
+        "consumption",
+        "holdings",
     ]
 
 
