@@ -139,7 +139,8 @@ def night_inputs(
     """State tables, the offer state and recent offer events that eligibility and scoring need.
 
     `offer_state` (the whole history per subscriber x offer) serves eligibility; `offer_events`
-    (the longest feature window, only with `recent_events`) serves the interactions of scoring;
+    and `consumption` (the longest feature window, only with `recent_events`; consumption only when
+    delivered and weighted) serve the interactions of scoring;
     `contact_events` (the days the fatigue and weekly-cap rules look back) serves eligibility.
     With `shard`, subscribers, holdings, the offer state and offer events hold only that shard's
     subscribers.
@@ -160,6 +161,11 @@ def night_inputs(
     )
     events = events.collect(engine="streaming") if events is not None else None
     since = dt.datetime.combine(as_of - dt.timedelta(days=contact_days - 1), dt.time())
+    consumption = None
+    if recent_events and settings.consumption_weight > 0:
+        consumption = raw_events(
+            lake, "consumption", as_of - dt.timedelta(days=days - 1), as_of, shard=part
+        )
     return {
         "subscribers": subscribers,
         "catalog": catalog,
@@ -167,6 +173,7 @@ def night_inputs(
         "offer_state": read_offer_state(lake, as_of, shard=part),
         "offer_events": events if recent_events else None,
         "contact_events": events.filter(pl.col(TS) >= since) if events is not None else None,
+        "consumption": consumption.collect(engine="streaming") if consumption is not None else None,
     }
 
 
@@ -310,7 +317,13 @@ def score_shard(
     eligible = night_eligible_pairs(inputs, as_of, settings)
     bundle = load_bundle(settings)
     interactions = (
-        build_interactions(inputs["offer_events"], as_of, lookback_days=max(settings.windows))
+        build_interactions(
+            inputs["offer_events"],
+            as_of,
+            lookback_days=max(settings.windows),
+            consumption=inputs["consumption"],
+            consumption_weight=settings.consumption_weight,
+        )
         if inputs["offer_events"] is not None
         else None
     )

@@ -120,6 +120,8 @@ class Settings(BaseModel):
     als_factors: AtLeastOne = 32
     als_regularization: Annotated[float, Field(ge=0.0)] = 0.05
     als_iterations: AtLeastOne = 15
+    # Confidence ALS gives one consumption of an item (optional table consumption); 0 ignores it.
+    consumption_weight: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
     # Tastes learned from accepted and unanswered offers (models.taste); 0 leaves them out.
     taste_factors: Annotated[int, Field(ge=0, le=64)] = 4
     # Offers

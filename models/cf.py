@@ -1,9 +1,14 @@
 """Collaborative filtering: implicit-feedback ALS on the subscriber x offer interaction matrix.
 
 Interactions come from offer events: an accept is strong evidence of interest, a click medium
-evidence. An impression without a response is *excluded* by default (weight 0): the logging
-policy chose to show it, so it says little about the subscriber, and ALS already treats every
-unobserved cell as a weak negative. A dismiss never counts as positive: its weight must be <= 0,
+evidence. The optional `consumption` table (what subscribers watch, listen to, play or buy on
+their own) adds `consumption_weight` per consumed item: an item that is a catalog offer is that
+offer's column, and any other item (content outside the catalog) is a column of its own, which
+shapes the subscribers' factors but is never scored as an offer.
+
+An impression without a response is *excluded* by default (weight 0): the logging policy chose
+to show it, so it says little about the subscriber, and ALS already treats every unobserved cell
+as a weak negative. A dismiss never counts as positive: its weight must be <= 0,
 and a negative weight cancels evidence from the same pair. Pairs whose confidence is not
 positive are dropped.
 
@@ -34,7 +39,16 @@ from threadpoolctl import threadpool_limits
 
 from mia.errors import InputError
 from mia.lake import end_of_day
-from mia.schema import CF_SCORE, CONFIDENCE, EVENT, OFFER_EVENTS, OFFER_ID, SUBSCRIBER_ID, TS
+from mia.schema import (
+    CF_SCORE,
+    CONFIDENCE,
+    EVENT,
+    ITEM_ID,
+    OFFER_EVENTS,
+    OFFER_ID,
+    SUBSCRIBER_ID,
+    TS,
+)
 from models.params import ConstructorParams
 from models.ranking_metrics import ranking_metrics
 
@@ -47,8 +61,11 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "impression": 0.0,
     "dismiss": 0.0,
 }
+# Confidence one consumption of an item adds (the weight of a click: a choice, not a purchase).
+DEFAULT_CONSUMPTION_WEIGHT = 1.0
 INTERACTION_COLUMNS = (SUBSCRIBER_ID, OFFER_ID, CONFIDENCE)
 _POSITION = "_position"
+_CONSUMED = "_consumed"
 _CHUNK_ROWS = 1_000_000
 _SCORE_BLOCK = 1024  # subscribers per block of `score`: the block's sums stay in cache
 
@@ -103,17 +120,23 @@ def build_interactions(
     as_of: dt.date,
     lookback_days: int = 90,
     weights: dict[str, float] | None = None,
+    consumption: pl.LazyFrame | pl.DataFrame | None = None,
+    consumption_weight: float = DEFAULT_CONSUMPTION_WEIGHT,
 ) -> pl.DataFrame:
-    """[subscriber_id, offer_id, confidence] from offer events in (as_of - lookback, as_of]."""
+    """[subscriber_id, offer_id, confidence] from offer events (and consumption, when given) in
+    (as_of - lookback, as_of]; a consumed item's id stands in the offer_id column."""
     if lookback_days < 1:
         raise InteractionError(f"lookback_days == {lookback_days!r}, must be >= 1.")
+    if not (np.isfinite(consumption_weight) and consumption_weight >= 0):
+        raise InteractionError(f"consumption_weight == {consumption_weight!r}, must be >= 0.")
     event_weights = _event_weights(weights)
     events = offer_events.lazy()
     _require_columns(
         events.collect_schema().names(), (SUBSCRIBER_ID, OFFER_ID, TS, EVENT), "offer_events"
     )
     start = end_of_day(as_of - dt.timedelta(days=lookback_days))
-    window = events.filter((pl.col(TS) >= start) & (pl.col(TS) < end_of_day(as_of)))
+    in_window = (pl.col(TS) >= start) & (pl.col(TS) < end_of_day(as_of))
+    window = events.filter(in_window)
     unknown_query = (
         window.filter(~pl.col(EVENT).is_in(OFFER_EVENTS))
         .select(pl.col(EVENT).unique().sort())
@@ -126,7 +149,18 @@ def build_interactions(
         .group_by(SUBSCRIBER_ID, OFFER_ID)
         .agg((pl.col(EVENT) == event).sum().alias(event) for event in weighted)
     )
-    unknown, counts = pl.collect_all([unknown_query, counts_query], engine="streaming")
+    queries = [unknown_query, counts_query]
+    if consumption is not None and consumption_weight > 0:
+        consumed = consumption.lazy()
+        _require_columns(
+            consumed.collect_schema().names(), (SUBSCRIBER_ID, ITEM_ID, TS), "consumption"
+        )
+        queries.append(
+            consumed.filter(in_window)
+            .group_by(SUBSCRIBER_ID, pl.col(ITEM_ID).alias(OFFER_ID))
+            .agg(pl.len().alias(_CONSUMED))
+        )
+    unknown, counts, *consumed_counts = pl.collect_all(queries, engine="streaming")
     if unknown.height:
         raise InteractionError(
             f"offer_events: column {EVENT!r} holds values {unknown[EVENT].to_list()} "
@@ -135,6 +169,11 @@ def build_interactions(
     confidence = pl.lit(0.0, dtype=pl.Float64)
     for event in weighted:
         confidence = confidence + pl.col(event).cast(pl.Float64) * event_weights[event]
+    if consumed_counts:
+        counts = counts.join(
+            consumed_counts[0], on=[SUBSCRIBER_ID, OFFER_ID], how="full", coalesce=True
+        ).with_columns(pl.col(*weighted, _CONSUMED).fill_null(0))
+        confidence = confidence + pl.col(_CONSUMED).cast(pl.Float64) * consumption_weight
     interactions = (
         counts.select(SUBSCRIBER_ID, OFFER_ID, confidence.alias(CONFIDENCE))
         .filter(pl.col(CONFIDENCE) > 0)

@@ -166,6 +166,16 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
     if events is None:
         raise TrainingInputError("table offer_events was never delivered: nothing to learn from.")
     events = events.collect(engine="streaming").lazy()
+    consumption = raw_events(lake, "consumption", dates[0] - dt.timedelta(days=lookback), as_of)
+    if consumption is not None:
+        consumption = consumption.collect(engine="streaming").lazy()
+
+    def interactions(until: dt.date, days: int) -> pl.DataFrame:
+        return build_interactions(
+            events, until, days, consumption=consumption,
+            consumption_weight=settings.consumption_weight,
+        )  # fmt: skip
+
     catalogs = []
     for date in [*dates, as_of]:
         catalog = raw_state(lake, "catalog", date)
@@ -197,11 +207,11 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
         offer_labels=offers,
         catalog=catalog,
         catalog_as_of=catalogs[-1],
-        interactions_blend=build_interactions(events, dates[-1], lookback),
-        interactions_as_of=build_interactions(events, as_of, lookback),
+        interactions_blend=interactions(dates[-1], lookback),
+        interactions_as_of=interactions(as_of, lookback),
         input_example=plain_types(snapshots[as_of].sort(SUBSCRIBER_ID).head(5)),
-        interactions_tune=build_interactions(events, dates[-2], lookback),
-        interactions_tune_valid=build_interactions(events, dates[-1], (dates[-1] - dates[-2]).days),
+        interactions_tune=interactions(dates[-2], lookback),
+        interactions_tune_valid=interactions(dates[-1], (dates[-1] - dates[-2]).days),
     )
 
 

@@ -6,10 +6,12 @@ them (`NEW_CATEGORY`) appearing only in the last week; a catalog without the opt
 `capacity`); state tables (`subscribers`, `catalog`, `holdings`) delivered only on the first day
 and on one later change (`CHANGE_DAY`); offer ids that are strings of digits with leading zeros;
 subscriber ids shaped like phone numbers; the operator's own `event_id` (digits) on every offer
-event; no payments, app events or transfers; usage as one aggregated row per subscriber, kind and
-day; subscribers who go quiet for two weeks and come back (re-activated in the later delivery), some
-who leave for good and some who join at the change. Acceptance depends on observable usage, so
-the models have something to learn. Numpy-seeded: the same seed writes the same files.
+event; no payments, app events or transfers; `consumption` (without its optional `quantity`) on
+every fourth day only, of the `press` and `kids_zone` offers and of content outside the catalog;
+usage as one aggregated row per subscriber, kind and day; subscribers who go quiet for two weeks
+and come back (re-activated in the later delivery), some who leave for good and some who join at
+the change. Acceptance depends on observable usage, so the models have something to learn.
+Numpy-seeded: the same seed writes the same files.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ OFFERS_PER_CATEGORY = 3
 AWAY_DAYS = range(10, 25)  # days on which the subscribers who leave and return are gone
 USAGE_KINDS = ("voice_out", "voice_in", "sms_out", "data")
 REGIONS = ("r01", "r02", "r03", "r04", "r05")
+CONSUMED_CATEGORIES = ("press", "kids_zone")
+OUTSIDE_ITEMS = tuple(f"ext-{number:04d}" for number in range(20))  # content not in the catalog
+CONSUMPTION_EVERY = 4
 CATALOG_COLUMNS = ("offer_id", "category", "title", "value", "start_date", "min_tenure_days",
                    "cooldown_days")  # fmt: skip
 
@@ -42,6 +47,7 @@ CATALOG_COLUMNS = ("offer_id", "category", "title", "value", "start_date", "min_
 def write_operator_world(root: Path, seed: int = 5) -> list[dt.date]:
     """Write incoming/date=D/<table>.csv for each of the DAYS days; returns the dates."""
     rng = np.random.default_rng(seed)
+    consumption_rng = np.random.default_rng([seed, 1])  # its own stream: other tables unchanged
     lake = Lake(root)
     n = SUBSCRIBERS + JOINERS
     ids = 79_000_000_000 + rng.choice(999_999_999, size=n, replace=False)
@@ -65,6 +71,10 @@ def write_operator_world(root: Path, seed: int = 5) -> list[dt.date]:
             "usage": _usage(rng, ids[active], behaviour[active], date),
             "offer_events": _offer_events(rng, ids[active], taste[active], offers, date),
         }
+        if day % CONSUMPTION_EVERY == 1:
+            tables["consumption"] = _consumption(
+                consumption_rng, ids[active], taste[active], catalog, date
+            )
         if day == 0:
             tables["subscribers"] = first_subscribers.filter(~pl.Series(joiner))
             tables["catalog"] = catalog.filter(pl.col("start_date") <= date)
@@ -136,6 +146,29 @@ def _holdings(rng: np.random.Generator, ids: np.ndarray, date: dt.date) -> pl.Da
             "start_date": [
                 date - dt.timedelta(days=int(d)) for d in rng.integers(0, 400, len(holders))
             ],
+        }
+    )
+
+
+def _consumption(
+    rng: np.random.Generator,
+    ids: np.ndarray,
+    taste: np.ndarray,
+    catalog: pl.DataFrame,
+    date: dt.date,
+) -> pl.DataFrame:
+    """Subscribers who like a consumed category use its offers' content or content outside."""
+    columns = [CATEGORIES.index(category) for category in CONSUMED_CATEGORIES]
+    liking = 1.0 / (1.0 + np.exp(-taste[:, columns].max(axis=1)))
+    consumers = ids[rng.random(len(ids)) < liking]
+    offers = catalog.filter(pl.col("category").is_in(CONSUMED_CATEGORIES))["offer_id"].to_list()
+    items = rng.choice([*offers, *OUTSIDE_ITEMS], len(consumers))
+    return pl.DataFrame(
+        {
+            "subscriber_id": consumers,
+            "item_id": items,
+            "ts": _times(rng, date, len(consumers)),
+            "kind": rng.choice(["read", "watch"], len(consumers)),
         }
     )
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from mia.errors import InputError
-from mia.schema import CF_SCORE, CONFIDENCE, EVENT, OFFER_ID, SUBSCRIBER_ID, TS
+from mia.schema import CF_SCORE, CONFIDENCE, EVENT, ITEM_ID, KIND, OFFER_ID, SUBSCRIBER_ID, TS
 from models.cf import ALSRecommender, build_interactions, tune_als
 from models.ranking_metrics import (
     catalog_coverage,
@@ -146,6 +146,66 @@ def test_build_interactions_rejects_bad_events_and_columns():
         build_interactions(events.drop(TS), AS_OF)
     with pytest.raises(InputError, match="lookback_days == 0"):
         build_interactions(events, AS_OF, lookback_days=0)
+
+
+def _consumption(rows: list[tuple[int, str, dt.datetime]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [(*row, "watch") for row in rows],
+        schema={
+            SUBSCRIBER_ID: pl.Int64,
+            ITEM_ID: pl.String,
+            TS: pl.Datetime("us"),
+            KIND: pl.String,
+        },
+        orient="row",
+    )
+
+
+def test_build_interactions_adds_consumption_by_item():
+    day = dt.datetime(2026, 3, 10, 20)
+    events = _events([(1, "o1", day, "accept"), (2, "o1", day, "click")])
+    consumption = _consumption(
+        [
+            (1, "o1", day),  # a catalog offer consumed: adds to the accept's pair
+            (1, "film_7", day),  # content outside the catalog: a column of its own
+            (1, "film_7", day - dt.timedelta(days=2)),
+            (3, "film_7", day),  # a subscriber with consumption only
+            (3, "o2", dt.datetime(2026, 3, 3, 23, 59)),  # before the 7-day window
+            (3, "o2", dt.datetime(2026, 3, 11)),  # after as_of
+        ]
+    )
+    got = build_interactions(events, AS_OF, lookback_days=7, consumption=consumption)
+    assert got.rows() == [
+        (1, "film_7", 2.0),
+        (1, "o1", 5.0),
+        (2, "o1", 1.0),
+        (3, "film_7", 1.0),
+    ]
+    weighted = build_interactions(
+        events, AS_OF, lookback_days=7, consumption=consumption.lazy(), consumption_weight=0.5
+    )
+    assert weighted.rows() == [
+        (1, "film_7", 1.0),
+        (1, "o1", 4.5),
+        (2, "o1", 1.0),
+        (3, "film_7", 0.5),
+    ]
+    without = build_interactions(events, AS_OF, lookback_days=7)
+    assert build_interactions(
+        events, AS_OF, lookback_days=7, consumption=consumption, consumption_weight=0.0
+    ).equals(without)
+    # Offers and consumed items share one matrix: tastes from consumption reach the offers.
+    assert ALSRecommender(**SMALL).fit(got).item_index_.to_list() == ["film_7", "o1"]
+
+
+def test_build_interactions_rejects_bad_consumption():
+    events = _events([(1, "o1", dt.datetime(2026, 3, 10), "accept")])
+    consumption = _consumption([(1, "film_7", dt.datetime(2026, 3, 10))])
+    with pytest.raises(InputError, match=r"consumption: missing columns \['item_id'\]"):
+        build_interactions(events, AS_OF, consumption=consumption.drop(ITEM_ID))
+    for weight in (-1.0, math.nan, math.inf):
+        with pytest.raises(InputError, match="consumption_weight == .*, must be >= 0"):
+            build_interactions(events, AS_OF, consumption=consumption, consumption_weight=weight)
 
 
 # --- ALSRecommender -----------------------------------------------------------------------

@@ -21,8 +21,10 @@ from offers.groups import CONTROL
 from tests.conftest import assert_offers_follow_the_policy, night_overrides
 from tests.operator_world import (
     CATEGORIES,
+    CONSUMED_CATEGORIES,
     LAST_DAY,
     NEW_CATEGORY,
+    OUTSIDE_ITEMS,
     write_operator_world,
 )
 
@@ -96,6 +98,7 @@ def test_doctor_says_a_first_night_can_run_and_what_it_ignores(operator_root, ca
     assert f"catalog: optional column(s) not delivered, read as empty: {absent}" in ignored
     for table in ("payments", "app_events", "transfers"):
         assert f"{table}: optional event table never delivered" in ignored
+    assert "consumption: optional column(s) not delivered, read as empty: quantity" in ignored
 
 
 def test_offers_keep_eligibility_caps_ranks_and_the_control_group(operator_night):
@@ -144,3 +147,23 @@ def test_category_names_and_offer_ids_come_out_unchanged(operator_night):
     report = (lake.reports(LAST_DAY) / "report.md").read_text()
     for category in offers["category"].unique():
         assert f"| {category} |" in report
+
+
+def test_consumption_on_sparse_days_reaches_collaborative_filtering(operator_night):
+    from mia.ingest import raw_events
+    from models.scoring import load_bundle
+
+    lake = Lake(operator_night.data_dir)
+    first = lake.dates("raw", "usage")[0]
+    consumed = raw_events(lake, "consumption", first, LAST_DAY).collect()
+    assert consumed["date"].n_unique() == 10 and consumed["quantity"].null_count() == len(consumed)
+    # ALS learnt from consumption: content outside the catalog is a column of its own, and the
+    # consumed categories' offers are columns even for subscribers never shown them.
+    cf = load_bundle(Settings(data_dir=operator_night.data_dir, train_snapshots=4)).cf
+    items = set(cf.item_index_.to_list())
+    assert set(OUTSIDE_ITEMS) <= items
+    catalog = raw_state(lake, "catalog", LAST_DAY)
+    consumed_offers = catalog.filter(pl.col("category").is_in(CONSUMED_CATEGORIES))["offer_id"]
+    assert set(consumed_offers.to_list()) <= items
+    # Only catalog offers are published.
+    assert not set(_offers(operator_night)["offer_id"].to_list()) & set(OUTSIDE_ITEMS)
