@@ -26,7 +26,10 @@ on as_of + 1:
 - `oracle`: the simulator's true P(accept | shown), the reference (capture 1 by definition);
 - `behaviour_oracle`: the oracle's probability averaged over the latent tastes a subscriber might
   have: the best a model of log-visible behaviour alone can do;
-- `random` (captures only): the expected value of a uniformly random pick.
+- `random` (captures only): the expected value of a uniformly random pick;
+- `consumed_popularity` (worlds with a `consumption` table): the number of subscribers who
+  consumed the offer's item in the 90 days up to as_of (0 for offers nobody consumed). On such
+  worlds `als` learns from the consumption as well as the accepts, as Mia's ALS does.
 
 Columns of the tables (candidates: the pairs above whose product the subscriber does not hold,
 as in `models.evaluate.evaluate_against_oracle`; ties broken by offer_id):
@@ -47,6 +50,11 @@ as in `models.evaluate.evaluate_against_oracle`; ties broken by offer_id):
   accepted depends on what the logging policy showed, so this favours methods that agree with it;
 - `coverage@5`: distinct offers in any top 5 / distinct candidate offers;
 - `top-1 share`: the share of subscribers whose top-1 offer is the single most common top-1 offer;
+- `content P@5`, `items/list`, `max item share` (worlds with a `consumption` table): among the
+  content offers (catalog offers that anyone consumed up to as_of), each subscriber's top 5 by
+  the method's score; precision@5 against the items the subscriber consumed in the horizon (over
+  subscribers who consumed at least one), distinct items in all lists per list, and the share of
+  lists that hold the most common item. The oracle's row says how concentrated ideal lists are;
 - `fit+score s`, `CPU s`: wall and CPU seconds of the method's fit and scoring (the training data
   that mia, popularity and global_lgbm share is read once, outside these times).
 
@@ -73,11 +81,12 @@ import polars as pl
 from benchmarks.common import RESULTS
 from features.labels import label_window
 from mia.ingest import ingest_day
-from mia.lake import Lake
+from mia.lake import Lake, end_of_day
 from mia.schema import (
     CATEGORY,
     CF_SCORE,
     EVENT,
+    ITEM_ID,
     LABEL,
     OFFER_ID,
     P_ACCEPT,
@@ -144,6 +153,12 @@ COLUMNS = (
     ("top-1 share", "top1_share", "{:.2f}"),
     ("fit+score s", "wall_seconds", "{:.1f}"),
     ("CPU s", "cpu_seconds", "{:.1f}"),
+)
+# Worlds with a consumption table: how each method's top 5 content offers fare (see the docstring).
+CONTENT_COLUMNS = (
+    ("content P@5", "content_precision_at_5", "{:.3f}"),
+    ("items/list", "content_items_per_list", "{:.2f}"),
+    ("max item share", "content_max_item_share", "{:.2f}"),
 )
 
 
@@ -251,6 +266,49 @@ def offer_coverage(
     }
 
 
+def content_offers(consumption: pl.DataFrame | None, as_of: dt.date) -> pl.Series:
+    """Offer ids consumed by anyone up to the end of `as_of`: the content of the catalog."""
+    if consumption is None:
+        return pl.Series(OFFER_ID, [], dtype=pl.String)
+    before = consumption.filter(pl.col(TS) < end_of_day(as_of))
+    return before[ITEM_ID].unique().sort().rename(OFFER_ID)
+
+
+def horizon_consumption(
+    consumption: pl.DataFrame | None, as_of: dt.date, horizon_days: int
+) -> pl.DataFrame:
+    """[subscriber_id, offer_id] of items consumed in the horizon (as_of, as_of + horizon_days]."""
+    if consumption is None:
+        return pl.DataFrame(schema={SUBSCRIBER_ID: pl.Int64, OFFER_ID: pl.String})
+    start, stop = label_window(as_of, horizon_days)
+    return (
+        consumption.filter(pl.col(TS) >= start, pl.col(TS) < stop)
+        .select(SUBSCRIBER_ID, pl.col(ITEM_ID).alias(OFFER_ID))
+        .unique()
+    )
+
+
+def content_metrics(
+    candidates: pl.DataFrame, consumed: pl.DataFrame, score: str = SCORE, k: int = PRECISION_K
+) -> dict[str, float]:
+    """On content candidates: precision@k of the top k against the items consumed in the
+    horizon, distinct items per top-k list, and the share of lists that hold the most common
+    item (how personal the lists are)."""
+    lists = _top_lists(candidates, score, k)
+    if lists.is_empty():
+        return {
+            f"content_precision_at_{k}": math.nan,
+            "content_items_per_list": math.nan,
+            "content_max_item_share": math.nan,
+        }
+    items = lists["top"].explode()
+    return {
+        f"content_precision_at_{k}": precision_at_k(candidates, consumed, score, k),
+        "content_items_per_list": items.n_unique() / lists.height,
+        "content_max_item_share": int(items.value_counts()["count"].max()) / lists.height,
+    }
+
+
 def method_metrics(
     candidates: pl.DataFrame,
     impressions: pl.DataFrame,
@@ -307,14 +365,34 @@ def popularity_scores(inputs: WorldInputs) -> pl.Series:
 
 
 def als_scores(inputs: WorldInputs) -> pl.Series:
-    """Implicit ALS alone on the accepts up to as_of, with Mia's configured hyper-parameters."""
-    settings = inputs.settings
+    """Implicit ALS alone on the accepts (and consumption, when delivered) up to as_of, with
+    Mia's configured hyper-parameters."""
+    settings, world = inputs.settings, inputs.world
     accepts = build_interactions(
-        inputs.world.events, inputs.world.as_of, max(settings.windows), weights={"click": 0.0}
+        world.events,
+        world.as_of,
+        max(settings.windows),
+        weights={"click": 0.0},
+        consumption=world.consumption,
+        consumption_weight=settings.consumption_weight,
     )
     model = cf_model(settings).fit(accepts)
     pairs = inputs.pairs.select(SUBSCRIBER_ID, OFFER_ID)
     return model.predict_frame(pairs)[CF_SCORE].cast(pl.Float64).rename(SCORE)
+
+
+def consumed_popularity_scores(inputs: WorldInputs) -> pl.Series:
+    """Subscribers who consumed the offer's item in the lookback up to as_of (0 if none)."""
+    world = inputs.world
+    days = max(inputs.settings.windows)
+    start, stop = label_window(world.as_of - dt.timedelta(days=days), days)
+    counts = (
+        world.consumption.filter(pl.col(TS) >= start, pl.col(TS) < stop)
+        .group_by(pl.col(ITEM_ID).alias(OFFER_ID))
+        .agg(pl.col(SUBSCRIBER_ID).n_unique().cast(pl.Float64).alias(SCORE))
+    )
+    scores = inputs.pairs.join(counts, on=OFFER_ID, how="left", maintain_order="left")
+    return scores[SCORE].fill_null(0.0)
 
 
 def _global_frame(data: TrainingData, dates: list[dt.date]) -> pl.DataFrame:
@@ -419,7 +497,10 @@ METHODS: dict[str, Method] = {
     "oracle": oracle_scores,
     "behaviour_oracle": behaviour_oracle_scores,
 }
-RANKING_ONLY = frozenset({"als"})  # scores that rank but are not probabilities: no ECE
+# Worlds with a consumption table add these (content worlds).
+CONTENT_METHODS: dict[str, Method] = {"consumed_popularity": consumed_popularity_scores}
+# Scores that rank but are not probabilities: no ECE.
+RANKING_ONLY = frozenset({"als", "consumed_popularity"})
 
 
 def _timed(call: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
@@ -446,11 +527,12 @@ def evaluate_world(
     lake: Lake, as_of: dt.date, settings: Settings, methods: dict[str, Method] | None = None
 ) -> dict[str, Any]:
     """Every method fitted as of `as_of` on an ingested simulated world, and its metrics."""
-    methods = METHODS if methods is None else methods
     check_outcomes_after(lake, as_of, settings)
     (data, world), shared = _timed(
         lambda: (load_training_data(lake, as_of, settings), held_out_world(lake, as_of, settings))
     )
+    if methods is None:
+        methods = {**METHODS, **(CONTENT_METHODS if world.consumption is not None else {})}
     offers = active_offers(world.catalog, as_of + dt.timedelta(days=1))
     pairs = (
         world.snapshot.select(SUBSCRIBER_ID)
@@ -472,11 +554,14 @@ def evaluate_world(
     accepts = horizon_accepts(world, settings.horizon_days).join(
         candidates, on=[SUBSCRIBER_ID, OFFER_ID], how="semi"
     )
+    content = candidates.filter(pl.col(OFFER_ID).is_in(content_offers(world.consumption, as_of)))
+    consumed = horizon_consumption(world.consumption, as_of, settings.horizon_days)
     results = {
         name: {
             **method_metrics(
                 candidates, impressions, accepts, f"{SCORE}_{name}", name not in RANKING_ONLY
             ),
+            **(content_metrics(content, consumed, f"{SCORE}_{name}") if content.height else {}),
             **seconds[name],
         }
         for name in methods
@@ -489,6 +574,8 @@ def evaluate_world(
         "candidates": candidates.height,
         "horizon_impressions": impressions.height,
         "horizon_accepts": accepts.height,
+        "content_offers": content[OFFER_ID].n_unique(),
+        "horizon_consumption": consumed.height,
         "methods": results,
         "random": random_capture(candidates),
         "shared_data_seconds": shared,
@@ -531,11 +618,12 @@ def _cell(value: Any, template: str) -> str:
 
 def markdown_table(result: dict[str, Any]) -> str:
     """One world's results as a Markdown table: a row per method, then the random pick."""
-    header = ["method", *(title for title, _, _ in COLUMNS)]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * len(COLUMNS) + "|"]
+    columns = (*COLUMNS, *(CONTENT_COLUMNS if result.get("content_offers") else ()))
+    header = ["method", *(title for title, _, _ in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * len(columns) + "|"]
     rows = [*result["methods"].items(), ("random", result["random"])]
     for name, metrics in rows:
-        cells = [_cell(metrics.get(key), template) for _, key, template in COLUMNS]
+        cells = [_cell(metrics.get(key), template) for _, key, template in columns]
         lines.append("| " + " | ".join([markdown_text(name), *cells]) + " |")
     return "\n".join(lines)
 
@@ -549,6 +637,12 @@ def _summary(config: SimulationConfig, result: dict[str, Any]) -> str:
         f"on {len(result['training_snapshots'])} snapshots; {result['candidates']:,} candidate "
         f"pairs over {result['offers']} offers; {result['horizon_impressions']:,} impressions "
         f"and {result['horizon_accepts']:,} accepts held out"
+        + (
+            f"; {result['content_offers']} content offers, {result['horizon_consumption']:,} "
+            "subscriber x item consumptions held out"
+            if result.get("content_offers")
+            else ""
+        )
         + (f"; Mia's most common top-1 offer: {markdown_text(str(leader))}" if leader else "")
     )
 

@@ -191,10 +191,13 @@ class HeldOutWorld:
     held: pl.DataFrame  # [subscriber_id, offer_id] whose product is held at the end of as_of
     events: pl.DataFrame  # offer events from the lookback before as_of to the horizon's end
     impressions: pl.DataFrame  # [subscriber_id, offer_id, label] shown in the horizon
+    # The consumption table over the same days as `events`; None when it was never delivered.
+    consumption: pl.DataFrame | None = None
 
 
 def held_out_world(lake: Lake, as_of: dt.date, settings: Settings) -> HeldOutWorld:
-    """Scoring inputs as of `as_of` and the labelled impressions of the horizon after it."""
+    """Scoring inputs as of `as_of`, and the labelled impressions (and consumption) of the
+    horizon after it."""
     from features.labels import offer_labels
     from mia.ingest import raw_events, raw_state
     from models.cf import build_interactions
@@ -206,6 +209,9 @@ def held_out_world(lake: Lake, as_of: dt.date, settings: Settings) -> HeldOutWor
     if events is None or catalog is None:
         raise TrainingInputError(f"offer_events or catalog not ingested up to {as_of}.")
     events = events.collect(engine="streaming")
+    consumption = raw_events(lake, "consumption", as_of - dt.timedelta(days=lookback), horizon_end)
+    if consumption is not None:
+        consumption = consumption.collect(engine="streaming")
     # Offers that start within the horizon are labelled with the catalog that knows them.
     later = raw_state(lake, "catalog", horizon_end)
     impressions = offer_labels(
@@ -215,10 +221,17 @@ def held_out_world(lake: Lake, as_of: dt.date, settings: Settings) -> HeldOutWor
         as_of=as_of,
         snapshot=read_or_build_snapshot(lake, as_of, settings),
         catalog=catalog,
-        interactions=build_interactions(events, as_of, lookback),
+        interactions=build_interactions(
+            events,
+            as_of,
+            lookback,
+            consumption=consumption,
+            consumption_weight=settings.consumption_weight,
+        ),
         held=held_offers(raw_state(lake, "holdings", as_of), catalog, as_of),
         events=events,
         impressions=impressions,
+        consumption=consumption,
     )
 
 

@@ -12,7 +12,11 @@ import pytest
 from benchmarks.quality import (
     acceptance_capture,
     calibration_error,
+    consumed_popularity_scores,
+    content_metrics,
+    content_offers,
     evaluate_world,
+    horizon_consumption,
     markdown_table,
     method_metrics,
     offer_coverage,
@@ -146,6 +150,64 @@ def test_coverage_and_the_share_of_the_most_common_first_offer():
         "top1_share": pytest.approx(2 / 3),
         "top1_offer": "a",
     }
+
+
+def _consumption(rows: list[tuple[int, str, dt.datetime]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows, schema={"subscriber_id": pl.Int64, "item_id": pl.String, "ts": pl.Datetime("us")},
+        orient="row",
+    )  # fmt: skip
+
+
+def test_content_metrics_judge_top_5_lists_against_held_out_consumption():
+    before, inside, after = (
+        dt.datetime(2026, 3, 4, 23, 59),  # the last minute of as_of
+        dt.datetime(2026, 3, 5),  # the horizon's first instant
+        dt.datetime(2026, 3, 12),  # past the 7-day horizon
+    )
+    consumption = _consumption(
+        [
+            (1, "a", before),
+            (2, "g", before),
+            (9, "film_x", before),  # content outside the catalog: no candidate
+            (1, "f", inside),
+            (1, "b", inside),
+            (2, "a", inside),
+            (3, "g", inside),
+            (3, "a", after),
+        ]
+    )
+    assert content_offers(consumption, AS_OF).to_list() == ["a", "film_x", "g"]
+    assert content_offers(None, AS_OF).is_empty()
+    consumed = horizon_consumption(consumption, AS_OF, 7).sort("subscriber_id", "offer_id")
+    assert consumed.rows() == [(1, "b"), (1, "f"), (2, "a"), (3, "g")]
+    result = content_metrics(ranked(), consumed)
+    # Lists: 1 a..e (b consumed: 1/5), 2 a, b (a: 1/5), 3 g, a (g: 1/5); 6 distinct items (a..e,
+    # g) in 3 lists, a in all three.
+    assert result == {
+        "content_precision_at_5": pytest.approx(0.2),
+        "content_items_per_list": pytest.approx(6 / 3),
+        "content_max_item_share": pytest.approx(1.0),
+    }
+    assert all(math.isnan(value) for value in content_metrics(ranked().head(0), consumed).values())
+
+
+def test_consumed_popularity_counts_subscribers_in_the_lookback():
+    consumption = _consumption(
+        [
+            (1, "a", dt.datetime(2026, 3, 4, 12)),
+            (1, "a", dt.datetime(2026, 3, 3)),  # the same subscriber again
+            (2, "a", dt.datetime(2025, 12, 5)),  # 89 days before as_of: inside 90
+            (3, "a", dt.datetime(2025, 12, 4, 23)),  # before the 90-day lookback
+            (2, "b", dt.datetime(2026, 3, 5)),  # after as_of
+        ]
+    )
+    inputs = SimpleNamespace(
+        world=SimpleNamespace(consumption=consumption, as_of=AS_OF),
+        settings=SimpleNamespace(windows=(7, 30, 90)),
+        pairs=pl.DataFrame({"subscriber_id": [1, 1, 2], "offer_id": ["b", "a", "a"]}),
+    )
+    assert consumed_popularity_scores(inputs).to_list() == [0.0, 2.0, 2.0]
 
 
 def test_an_empty_method_has_no_metrics_and_a_ranking_score_has_no_ece():
