@@ -58,6 +58,13 @@ as in `models.evaluate.evaluate_against_oracle`; ties broken by offer_id):
 - `fit+score s`, `CPU s`: wall and CPU seconds of the method's fit and scoring (the training data
   that mia, popularity and global_lgbm share is read once, outside these times).
 
+A second table per world says what the contact policy's rules cost (`offers.rank`): for each
+method whose score is a probability, the expected value (oracle p x value) of the K offers per
+subscriber that the policy publishes from that score as p_accept, over the value of the oracle's
+own top K without rules; `no rules` ranks by expected value alone (min_probability still
+applies), `no diversity` keeps at most `max_per_category` per category, `published` adds the
+distinct categories in the first positions (`diversity_positions`), Mia's defaults.
+
 The full results go to `--out` as JSON (default benchmarks/results/quality.json, git-ignored).
 """
 
@@ -85,11 +92,14 @@ from mia.lake import Lake, end_of_day
 from mia.schema import (
     CATEGORY,
     CF_SCORE,
+    COVERED,
     EVENT,
+    GROUP,
     ITEM_ID,
     LABEL,
     OFFER_ID,
     P_ACCEPT,
+    RANK,
     SNAPSHOT_DATE,
     SUBSCRIBER_ID,
     TS,
@@ -112,6 +122,8 @@ from models.propensity import NON_FEATURE_COLUMNS, FeatureEncoding
 from models.ranking_metrics import ranking_metrics_from_lists
 from models.scoring import active_offers, score_offers
 from models.training import TrainingData, cf_model, fit_bundle, load_training_data
+from offers.groups import TREATMENT
+from offers.rank import scored_candidates, select_offers
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +319,55 @@ def content_metrics(
         "content_items_per_list": items.n_unique() / lists.height,
         "content_max_item_share": int(items.value_counts()["count"].max()) / lists.height,
     }
+
+
+# The contact policy's rules (offers.rank), from none to the published defaults.
+POLICIES = {
+    "no rules": {"max_per_category": None, "diversity_positions": 0},
+    "no diversity": {"diversity_positions": 0},
+    "published": {},
+}
+
+
+def policy_value(
+    candidates: pl.DataFrame, catalog: pl.DataFrame, settings: Settings, score: str = SCORE
+) -> dict[str, float]:
+    """Expected value (oracle p x value) of the top K that the contact policy publishes from
+    `score` as p_accept, over the value of the oracle's own top K without rules, per policy
+    variant (`POLICIES`: at most M per category, distinct categories first, min_probability)."""
+    if candidates.is_empty():
+        return {f"policy_value.{name}": math.nan for name in POLICIES}
+    scores = candidates.select(SUBSCRIBER_ID, OFFER_ID, pl.col(score).alias(P_ACCEPT))
+    groups = (
+        scores.select(SUBSCRIBER_ID)
+        .unique()
+        .with_columns(pl.lit(TREATMENT).alias(GROUP), pl.lit(True).alias(COVERED))
+    )
+    scored = scored_candidates(scores, None, catalog, groups, settings)
+    truth = candidates.select(
+        SUBSCRIBER_ID, OFFER_ID, (pl.col(ORACLE_P) * pl.col(VALUE)).alias("_truth")
+    )
+    best = (
+        truth.sort(SUBSCRIBER_ID, OFFER_ID)
+        .filter(subscriber_rank("_truth") <= settings.top_k)["_truth"]
+        .sum()
+    )
+    result = {}
+    for name, rules in POLICIES.items():
+        max_per_category = rules.get("max_per_category", settings.max_per_category)
+        published = select_offers(
+            scored,
+            settings.top_k,
+            settings.top_k if max_per_category is None else max_per_category,
+            rules.get("diversity_positions", settings.diversity_positions),
+        )
+        value = (
+            published.select(SUBSCRIBER_ID, OFFER_ID, RANK)
+            .join(truth, on=[SUBSCRIBER_ID, OFFER_ID], how="inner")["_truth"]
+            .sum()
+        )
+        result[f"policy_value.{name}"] = float(value / best) if best else math.nan
+    return result
 
 
 def method_metrics(
@@ -562,6 +623,11 @@ def evaluate_world(
                 candidates, impressions, accepts, f"{SCORE}_{name}", name not in RANKING_ONLY
             ),
             **(content_metrics(content, consumed, f"{SCORE}_{name}") if content.height else {}),
+            **(
+                policy_value(candidates, world.catalog, settings, f"{SCORE}_{name}")
+                if name not in RANKING_ONLY
+                else {}
+            ),
             **seconds[name],
         }
         for name in methods
@@ -624,6 +690,18 @@ def markdown_table(result: dict[str, Any]) -> str:
     rows = [*result["methods"].items(), ("random", result["random"])]
     for name, metrics in rows:
         cells = [_cell(metrics.get(key), template) for _, key, template in columns]
+        lines.append("| " + " | ".join([markdown_text(name), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def policy_table(result: dict[str, Any]) -> str:
+    """What the contact policy's rules cost: value@K of the published lists per method."""
+    header = ["method", *(f"value@K {name}" for name in POLICIES)]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * len(POLICIES) + "|"]
+    for name, metrics in result["methods"].items():
+        if f"policy_value.{next(iter(POLICIES))}" not in metrics:
+            continue
+        cells = [_cell(metrics[f"policy_value.{policy}"], "{:.3f}") for policy in POLICIES]
         lines.append("| " + " | ".join([markdown_text(name), *cells]) + " |")
     return "\n".join(lines)
 
@@ -701,7 +779,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         output["worlds"][preset] = result
         print(f"\n{_summary(config, result)}\n")
-        print(markdown_table(result), flush=True)
+        print(markdown_table(result))
+        print(f"\n{policy_table(result)}", flush=True)
     output["wall_seconds"] = time.perf_counter() - started
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(output, indent=2, default=str))

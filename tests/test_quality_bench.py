@@ -20,6 +20,8 @@ from benchmarks.quality import (
     markdown_table,
     method_metrics,
     offer_coverage,
+    policy_table,
+    policy_value,
     popularity_scores,
     precision_at_k,
     random_capture,
@@ -27,6 +29,7 @@ from benchmarks.quality import (
     value_capture,
     within_subscriber_spearman,
 )
+from mia.settings import Settings
 from mia.simulate import SimulationConfig
 from tests.conftest import training_world
 
@@ -208,6 +211,46 @@ def test_consumed_popularity_counts_subscribers_in_the_lookback():
         pairs=pl.DataFrame({"subscriber_id": [1, 1, 2], "offer_id": ["b", "a", "a"]}),
     )
     assert consumed_popularity_scores(inputs).to_list() == [0.0, 2.0, 2.0]
+
+
+def test_policy_value_prices_each_rule_of_the_contact_policy():
+    # One subscriber, three categories: x holds the two best offers, then y and z.
+    frame = pl.DataFrame(
+        {
+            "subscriber_id": [1] * 4,
+            "offer_id": ["x1", "x2", "y1", "z1"],
+            "oracle_p": [0.5, 0.4, 0.1, 0.2],
+            "value": [1.0] * 4,
+            "score": [0.5, 0.4, 0.1, 0.2],
+        },
+        schema=SCHEMA,
+    )
+    catalog = pl.DataFrame(
+        {
+            "offer_id": ["x1", "x2", "y1", "z1"],
+            "category": ["x", "x", "y", "z"],
+            "value": [1.0] * 4,
+            "capacity": [None] * 4,
+        },
+        schema_overrides={"capacity": pl.Int64},
+    )
+    settings = Settings(top_k=2, max_per_category=1)
+    result = policy_value(frame, catalog, settings)
+    # Best two: x1 + x2 = 0.9. One per category: x1 + z1 = 0.7.
+    assert result == {
+        "policy_value.no rules": pytest.approx(1.0),
+        "policy_value.no diversity": pytest.approx(0.7 / 0.9),
+        "policy_value.published": pytest.approx(0.7 / 0.9),
+    }
+    # Diversity alone (two per category allowed): the two leaders x1, z1 go first.
+    diverse = policy_value(frame, catalog, Settings(top_k=2, max_per_category=2))
+    assert diverse["policy_value.no diversity"] == pytest.approx(1.0)
+    assert diverse["policy_value.published"] == pytest.approx(0.7 / 0.9)
+    # Scores below min_probability are never published.
+    low = policy_value(frame.with_columns(score=pl.col("score") / 100), catalog, settings)
+    assert low["policy_value.no rules"] == 0.0
+    table = policy_table({"methods": {"mia": result, "als": {"ece": math.nan}}})
+    assert table.splitlines()[2] == "| mia | 1.000 | 0.778 | 0.778 |" and "als" not in table
 
 
 def test_an_empty_method_has_no_metrics_and_a_ranking_score_has_no_ece():
