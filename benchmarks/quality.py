@@ -615,7 +615,9 @@ def evaluate_world(
     accepts = horizon_accepts(world, settings.horizon_days).join(
         candidates, on=[SUBSCRIBER_ID, OFFER_ID], how="semi"
     )
-    content = candidates.filter(pl.col(OFFER_ID).is_in(content_offers(world.consumption, as_of)))
+    content = candidates.filter(
+        pl.col(OFFER_ID).is_in(content_offers(world.consumption, as_of).implode())
+    )
     consumed = horizon_consumption(world.consumption, as_of, settings.horizon_days)
     results = {
         name: {
