@@ -47,6 +47,8 @@ BLEND_FEATURES = (
     CF_SCORE,
     "cf_score_centered",
     "cf_rank",
+    "cf_category_centered",
+    "cf_category_rank",
     TASTE_LOGIT,
     "taste_centered",
     "offer_lift",
@@ -54,9 +56,18 @@ BLEND_FEATURES = (
     "log_value",
     "category_code",
 )
-# What blends fitted before tastes read: a stored champion keeps scoring until it is replaced.
-_FEATURES_BEFORE_TASTE = tuple(
-    f for f in BLEND_FEATURES if f not in (TASTE_LOGIT, "taste_centered")
+# What blends fitted before tastes read: a stored champion keeps scoring until it is replaced
+# (later blends keep their own list, `features_`).
+_FEATURES_BEFORE_TASTE = (
+    "logit_p_category",
+    "logit_p_category_centered",
+    CF_SCORE,
+    "cf_score_centered",
+    "cf_rank",
+    "offer_lift",
+    "offer_log_accepts",
+    "log_value",
+    "category_code",
 )
 _MONOTONE = {"logit_p_category": 1, CF_SCORE: 1, TASTE_LOGIT: 1, "offer_lift": 1}
 
@@ -118,6 +129,19 @@ def _row_rank(scores: np.ndarray) -> np.ndarray:
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :], axis=1)
     return ranks / max(scores.shape[1] - 1, 1)
+
+
+def _within_groups(scores: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell minus its row's mean over the columns of its group, and its rank among them
+    (`_row_rank`); `groups` gives each column's group (e.g. the offer's category)."""
+    centered = np.empty_like(scores)
+    ranks = np.empty_like(scores)
+    for group in np.unique(groups):
+        columns = np.flatnonzero(groups == group)
+        block = scores[:, columns]
+        centered[:, columns] = block - block.mean(axis=1, keepdims=True)
+        ranks[:, columns] = _row_rank(block)
+    return centered, ranks
 
 
 @dataclass(frozen=True)
@@ -218,6 +242,8 @@ def candidate_inputs(
     logit_p = logit(p)
     offer_taste = np.ascontiguousarray(taste[:, offer_columns], dtype=np.float64)
     cf = cf_scores.astype(np.float64)
+    # Within a category: which of its offers suits the subscriber (a catalog of many films).
+    cf_category_centered, cf_category_rank = _within_groups(cf, offer_columns)
     # Offers never seen in a labelled window take their category's rate (lift 0).
     category_rate = stats[CATEGORY_ACCEPT_RATE].fill_null(strategy="mean").fill_null(0.05)
     offer_rate = stats[OFFER_ACCEPT_RATE].fill_null(category_rate)
@@ -228,6 +254,8 @@ def candidate_inputs(
         CF_SCORE: cf,
         "cf_score_centered": _row_centered(cf),
         "cf_rank": _row_rank(cf) if n_offers else np.empty((n_subscribers, 0)),
+        "cf_category_centered": cf_category_centered,
+        "cf_category_rank": cf_category_rank,
         TASTE_LOGIT: offer_taste,
         "taste_centered": _row_centered(offer_taste),
     }
