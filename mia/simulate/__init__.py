@@ -42,7 +42,7 @@ from mia.simulate.acceptance import (
 from mia.simulate.catalog import OFFERS, TARIFFS, OfferSpec, Tariff, catalog_frame
 from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import TRUTH_DIR, SimulationConfig, SimulationError
-from mia.simulate.oracle import oracle_p_accept, oracle_uplift
+from mia.simulate.oracle import oracle_consumption, oracle_p_accept, oracle_uplift
 from mia.simulate.presets import PRESETS, Preset
 from mia.simulate.world import generate_days, write_world
 
@@ -64,6 +64,7 @@ __all__ = [
     "acceptance_probability",
     "catalog_frame",
     "generate_days",
+    "oracle_consumption",
     "oracle_p_accept",
     "oracle_uplift",
     "signals_from_drivers",
