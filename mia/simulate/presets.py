@@ -32,7 +32,7 @@ class Preset:
     # Factors of the content-taste space: affinity = subscriber vector . item vector.
     content_factors: int = 6
     # Weight of the affinity on the acceptance logit of an item offer.
-    content_accept_weight: float = 1.0
+    content_accept_weight: float = 1.5
     # Median consumptions per subscriber-day (at median entertainment activity).
     content_rate: float = 0.1
 
