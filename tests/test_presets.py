@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -359,3 +360,19 @@ def test_cli_simulates_a_content_world_that_ingests_with_its_consumption(tmp_pat
     assert lake.dates("raw", "consumption") == lake.dates("incoming")
     raw = raw_events(lake, "consumption", None, None).collect()
     assert raw.height == incoming_table(tmp_path, "consumption").height > 0
+
+
+def test_content_world_is_reproducible_and_prefix_stable(tmp_path):
+    config = SimulationConfig(subscribers=100, days=6, seed=5, preset="content")
+    for name, days in (("a", 6), ("b", 6), ("short", 4)):
+        write_world(tmp_path / name, dataclasses.replace(config, days=days))
+    files = {
+        name: {
+            str(path.relative_to(tmp_path / name)): path.read_bytes()
+            for path in sorted((tmp_path / name).rglob("*.parquet"))
+        }
+        for name in ("a", "b", "short")
+    }
+    assert files["a"] == files["b"]
+    assert any("consumption" in path for path in files["short"])
+    assert {path: files["a"][path] for path in files["short"]} == files["short"]

@@ -300,20 +300,18 @@ def oracle_consumption(
     pairs = consumed.join(item_index, on=ITEM_ID)
     seen[pairs["_row"].to_numpy(), pairs["_item"].to_numpy()] = True
     catalog = np.flatnonzero(items.in_catalog)
+    windows = [slice(start, start + _CHOICE_CHUNK) for start in range(0, len(ids), _CHOICE_CHUNK)]
     probability = np.vstack(
-        [
-            choice_probabilities(tastes[start:stop], seen[start:stop], items)[:, catalog]
-            for start, stop in (
-                (start, min(start + _CHOICE_CHUNK, len(ids)))
-                for start in range(0, max(len(ids), 1), _CHOICE_CHUNK)
-            )
-        ]
+        [choice_probabilities(tastes[w], seen[w], items)[:, catalog] for w in windows]
+        or [np.zeros((0, len(catalog)))]
     )
     logger.debug("consumption oracle as of %s: %d subscribers", as_of, len(ids))
     return pl.DataFrame(
         {
             SUBSCRIBER_ID: np.repeat(ids.to_numpy(), len(catalog)),
-            ITEM_ID: pl.Series([items.ids[i] for i in catalog] * len(ids), dtype=pl.String),
+            ITEM_ID: pl.Series([items.ids[i] for i in catalog], dtype=pl.String).gather(
+                np.tile(np.arange(len(catalog)), len(ids))
+            ),
             P_CHOICE: probability.ravel(),
         },
         schema={SUBSCRIBER_ID: pl.Int64, ITEM_ID: pl.String, P_CHOICE: pl.Float64},
