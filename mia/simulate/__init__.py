@@ -13,22 +13,29 @@ the probability that was used to draw accepts, and `oracle_uplift` the true upli
 
 Presets (`SimulationConfig(preset=...)`, `mia simulate --preset`) give other kinds of world with
 the same tables: `telco` (the original: behaviour drives acceptance), `taste-heavy` (latent
-tastes dominate, seen only through responses) and `cold-start` (many new lines, offers launched
-late).
+tastes dominate, seen only through responses), `cold-start` (many new lines, offers launched
+late) and `content` (content item offers beside the telco ones, and the optional `consumption`
+table: item vectors and subscribers' content tastes in one taste space drive both what is
+consumed, in and outside the catalog, and the acceptance of item offers).
 `oracle_p_accept(..., behaviour_only=True)` gives the probability averaged over tastes: the best
-a model of the logs' behaviour alone can reach.
+a model of the logs' behaviour alone can reach. `oracle_consumption` gives, in a content world,
+each subscriber's probability that their next consumption is each catalog item.
 
 Truth layout (not part of the input contract):
     truth/meta.json                      the SimulationConfig and the truth version
     truth/offers.parquet                 offer attractiveness and logging-policy prior
+    truth/content_items.parquet          content worlds: item category, catalog membership,
+                                         popularity and taste vector
     truth/date=D/drivers.parquet         per-subscriber drivers as of the end of D (float32)
     truth/date=D/held.parquet            (subscriber_id, product_id) held on D + 1
     truth/date=D/traits.parquet          latent category tastes of the lines activated on D
+                                         (content worlds: content tastes and consumption rate)
     truth/date=D/impressions.parquet     impressions of D with p_accept, policy propensity, outcome
+    truth/date=D/consumed.parquet        content worlds: (subscriber_id, item_id) first consumed
 
 Modules: `config` (settings, seeds), `categories` (this telco's offer categories), `catalog`
-(regions, devices, tariffs, offers), `acceptance` (the planted model), `world` (the daily
-simulation and writer), `oracle`.
+(regions, devices, tariffs, offers), `content` (content items, tastes and choices), `acceptance`
+(the planted model), `world` (the daily simulation and writer), `oracle`.
 """
 
 from mia.simulate.acceptance import (
@@ -42,7 +49,7 @@ from mia.simulate.acceptance import (
 from mia.simulate.catalog import OFFERS, TARIFFS, OfferSpec, Tariff, catalog_frame
 from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import TRUTH_DIR, SimulationConfig, SimulationError
-from mia.simulate.oracle import oracle_p_accept, oracle_uplift
+from mia.simulate.oracle import oracle_consumption, oracle_p_accept, oracle_uplift
 from mia.simulate.presets import PRESETS, Preset
 from mia.simulate.world import generate_days, write_world
 
@@ -64,6 +71,7 @@ __all__ = [
     "acceptance_probability",
     "catalog_frame",
     "generate_days",
+    "oracle_consumption",
     "oracle_p_accept",
     "oracle_uplift",
     "signals_from_drivers",

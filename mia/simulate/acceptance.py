@@ -150,13 +150,18 @@ def acceptance_probability(
     taste: np.ndarray,
     held: np.ndarray,
     behaviour_weight: float = 1.0,
+    affinity: np.ndarray | None = None,
 ) -> np.ndarray:
     """P(accept | shown) per row from signals, category, offer attractiveness and taste.
 
-    Every operation is elementwise in a fixed order, so a row gets the same bits whether it is
-    computed alone or among millions: the simulator and the oracle agree exactly.
+    `affinity` (content worlds): the weighted affinity of the subscriber to a content item
+    offer, 0 for other offers. Every operation is elementwise in a fixed order, so a row gets the
+    same bits whether it is computed alone or among millions: the simulator and the oracle agree
+    exactly.
     """
     logit = _CATEGORY_INTERCEPT[category_index] + attractiveness + taste
+    if affinity is not None:
+        logit = logit + affinity
     logit = _add_behaviour(logit, signals, category_index, behaviour_weight)
     probability = 1.0 / (1.0 + np.exp(-logit))
     return np.where(held, 0.0, probability)

@@ -22,6 +22,7 @@ from mia.schema import (
 from mia.simulate.acceptance import ATTRACTIVENESS_SD
 from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import OPEN_ENDED, STREAM_STATIC, SimulationConfig, static_rng
+from mia.simulate.content import CONTENT_KINDS, ITEM_COOLDOWN_DAYS, ITEM_DAYS, item_names
 
 # --------------------------------------------------------------------------------------------
 # Static world description
@@ -403,23 +404,37 @@ def _offset_date(start: dt.date, offset: int | None) -> dt.date | None:
 
 
 def offer_specs(config: SimulationConfig) -> tuple[OfferSpec, ...]:
-    """The offers of a world: OFFERS, with the late launches its preset asks for.
+    """The offers of a world: OFFERS, its content items, with the late launches it asks for.
 
-    Every n-th open-ended offer that is live from the start (tariffs aside: subscribers always
-    hold one) launches `late_launch_days` before the last day instead.
+    A content item's offer grants that item (its own product) for ITEM_DAYS, so an item can be
+    offered again later. Every n-th open-ended offer that is live from the start (tariffs aside:
+    subscribers always hold one) launches `late_launch_days` before the last day instead.
     """
     world = config.world
+    offers = OFFERS + tuple(
+        OfferSpec(
+            item_id,
+            CONTENT_KINDS[kind].category,
+            title,
+            CONTENT_KINDS[kind].value,
+            item_id,
+            ITEM_DAYS,
+            cooldown_days=ITEM_COOLDOWN_DAYS,
+        )
+        for item_id, kind, in_catalog, title in item_names(world)
+        if in_catalog
+    )
     if not world.late_launch_every:
-        return OFFERS
+        return offers
     late_start = max(config.days - 1 - world.late_launch_days, 0)
     movable = [
         o.offer_id
-        for o in OFFERS
+        for o in offers
         if o.category != "tariff" and o.start_offset <= 0 and o.end_offset is None
     ]
     late = set(movable[world.late_launch_every - 1 :: world.late_launch_every])
     return tuple(
-        dataclasses.replace(o, start_offset=late_start) if o.offer_id in late else o for o in OFFERS
+        dataclasses.replace(o, start_offset=late_start) if o.offer_id in late else o for o in offers
     )
 
 

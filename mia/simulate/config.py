@@ -87,6 +87,10 @@ EPOCH = dt.date(1970, 1, 1)
     STREAM_CHURN,
 ) = range(10)
 STREAM_STATIC = 100
+# Streams of content worlds only, numbered apart so that no other world's draws move.
+STREAM_CONTENT_NEW = 20  # content tastes of the lines activated that day
+STREAM_CONSUMPTION = 21
+STREAM_CONTENT_STATIC = STREAM_STATIC + 10  # items; +1: content tastes of the initial base
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:

@@ -1,4 +1,4 @@
-"""The oracle: true P(accept | shown) and true contact uplift of any subscriber x offer."""
+"""The oracle: true P(accept | shown), true contact uplift and true consumption choices."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import polars as pl
 from mia.lake import Lake, parse_date
 from mia.schema import (
     CATEGORY,
+    ITEM_ID,
     OFFER_ID,
     P_ACCEPT,
     PRODUCT_ID,
@@ -30,6 +31,16 @@ from mia.simulate.acceptance import (
 from mia.simulate.catalog import offer_specs
 from mia.simulate.categories import CATEGORIES
 from mia.simulate.config import TRUTH_DIR, SimulationConfig, SimulationError
+from mia.simulate.content import (
+    P_CHOICE,
+    TASTE_PREFIX,
+    ContentItems,
+    accept_affinity,
+    affinity_sd,
+    choice_probabilities,
+    content_items,
+    has_content,
+)
 from mia.simulate.world import ORGANIC_BROWSE, ORGANIC_FACTOR
 
 logger = logging.getLogger(__name__)
@@ -49,6 +60,31 @@ def _truth_day(root: Path, as_of: dt.date) -> Path:
     return directory
 
 
+def _config(truth_root: Path) -> SimulationConfig:
+    return SimulationConfig.from_meta(json.loads((truth_root / "meta.json").read_text()))
+
+
+def _active_subscribers(
+    directory: Path,
+    as_of: dt.date,
+    subscriber_ids: Iterable[int] | pl.Series | np.ndarray | None,
+) -> pl.DataFrame:
+    """Drivers of the requested subscribers (default: all active at the end of `as_of`), sorted."""
+    drivers = pl.read_parquet(directory / "drivers.parquet")
+    if subscriber_ids is not None:
+        if not isinstance(subscriber_ids, pl.Series | np.ndarray):
+            subscriber_ids = list(subscriber_ids)
+        wanted = pl.Series(SUBSCRIBER_ID, subscriber_ids, dtype=pl.Int64).unique()
+        unknown = wanted.filter(~wanted.is_in(drivers.get_column(SUBSCRIBER_ID).implode()))
+        if unknown.len():
+            raise SimulationError(
+                f"oracle: subscriber_id not active as of {as_of}: "
+                f"{unknown.sort().head(5).to_list()} ({unknown.len()} unknown)."
+            )
+        drivers = drivers.filter(pl.col(SUBSCRIBER_ID).is_in(wanted.implode()))
+    return drivers.sort(SUBSCRIBER_ID)
+
+
 def oracle_p_accept(
     root: Path,
     as_of: dt.date | str,
@@ -62,27 +98,18 @@ def oracle_p_accept(
     the end of `as_of` and every offer active on the next day. Rows are sorted by subscriber_id
     then offer_id; a held product has probability 0. With `behaviour_only`, the probability
     averaged over the tastes a subscriber might have: the best a model of log-visible behaviour
-    alone can do (the taste signal is what separates it from the oracle).
+    alone can do (the taste signal is what separates it from the oracle). In a content world an
+    item offer's probability holds the subscriber's affinity to the item too, and `behaviour_only`
+    averages over it as well: given behaviour, affinity and category taste are independent
+    normals, so their sum is normal with the combined spread.
     """
     root = Path(root)
     as_of = parse_date(as_of)
     directory = _truth_day(root, as_of)
     truth_root = root / TRUTH_DIR
-    drivers = pl.read_parquet(directory / "drivers.parquet")
+    drivers = _active_subscribers(directory, as_of, subscriber_ids)
     offers = pl.read_parquet(truth_root / "offers.parquet")
-    config = SimulationConfig.from_meta(json.loads((truth_root / "meta.json").read_text()))
-    if subscriber_ids is not None:
-        if not isinstance(subscriber_ids, pl.Series | np.ndarray):
-            subscriber_ids = list(subscriber_ids)
-        wanted = pl.Series(SUBSCRIBER_ID, subscriber_ids, dtype=pl.Int64).unique()
-        unknown = wanted.filter(~wanted.is_in(drivers.get_column(SUBSCRIBER_ID).implode()))
-        if unknown.len():
-            raise SimulationError(
-                f"oracle: subscriber_id not active as of {as_of}: "
-                f"{unknown.sort().head(5).to_list()} ({unknown.len()} unknown)."
-            )
-        drivers = drivers.filter(pl.col(SUBSCRIBER_ID).is_in(wanted.implode()))
-    drivers = drivers.sort(SUBSCRIBER_ID)
+    config = _config(truth_root)
     if offer_ids is None:
         next_day = (as_of - config.start).days + 1
         active = [
@@ -101,10 +128,15 @@ def oracle_p_accept(
 
     ids = drivers.get_column(SUBSCRIBER_ID).to_numpy()
     world = config.world
+    items = content_items(config) if has_content(world) else None
+    item_index = {} if items is None else {item_id: i for i, item_id in enumerate(items.ids)}
     if behaviour_only:
         spread = taste_sd(category_factors(config), world)
+        item_spread = None if items is None else affinity_sd(items, world)
     else:
-        tastes = _read_tastes(truth_root, as_of, ids)
+        tastes = _read_traits(truth_root, as_of, ids, [f"taste_{c}" for c in CATEGORIES])
+        if items is not None:
+            content_tastes = _read_content_tastes(truth_root, as_of, ids, items)
     signals = signals_from_drivers(drivers.select(DRIVERS).to_numpy().astype(np.float32))
     held = pl.read_parquet(directory / "held.parquet")
     frames = []
@@ -115,11 +147,16 @@ def oracle_p_accept(
         holders = held.filter(pl.col(PRODUCT_ID) == product).get_column(SUBSCRIBER_ID)
         category_index = np.full(len(ids), c)
         held_now = np.isin(ids, holders.to_numpy())
+        item = item_index.get(offer_id)
         if behaviour_only:
+            sd = spread[c] if item is None else np.sqrt(spread[c] ** 2 + item_spread[item] ** 2)
             probability = behaviour_only_probability(
-                signals, category_index, attractiveness, spread[c], held_now, world.behaviour_weight
+                signals, category_index, attractiveness, sd, held_now, world.behaviour_weight
             )
         else:
+            affinity = None
+            if item is not None:
+                affinity = accept_affinity(content_tastes, items.vectors[item], world)
             probability = acceptance_probability(
                 signals,
                 category_index,
@@ -127,6 +164,7 @@ def oracle_p_accept(
                 tastes[:, c],
                 held_now,
                 world.behaviour_weight,
+                affinity,
             )
         frames.append(
             pl.DataFrame(
@@ -146,18 +184,33 @@ def oracle_p_accept(
     return pl.concat(frames).sort([SUBSCRIBER_ID, OFFER_ID])
 
 
-def _read_tastes(truth_root: Path, as_of: dt.date, ids: np.ndarray) -> np.ndarray:
-    """Latent tastes (ids x CATEGORIES) of subscribers activated up to `as_of`."""
+def _read_daily(truth_root: Path, as_of: dt.date, name: str) -> pl.DataFrame:
+    """One truth file of every day up to `as_of`, concatenated."""
     files = [
-        truth_root / f"date={date.isoformat()}" / "traits.parquet"
+        truth_root / f"date={date.isoformat()}" / f"{name}.parquet"
         for date in Lake(truth_root).dates()
         if date <= as_of
     ]
-    traits = pl.concat([pl.read_parquet(file) for file in files if file.is_file()])
+    return pl.concat([pl.read_parquet(file) for file in files if file.is_file()])
+
+
+def _read_traits(
+    truth_root: Path, as_of: dt.date, ids: np.ndarray, columns: list[str]
+) -> np.ndarray:
+    """Latent traits (ids x columns) of subscribers activated up to `as_of`."""
+    traits = _read_daily(truth_root, as_of, "traits")
     aligned = pl.DataFrame({SUBSCRIBER_ID: ids}, schema={SUBSCRIBER_ID: pl.Int64}).join(
         traits, on=SUBSCRIBER_ID, how="left", maintain_order="left"
     )
-    return aligned.select(f"taste_{c}" for c in CATEGORIES).to_numpy()
+    return aligned.select(columns).to_numpy()
+
+
+def _read_content_tastes(
+    truth_root: Path, as_of: dt.date, ids: np.ndarray, items: ContentItems
+) -> np.ndarray:
+    """Content-taste vectors (ids x content factors)."""
+    factors = items.vectors.shape[1]
+    return _read_traits(truth_root, as_of, ids, [f"{TASTE_PREFIX}{k}" for k in range(factors)])
 
 
 ORGANIC_P = "p_organic"
@@ -205,3 +258,61 @@ def oracle_uplift(
         .with_columns((pl.col(P_ACCEPT) - pl.col(ORGANIC_P)).alias(TRUE_UPLIFT))
         .select(SUBSCRIBER_ID, OFFER_ID, P_ACCEPT, ORGANIC_P, TRUE_UPLIFT)
     )
+
+
+# Rows of the subscribers x items grid computed at once (bounds the oracle's memory).
+_CHOICE_CHUNK = 4096
+
+
+def oracle_consumption(
+    root: Path,
+    as_of: dt.date | str,
+    subscriber_ids: Iterable[int] | pl.Series | np.ndarray | None = None,
+) -> pl.DataFrame:
+    """True chance that a subscriber's next consumption is each catalog item (content worlds).
+
+    The simulator draws every consumption of the day after `as_of` from one softmax over all
+    content items (popularity + affinity, items consumed up to `as_of` damped by their kind's
+    repeat factor); this is that softmax at the catalog's items. Per subscriber, `p_choice`
+    sums to the chance that a consumption is of a catalog item (the rest is content outside
+    the catalog). Columns: subscriber_id, item_id (an offer_id), p_choice; sorted by
+    subscriber_id then item_id. Default subscribers: every one active at the end of `as_of`.
+    """
+    root = Path(root)
+    as_of = parse_date(as_of)
+    directory = _truth_day(root, as_of)
+    truth_root = root / TRUTH_DIR
+    config = _config(truth_root)
+    if not has_content(config.world):
+        raise SimulationError(
+            f"oracle: the {config.preset!r} world has no content (consumption comes with "
+            "preset 'content')."
+        )
+    ids = _active_subscribers(directory, as_of, subscriber_ids).get_column(SUBSCRIBER_ID)
+    items = content_items(config)
+    tastes = _read_content_tastes(truth_root, as_of, ids.to_numpy(), items)
+    seen = np.zeros((len(ids), len(items.ids)), dtype=bool)
+    consumed = _read_daily(truth_root, as_of, "consumed").join(
+        pl.DataFrame({SUBSCRIBER_ID: ids, "_row": np.arange(len(ids))}),
+        on=SUBSCRIBER_ID,
+    )
+    item_index = pl.DataFrame({ITEM_ID: items.ids, "_item": np.arange(len(items.ids))})
+    pairs = consumed.join(item_index, on=ITEM_ID)
+    seen[pairs["_row"].to_numpy(), pairs["_item"].to_numpy()] = True
+    catalog = np.flatnonzero(items.in_catalog)
+    windows = [slice(start, start + _CHOICE_CHUNK) for start in range(0, len(ids), _CHOICE_CHUNK)]
+    probability = np.vstack(
+        [choice_probabilities(tastes[w], seen[w], items)[:, catalog] for w in windows]
+        or [np.zeros((0, len(catalog)))]
+    )
+    logger.debug("consumption oracle as of %s: %d subscribers", as_of, len(ids))
+    return pl.DataFrame(
+        {
+            SUBSCRIBER_ID: np.repeat(ids.to_numpy(), len(catalog)),
+            ITEM_ID: pl.Series([items.ids[i] for i in catalog], dtype=pl.String).gather(
+                np.tile(np.arange(len(catalog)), len(ids))
+            ),
+            P_CHOICE: probability.ravel(),
+        },
+        schema={SUBSCRIBER_ID: pl.Int64, ITEM_ID: pl.String, P_CHOICE: pl.Float64},
+    ).sort([SUBSCRIBER_ID, ITEM_ID])

@@ -25,6 +25,16 @@ class Preset:
     # Every n-th offer of the catalog (0: none) launches `late_launch_days` before the last day.
     late_launch_every: int = 0
     late_launch_days: int = 21
+    # Content (0: none): item offers per content category in the catalog, and items outside it
+    # (consumed, never offered) per content category; mia/simulate/content.py.
+    content_items: int = 0
+    content_outside_items: int = 0
+    # Factors of the content-taste space: affinity = subscriber vector . item vector.
+    content_factors: int = 6
+    # Weight of the affinity on the acceptance logit of an item offer.
+    content_accept_weight: float = 1.5
+    # Median consumptions per subscriber-day (at median entertainment activity).
+    content_rate: float = 0.1
 
 
 PRESETS: dict[str, Preset] = {
@@ -54,6 +64,16 @@ PRESETS: dict[str, Preset] = {
             ),
             new_activation_rate=0.005,
             late_launch_every=3,
+        ),
+        Preset(
+            name="content",
+            description=(
+                "a large catalog of content items (50 films, tracks, books and games each), "
+                "consumption logs of items in and outside the catalog, sparse impressions"
+            ),
+            impression_rate=0.12,
+            content_items=50,
+            content_outside_items=100,
         ),
     )
 }

@@ -16,6 +16,7 @@ from mia.schema import (
     APP_SCREENS,
     DEVICE_OS,
     EVENT,
+    ITEM_ID,
     KIND,
     OFFER_EVENTS,
     OFFER_ID,
@@ -23,6 +24,7 @@ from mia.schema import (
     PAYMENT_METHODS,
     PRODUCT_ID,
     PROPENSITY,
+    QUANTITY,
     SUBSCRIBER_ID,
     TABLES,
     TRANSFER_KINDS,
@@ -57,6 +59,9 @@ from mia.simulate.config import (
     SECONDS_PER_DAY,
     STREAM_APP,
     STREAM_CHURN,
+    STREAM_CONSUMPTION,
+    STREAM_CONTENT_NEW,
+    STREAM_CONTENT_STATIC,
     STREAM_NEW,
     STREAM_ORGANIC,
     STREAM_PAYMENTS,
@@ -72,6 +77,17 @@ from mia.simulate.config import (
     SimulationError,
     day_rng,
     static_rng,
+)
+from mia.simulate.content import (
+    CONSUMPTION_KINDS,
+    CONTENT_KINDS,
+    RATE,
+    TASTE_PREFIX,
+    accept_affinity,
+    choice_probabilities,
+    content_items,
+    draw_content_traits,
+    has_content,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,6 +133,9 @@ _APP_RATE_MEAN = _APP_RATE_MEDIAN * float(np.exp(_APP_RATE_SIGMA**2 / 2))
 _TOPUP_AMOUNTS = np.array([200.0, 300.0, 500.0, 1000.0])
 _GB_CHOICES = np.array([1.0, 2.0, 3.0, 5.0, 10.0])
 _SCREEN = {name: i for i, name in enumerate(APP_SCREENS)}
+# Average entertainment app activity: the mean app rate x the mean entertainment screen share.
+_ENTERTAINMENT_MEAN = _APP_RATE_MEAN * _SCREEN_ALPHA[_SCREEN["entertainment"]] / _SCREEN_ALPHA.sum()
+_CONTENT_MINUTES = np.array([kind.minutes for kind in CONTENT_KINDS])
 _AGG = {name: i for i, name in enumerate(_DAILY)}
 _DRIVER = {name: i for i, name in enumerate(DRIVERS)}
 _KIND = {name: i for i, name in enumerate(USAGE_KINDS)}
@@ -219,6 +238,14 @@ class _World:
         self.drivers = np.zeros((0, len(DRIVERS)), dtype=np.float32)
         self.signals = np.zeros((0, len(SIGNALS)))
         self.ring = np.zeros((_RING_DAYS, len(_DAILY), 0), dtype=np.float32)
+        # Content worlds: items, each offer's item (-1: not an item offer), tastes, items seen.
+        world = config.world
+        self.content = content_items(config) if has_content(world) else None
+        item_ids = () if self.content is None else self.content.ids
+        item_index = {item_id: i for i, item_id in enumerate(item_ids)}
+        self.offer_item = np.array([item_index.get(offer_id, -1) for offer_id in self.offers.ids])
+        self.content_taste = np.zeros((0, world.content_factors))
+        self.seen = np.zeros((0, len(item_ids)), dtype=bool)
         self.product_duration = np.full(n_products, -1)
         for offer_index in range(len(self.offers.specs) - 1, -1, -1):
             self.product_duration[self.offers.product[offer_index]] = self.offers.duration[
@@ -227,8 +254,16 @@ class _World:
 
     # ---- subscribers -------------------------------------------------------------------------
 
-    def _add_subscribers(self, rng: np.random.Generator, activation_day: np.ndarray) -> None:
-        """Draw traits of new subscribers and append them to every state array."""
+    def _add_subscribers(
+        self,
+        rng: np.random.Generator,
+        activation_day: np.ndarray,
+        content_rng: np.random.Generator,
+    ) -> None:
+        """Draw traits of new subscribers and append them to every state array.
+
+        Content traits come from `content_rng`, so that worlds without content draw as before.
+        """
         n = len(activation_day)
         first_id = self.n + 1
         device = _choice(rng, (share for _, _, share in DEVICES), n)
@@ -257,6 +292,15 @@ class _World:
         new["control"] = control_mask(new["id"], self.config.group_salt, self.config.control_share)
         screen_pref = rng.dirichlet(_SCREEN_ALPHA, n)
         taste = draw_tastes(rng, n, self.category_factors, self.config.world)
+        content_taste = np.zeros((n, self.content_taste.shape[1]))
+        if self.content is not None:
+            activity = new["app_rate"] * screen_pref[:, _SCREEN["entertainment"]]
+            content_taste, new[RATE] = draw_content_traits(
+                content_rng,
+                n,
+                self.config.world,
+                np.clip(activity / _ENTERTAINMENT_MEAN, 0.05, 20.0),
+            )
         hold_start = np.full((n, len(self.offers.products)), NEVER, dtype=np.int32)
         hold_end = np.full((n, len(self.offers.products)), NEVER, dtype=np.int32)
         rows = np.arange(n)
@@ -284,6 +328,8 @@ class _World:
         for name, values in new.items():
             self.columns[name] = np.concatenate([self.columns.get(name, values[:0]), values])
         self.taste = np.vstack([self.taste, taste])
+        self.content_taste = np.vstack([self.content_taste, content_taste])
+        self.seen = np.vstack([self.seen, np.zeros((n, self.seen.shape[1]), dtype=bool)])
         self.screen_pref = np.vstack([self.screen_pref, screen_pref])
         self.hold_start = np.vstack([self.hold_start, hold_start])
         self.hold_end = np.vstack([self.hold_end, hold_end])
@@ -303,17 +349,23 @@ class _World:
         before = self.n
         if day == 0:
             rng = static_rng(self.config.seed, STREAM_STATIC + 2)
+            content_rng = static_rng(self.config.seed, STREAM_CONTENT_STATIC + 1)
             tenure = 1 + np.minimum(np.floor(rng.exponential(900.0, self.config.subscribers)), 5399)
-            self._add_subscribers(rng, -tenure.astype(np.int64))
+            self._add_subscribers(rng, -tenure.astype(np.int64), content_rng)
         else:
             rng = day_rng(self.config.seed, day, STREAM_NEW)
+            content_rng = day_rng(self.config.seed, day, STREAM_CONTENT_NEW)
             rate = self.config.world.new_activation_rate
             count = int(rng.poisson(self.config.subscribers * rate))
             if count:
-                self._add_subscribers(rng, np.full(count, day, dtype=np.int64))
+                self._add_subscribers(rng, np.full(count, day, dtype=np.int64), content_rng)
         traits = {SUBSCRIBER_ID: self.columns["id"][before:]}
         for c, category in enumerate(CATEGORIES):
             traits[f"taste_{category}"] = self.taste[before:, c]
+        if self.content is not None:
+            for k in range(self.content_taste.shape[1]):
+                traits[f"{TASTE_PREFIX}{k}"] = self.content_taste[before:, k]
+            traits[RATE] = self.columns[RATE][before:]
         return pl.DataFrame(traits, schema_overrides={SUBSCRIBER_ID: pl.Int64})
 
     # ---- daily behaviour ---------------------------------------------------------------------
@@ -510,6 +562,39 @@ class _World:
             {KIND: (TRANSFER_KINDS, kind), "gb": gb, "amount": amount},
         )
 
+    def _consumption(self, day: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Items consumed on `day`, and the (subscriber, item) pairs consumed for the first time.
+
+        Every consumption of the day is drawn from the choice probabilities as of the start of
+        the day (`choice_probabilities`: what `oracle_consumption` reports).
+        """
+        items = self.content
+        c = self.columns
+        rng = day_rng(self.config.seed, day, STREAM_CONSUMPTION)
+        rows = np.repeat(np.arange(self.n), rng.poisson(c[RATE]))
+        probability = choice_probabilities(self.content_taste[rows], self.seen[rows], items)
+        cumulative = np.cumsum(probability, axis=1)
+        draw = rng.random(len(rows)) * cumulative[:, -1]
+        chosen = np.minimum(np.argmax(cumulative > draw[:, None], axis=1), len(items.ids) - 1)
+        kind = items.kind[chosen]
+        minutes = np.round(rng.gamma(2.0, _CONTENT_MINUTES[kind] / 2.0), 1)
+        seconds = rng.integers(0, SECONDS_PER_DAY, len(rows))
+        first = ~self.seen[rows, chosen] & _first_occurrence(rows * len(items.ids) + chosen)
+        self.seen[rows, chosen] = True
+        events = _event_frame(
+            "consumption",
+            self.start_number + day,
+            c["id"],
+            rows,
+            seconds,
+            {ITEM_ID: (items.ids, chosen), KIND: (CONSUMPTION_KINDS, kind), QUANTITY: minutes},
+        )
+        consumed = pl.DataFrame(
+            {SUBSCRIBER_ID: c["id"][rows[first]], ITEM_ID: _strings(items.ids, chosen[first])},
+            schema={SUBSCRIBER_ID: pl.Int64, ITEM_ID: pl.String},
+        )
+        return events, consumed
+
     # ---- offers ------------------------------------------------------------------------------
 
     def _eligible(self, rows: np.ndarray, day: int, held: np.ndarray) -> np.ndarray:
@@ -532,6 +617,15 @@ class _World:
     def _probability(self, rows: np.ndarray, offers: np.ndarray, held: np.ndarray) -> np.ndarray:
         """True P(accept | shown) of (subscriber row, offer) pairs from yesterday's drivers."""
         category = self.offers.category[offers]
+        affinity = None
+        if self.content is not None:
+            item = self.offer_item[offers]
+            affinity = accept_affinity(
+                self.content_taste[rows],
+                self.content.vectors[np.maximum(item, 0)],
+                self.config.world,
+            )
+            affinity = np.where(item >= 0, affinity, 0.0)
         return acceptance_probability(
             self.signals[rows],
             category,
@@ -539,6 +633,7 @@ class _World:
             self.taste[rows, category],
             held[rows, self.offers.product[offers]],
             self.config.world.behaviour_weight,
+            affinity,
         )
 
     def _offer_events(
@@ -772,6 +867,8 @@ class _World:
         truth = {"drivers": drivers, "held": self._held_frame(day + 1), "traits": traits}
         if impressions is not None:
             truth["impressions"] = impressions
+        if self.content is not None:
+            tables["consumption"], truth["consumed"] = self._consumption(day)
         return {name: tables[name] for name in TABLES if name in tables}, truth
 
 
@@ -843,6 +940,8 @@ def write_world(
     meta = {"version": TRUTH_VERSION, **config.to_meta()}
     write_json(meta, truth_root / "meta.json")
     write_parquet(world.offers.frame(), truth_root / "offers.parquet")
+    if world.content is not None:
+        write_parquet(world.content.frame(), truth_root / "content_items.parquet")
     written: list[dt.date] = []
     for day in range(config.days):
         date = config.start + dt.timedelta(days=day)
