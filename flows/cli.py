@@ -36,6 +36,7 @@ from mia.errors import InputError
 from mia.lake import Lake, parse_date, run_lock
 from mia.progress import PROGRESS_LOGGER, StepProgress
 from mia.settings import Settings, load_settings
+from mia.simulate.presets import PRESETS
 from mia.text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -249,9 +250,9 @@ def simulate(
     preset: Annotated[
         str,
         typer.Option(
-            help="Kind of world: telco (behaviour drives acceptance), taste-heavy (latent "
-            "tastes dominate, seen only through responses) or cold-start (many new lines, "
-            "late offers)."
+            help=f"Kind of world, one of {', '.join(PRESETS)}: "
+            + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items())
+            + "."
         ),
     ] = "telco",
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
