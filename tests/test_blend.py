@@ -66,6 +66,12 @@ def test_candidate_features_layout_and_values():
     # Rank 0 = best ALS score among the subscriber's candidates, scaled to [0, 1].
     assert first["cf_rank"].to_list() == pytest.approx([2 / 3, 1.0, 0.0, 1 / 3])
     assert first["cf_score_centered"].to_list() == pytest.approx([-0.5, -1.5, 1.5, 0.5])
+    # Within the category: data_small beats data_big (centred on their mean 0.5); an offer
+    # alone in its category is centred at 0 and ranked first.
+    assert first["cf_category_centered"].to_list() == pytest.approx([0.5, -0.5, 0.0, 0.0])
+    assert first["cf_category_rank"].to_list() == pytest.approx([0.0, 1.0, 0.0, 0.0])
+    second = frame.filter(pl.col("subscriber_id") == 20)
+    assert second["cf_category_centered"].to_list() == pytest.approx([0.0, 0.0, 0.0, 0.0])
     # No history anywhere: every offer's lift over its category is zero.
     assert frame["offer_lift"].abs().max() == pytest.approx(0.0)
     with pytest.raises(InputError, match="cf_scores"):
