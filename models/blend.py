@@ -4,14 +4,15 @@ Inputs per subscriber x offer: the calibrated category propensity of the offer's
 score (raw, centred on the subscriber's mean and as a rank among the candidate offers), the
 subscriber's taste for the offer's category learned from accepted and unanswered offers
 (`models.taste`; raw and centred), offer attributes (value, category) and the offer's smoothed
-historical acceptance rate and volume from labelled windows. A small LightGBM (monotone
-increasing in the propensity, the ALS score, the taste and the offer's rate) is fitted on a window
-LATER than the one its inputs were trained on, so it learns how far to trust each input out of
-sample.
+historical acceptance rate and volume from labelled windows. A logistic regression on the
+inputs, then a small LightGBM correcting its margin (both monotone increasing in the propensity,
+the ALS score, the taste and the offer's rate), are fitted on a window LATER than the one their
+inputs were trained on, so they learn how far to trust each input out of sample.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+from scipy import optimize
 
 from mia.errors import InputError
 from mia.hashing import text_hash, unit_interval
@@ -329,8 +331,67 @@ def propensity_and_cf(
     return p_category, np.asarray(cf_scores, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class LinearStage:
+    """A logistic regression on standardised blend inputs: the margin the trees start from."""
+
+    columns: np.ndarray  # positions of the inputs it reads in the blend matrix
+    mean: np.ndarray
+    scale: np.ndarray
+    coefficients: np.ndarray  # per standardised input
+    intercept: float
+
+    def margin(self, x: np.ndarray) -> np.ndarray:
+        """Log-odds per row, summed input by input in a fixed order: a row gets the same bits in
+        any batch (a BLAS product would round it differently by the batch's shape)."""
+        total = np.full(x.shape[0], self.intercept)
+        for column, mean, scale, weight in zip(
+            self.columns, self.mean, self.scale, self.coefficients, strict=True
+        ):
+            total = total + (x[:, column] - mean) / scale * weight
+        return total
+
+
+def fit_linear_stage(
+    x: np.ndarray, y: np.ndarray, columns: Sequence[int], signs: Sequence[int], l2: float
+) -> LinearStage:
+    """L2-penalised logistic regression of `y` on the standardised `columns` of `x`, with the
+    coefficient of each column whose sign is +1 / -1 kept >= 0 / <= 0 (monotone inputs);
+    L-BFGS-B from zero, so the same data gives the same coefficients."""
+    columns = np.asarray(columns, dtype=np.int64)
+    mean = x[:, columns].mean(axis=0)
+    scale = x[:, columns].std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    z = (x[:, columns] - mean) / scale
+    n = y.size
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        margin = z @ theta[1:] + theta[0]
+        # log(1 + e^m) - y m, stable for large |m|
+        value = np.logaddexp(0.0, margin) - y * margin
+        residual = 1.0 / (1.0 + np.exp(-margin)) - y
+        penalty = 0.5 * l2 * float(theta[1:] @ theta[1:])
+        gradient = np.concatenate([[residual.sum()], z.T @ residual + l2 * theta[1:]])
+        return (float(value.sum()) + penalty) / n, gradient / n
+
+    bounds = [(None, None)] + [
+        (0.0, None) if sign > 0 else (None, 0.0) if sign < 0 else (None, None) for sign in signs
+    ]
+    result = optimize.minimize(
+        loss, np.zeros(columns.size + 1), jac=True, method="L-BFGS-B", bounds=bounds
+    )
+    return LinearStage(columns, mean, scale, result.x[1:].copy(), float(result.x[0]))
+
+
 class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
-    """Small monotone LightGBM turning blend inputs into calibrated P(accept | shown)."""
+    """Turns blend inputs into calibrated P(accept | shown): a logistic regression on the
+    inputs, then small monotone LightGBM trees that correct its margin.
+
+    The linear stage keeps a weak but steady input (the ALS score among a category's many
+    items) in the ranking: trees of a few leaves fitted on one week of impressions split on the
+    strongest inputs and left it out. `linear_stage=False` fits trees alone, as blends stored
+    before it do.
+    """
 
     def __init__(
         self,
@@ -343,6 +404,8 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
         lambda_l2: float = 1.0,
         validation_share: float = 0.2,
         monotone: bool = True,
+        linear_stage: bool = True,
+        linear_l2: float = 1.0,
         num_threads: int = 2,
         random_state: int = 7,
     ) -> None:
@@ -354,6 +417,8 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
         self.lambda_l2 = lambda_l2
         self.validation_share = validation_share
         self.monotone = monotone
+        self.linear_stage = linear_stage
+        self.linear_l2 = linear_l2
         self.num_threads = num_threads
         self.random_state = random_state
 
@@ -389,14 +454,20 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
             raise BlendInputError(f"blend frame: columns {missing} missing.")
         return frame.select(pl.col(self.features).cast(pl.Float64)).to_numpy()
 
-    def _dataset(self, x: np.ndarray, y: np.ndarray) -> lgb.Dataset:
+    def _dataset(self, x: np.ndarray, y: np.ndarray, margin: np.ndarray | None) -> lgb.Dataset:
         return lgb.Dataset(
             x,
             y,
+            init_score=margin,
             feature_name=list(self.features),
             categorical_feature=[self.features.index("category_code")],
             free_raw_data=True,
         )
+
+    @property
+    def linear(self) -> LinearStage | None:
+        """The fitted linear stage; None for trees alone (and blends stored before it)."""
+        return self.__dict__.get("linear_")
 
     def fit(self, frame: pl.DataFrame) -> OfferBlend:
         """Fit on blend inputs with a `label` per shown subscriber x offer; returns self."""
@@ -414,21 +485,37 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
                 f"positives in {y.size} rows."
             )
         x = self._matrix(frame)
+        self.linear_ = None
+        margin = None
+        if self.linear_stage:
+            linear_inputs = [i for i, name in enumerate(self.features) if name != "category_code"]
+            self.linear_ = fit_linear_stage(
+                x,
+                y,
+                linear_inputs,
+                [_MONOTONE.get(self.features[i], 0) if self.monotone else 0 for i in linear_inputs],
+                self.linear_l2,
+            )
+            margin = self.linear_.margin(x)
         held = unit_interval(frame[SUBSCRIBER_ID], f"blend-{self.random_state}") < (
             self.validation_share
         )
+
+        def part(rows: np.ndarray) -> lgb.Dataset:
+            return self._dataset(x[rows], y[rows], None if margin is None else margin[rows])
+
         params = self._params()
         rounds = self.num_boost_round
         if held.any() and 0 < y[held].sum() < held.sum():
             probe = lgb.train(
                 params,
-                self._dataset(x[~held], y[~held]),
+                part(~held),
                 num_boost_round=self.num_boost_round,
-                valid_sets=[self._dataset(x[held], y[held])],
+                valid_sets=[part(held)],
                 callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
             )
             rounds = max(probe.best_iteration, 1)
-        self.booster_ = lgb.train(params, self._dataset(x, y), num_boost_round=rounds)
+        self.booster_ = lgb.train(params, self._dataset(x, y, margin), num_boost_round=rounds)
         self.rounds_ = rounds
         logger.info("blend fitted: %d rows, %d positives, %d trees", y.size, int(y.sum()), rounds)
         return self
@@ -449,10 +536,16 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
             )
         if not x.shape[0]:
             return np.empty(0)
+        x = np.ascontiguousarray(x)
+        linear = self.linear
         predict = self.__dict__.get("compiled_")
-        if predict is not None:
-            return predict(np.ascontiguousarray(x))
-        return self.booster_.predict(np.ascontiguousarray(x), num_threads=self.num_threads)
+        if predict is None:
+            predict = functools.partial(
+                self.booster_.predict, raw_score=linear is not None, num_threads=self.num_threads
+            )
+        if linear is None:
+            return predict(x)
+        return 1.0 / (1.0 + np.exp(-(linear.margin(x) + predict(x))))
 
     def use_compiled(self, cache_dir: Path | None) -> OfferBlend:
         """Predict with the booster compiled to native code, cached under `cache_dir` (same
@@ -461,7 +554,10 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
             raise BlendInputError("OfferBlend is not fitted: call fit(frame).")
         self.compiled_ = (
             compiled_predict(
-                self.booster_, cache_dir, raw_score=False, num_threads=self.num_threads
+                self.booster_,
+                cache_dir,
+                raw_score=self.linear is not None,
+                num_threads=self.num_threads,
             )
             if cache_dir is not None
             else None
