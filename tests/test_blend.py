@@ -15,6 +15,7 @@ from models.blend import (
     OfferBlend,
     candidate_features,
     candidate_inputs,
+    fit_linear_stage,
     offer_statistics,
 )
 
@@ -163,3 +164,40 @@ def test_a_blend_fitted_before_tastes_keeps_scoring_with_its_own_inputs(monkeypa
     assert matrix.shape == (OFFERS.height, len(before))
     assert np.isfinite(stored.predict_matrix(matrix)).all()
     assert np.isfinite(p).all() and p.shape == (test.height,)
+
+
+def test_linear_stage_is_a_penalised_logistic_regression_with_monotone_signs():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(8)
+    x = rng.normal([1.0, -2.0, 0.0], [2.0, 0.5, 1.0], (4000, 3))
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(0.8 * x[:, 0] - 1.5 * x[:, 2] - 1.0)))).astype(float)
+    free = fit_linear_stage(x, y, [0, 2], [0, 0], l2=1.0)
+    z = (x[:, [0, 2]] - x[:, [0, 2]].mean(axis=0)) / x[:, [0, 2]].std(axis=0)
+    reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z, y)
+    assert free.coefficients == pytest.approx(reference.coef_[0], abs=1e-4)
+    assert free.intercept == pytest.approx(reference.intercept_[0], abs=1e-4)
+    # Input 2 lowers acceptance; declared increasing (+1), its coefficient stays at 0.
+    bounded = fit_linear_stage(x, y, [0, 2], [0, 1], l2=1.0)
+    assert bounded.coefficients[1] == 0.0 and bounded.coefficients[0] > 0
+    # The margin of a row does not depend on the rows scored with it.
+    margins = free.margin(x)
+    alone = np.concatenate([free.margin(x[i : i + 1]) for i in range(50)])
+    assert np.array_equal(alone, margins[:50])
+    assert np.array_equal(free.margin(x[::-1])[::-1], margins)
+
+
+def test_trees_alone_score_as_blends_stored_before_the_linear_stage():
+    train, test = _synthetic(6, subscribers=800), _synthetic(7, subscribers=200)
+    trees = OfferBlend(num_boost_round=40, num_threads=1, linear_stage=False).fit(train)
+    assert trees.linear is None
+    p = trees.predict(test)
+    del trees.linear_  # as a blend pickled before the linear stage comes back
+    assert np.array_equal(trees.predict(test), p)
+    matrix = test.select(pl.col(BLEND_FEATURES).cast(pl.Float64)).to_numpy()
+    assert np.array_equal(p, trees.booster_.predict(matrix))
+    staged = OfferBlend(num_boost_round=40, num_threads=1).fit(train)
+    assert staged.linear is not None and staged.get_params()["linear_stage"] is True
+    raw = staged.booster_.predict(matrix, raw_score=True)
+    expected = 1 / (1 + np.exp(-(staged.linear.margin(matrix) + raw)))
+    assert staged.predict(test) == pytest.approx(expected, abs=1e-12)
