@@ -250,8 +250,9 @@ def simulate(
         str,
         typer.Option(
             help="Kind of world: telco (behaviour drives acceptance), taste-heavy (latent "
-            "tastes dominate, seen only through responses) or cold-start (many new lines, "
-            "late offers)."
+            "tastes dominate, seen only through responses), cold-start (many new lines, "
+            "late offers) or organic (engaged subscribers buy on their own: real organic "
+            "demand for uplift to find)."
         ),
     ] = "telco",
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",

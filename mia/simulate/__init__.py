@@ -13,8 +13,9 @@ the probability that was used to draw accepts, and `oracle_uplift` the true upli
 
 Presets (`SimulationConfig(preset=...)`, `mia simulate --preset`) give other kinds of world with
 the same tables: `telco` (the original: behaviour drives acceptance), `taste-heavy` (latent
-tastes dominate, seen only through responses) and `cold-start` (many new lines, offers launched
-late).
+tastes dominate, seen only through responses), `cold-start` (many new lines, offers launched
+late) and `organic` (real organic demand: engaged subscribers browse and buy on their own, so
+the true uplift of a contact is far from P(accept | shown) for the "sure things").
 `oracle_p_accept(..., behaviour_only=True)` gives the probability averaged over tastes: the best
 a model of the logs' behaviour alone can reach.
 
@@ -23,7 +24,9 @@ Truth layout (not part of the input contract):
     truth/offers.parquet                 offer attractiveness and logging-policy prior
     truth/date=D/drivers.parquet         per-subscriber drivers as of the end of D (float32)
     truth/date=D/held.parquet            (subscriber_id, product_id) held on D + 1
-    truth/date=D/traits.parquet          latent category tastes of the lines activated on D
+    truth/date=D/traits.parquet          latent category tastes (taste_<category>) of the lines
+                                         activated on D, and their organic demand
+                                         (organic_<category>) where the world has it
     truth/date=D/impressions.parquet     impressions of D with p_accept, policy propensity, outcome
 
 Modules: `config` (settings, seeds), `categories` (this telco's offer categories), `catalog`
