@@ -222,3 +222,26 @@ def test_oracle_organic_chance_is_the_one_the_simulator_draws_from(worlds, prese
     week = oracle_uplift(worlds[preset], AS_OF, 7, subscriber_ids=c["id"][rows], eligible=pairs)
     week = week.join(pairs, on=[SUBSCRIBER_ID, OFFER_ID])
     assert np.allclose(week["p_organic"], 1.0 - (1.0 - week["chance"]) ** 7, rtol=1e-9)
+
+
+def test_organic_world_has_sure_things_that_expected_value_ranks_first(worlds):
+    """In `organic` many high-P(accept | shown) pairs would be accepted without a contact, so
+    ranking by P(accept | shown) is far from ranking by true uplift; in `telco` it is the same."""
+    from mia.simulate.oracle import oracle_uplift
+    from offers.uplift import qini_coefficient
+
+    measured = {}
+    for name in ("telco", "organic"):
+        truth = oracle_uplift(worlds[name], AS_OF, 7).filter(pl.col(P_ACCEPT) > 0)
+        top = truth.filter(pl.col(P_ACCEPT) >= pl.col(P_ACCEPT).quantile(0.9))
+        measured[name] = (
+            top["p_organic"].sum() / top[P_ACCEPT].sum(),
+            np.mean(
+                [
+                    qini_coefficient(part[P_ACCEPT], part["true_uplift"])
+                    for _, part in truth.group_by(OFFER_ID)
+                ]
+            ),
+        )
+    assert measured["telco"][0] < 0.01 and measured["telco"][1] > 0.99
+    assert measured["organic"][0] > 0.15 and measured["organic"][1] < 0.85
