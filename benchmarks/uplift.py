@@ -6,7 +6,7 @@ the same rows) is ordered three ways per offer: `uplift` (what the night publish
 p_accept minus the control arm's organic accept chance), `t_learner` (both arms of the T-learner)
 and `expected_value` (p_accept: value and category weight are constant within an offer). Each
 order's Qini coefficient and uplift@10% against `mia.simulate.oracle_uplift` are averaged over the
-offers with at least `--min-rows` rows.
+offers with at least `--min-rows` rows; the pooled Qini ranks every published row together.
 
     python -m benchmarks.uplift --data-dir /tmp/demo --date 2026-04-30
 """
@@ -98,10 +98,10 @@ def main() -> None:
                 "fit_seconds": round(fit_seconds, 1),
                 "offers_ranked_by_uplift": int((rankings["ranking"] == "uplift").sum()),
                 "mean_holdout_qini": rankings["qini"].mean(),
-                "pooled_qini_uplift": qini_coefficient(frame["uplift"], frame["true_uplift"]),
-                "pooled_qini_expected_value": qini_coefficient(
-                    frame["p_accept"], frame["true_uplift"]
-                ),
+                **{
+                    f"pooled_qini_{name}": qini_coefficient(frame[column], frame["true_uplift"])
+                    for name, column in ORDERS.items()
+                },
                 **{f"mean_{key}": value for key, value in means.items()},
             },
             indent=2,

@@ -376,3 +376,91 @@ def test_content_world_is_reproducible_and_prefix_stable(tmp_path):
     assert files["a"] == files["b"]
     assert any("consumption" in path for path in files["short"])
     assert {path: files["a"][path] for path in files["short"]} == files["short"]
+
+
+def _organic_chances(
+    world, day: int, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, offer, daily chance) of an organic accept on `day` of every eligible pair of `rows`,
+    computed from the simulator's state at the start of `day` with the simulator's own pieces."""
+    from mia.simulate.acceptance import organic_accept_chance, organic_browse_chance
+    from mia.simulate.config import NEVER
+
+    held = (world.hold_start != NEVER) & (world.hold_end >= day)
+    eligible = world._eligible(rows, day, held)
+    weights = eligible * world._organic_weight(rows)
+    row, offer = np.nonzero(eligible)
+    pick = weights[row, offer] / weights.sum(axis=1)[row]
+    browse = organic_browse_chance(world.signals[rows], world.config.world)[row]
+    accept = organic_accept_chance(world._probability(rows[row], offer, held), world.config.world)
+    return rows[row], offer, browse * pick * accept
+
+
+@pytest.mark.parametrize("preset", ["telco", "organic"])
+def test_oracle_organic_chance_is_the_one_the_simulator_draws_from(worlds, preset):
+    """The oracle's one-day p_organic, given the simulator's eligible pairs, equals the chance the
+    simulator's state gives every pair on the next day; over the control group's days, the organic
+    accepts drawn match the sum of those chances (a Poisson count within 4 standard deviations)."""
+    from mia.simulate.oracle import oracle_uplift
+    from mia.simulate.world import _World
+
+    world = _World(_config(preset))
+    c = world.columns
+    expected = observed = 0.0
+    last = (AS_OF - START).days + 1
+    for day in range(last + 1):
+        if day >= 10:
+            rows = np.flatnonzero(c["control"] & (c["activation_day"] < day))
+            expected += _organic_chances(world, day, rows)[2].sum()
+        if day == last:
+            break
+        tables, _ = world.step(day)
+        if day >= 10:
+            events = tables["offer_events"].filter(pl.col("event") == "accept")
+            observed += events[SUBSCRIBER_ID].is_in(c["id"][c["control"]].tolist()).sum()
+    assert abs(observed - expected) < 4.0 * np.sqrt(expected) + 1.0
+    if preset == "organic":
+        assert expected > 200  # organic demand is real: hundreds of control accepts
+
+    rows = np.flatnonzero(c["activation_day"] < last)[:300]
+    row, offer, chance = _organic_chances(world, last, rows)
+    pairs = pl.DataFrame(
+        {
+            SUBSCRIBER_ID: c["id"][row],
+            OFFER_ID: [world.offers.ids[o] for o in offer],
+            "chance": chance,
+        }
+    )
+    truth = oracle_uplift(
+        worlds[preset], AS_OF, 1, subscriber_ids=c["id"][rows], eligible=pairs
+    ).join(pairs, on=[SUBSCRIBER_ID, OFFER_ID])
+    assert truth.height == pairs.height > 1000
+    # 1 - (1 - q) loses the last bits of q: equal to about 1e-9 relative.
+    assert np.allclose(truth["p_organic"], truth["chance"], rtol=1e-9, atol=0.0)
+    # Over a horizon the daily chance compounds (p_accept and browsing held as of AS_OF).
+    week = oracle_uplift(worlds[preset], AS_OF, 7, subscriber_ids=c["id"][rows], eligible=pairs)
+    week = week.join(pairs, on=[SUBSCRIBER_ID, OFFER_ID])
+    assert np.allclose(week["p_organic"], 1.0 - (1.0 - week["chance"]) ** 7, rtol=1e-9)
+
+
+def test_organic_world_has_sure_things_that_expected_value_ranks_first(worlds):
+    """In `organic` many high-P(accept | shown) pairs would be accepted without a contact, so
+    ranking by P(accept | shown) is far from ranking by true uplift; in `telco` it is the same."""
+    from mia.simulate.oracle import oracle_uplift
+    from offers.uplift import qini_coefficient
+
+    measured = {}
+    for name in ("telco", "organic"):
+        truth = oracle_uplift(worlds[name], AS_OF, 7).filter(pl.col(P_ACCEPT) > 0)
+        top = truth.filter(pl.col(P_ACCEPT) >= pl.col(P_ACCEPT).quantile(0.9))
+        measured[name] = (
+            top["p_organic"].sum() / top[P_ACCEPT].sum(),
+            np.mean(
+                [
+                    qini_coefficient(part[P_ACCEPT], part["true_uplift"])
+                    for _, part in truth.group_by(OFFER_ID)
+                ]
+            ),
+        )
+    assert measured["telco"][0] < 0.01 and measured["telco"][1] > 0.99
+    assert measured["organic"][0] > 0.15 and measured["organic"][1] < 0.85

@@ -14,9 +14,11 @@ the probability that was used to draw accepts, and `oracle_uplift` the true upli
 Presets (`SimulationConfig(preset=...)`, `mia simulate --preset`) give other kinds of world with
 the same tables: `telco` (the original: behaviour drives acceptance), `taste-heavy` (latent
 tastes dominate, seen only through responses), `cold-start` (many new lines, offers launched
-late) and `content` (content item offers beside the telco ones, and the optional `consumption`
+late), `content` (content item offers beside the telco ones, and the optional `consumption`
 table: item vectors and subscribers' content tastes in one taste space drive both what is
-consumed, in and outside the catalog, and the acceptance of item offers).
+consumed, in and outside the catalog, and the acceptance of item offers) and `organic` (real
+organic demand: engaged subscribers browse and buy on their own, so the true uplift of a contact
+is far from P(accept | shown) for the "sure things").
 `oracle_p_accept(..., behaviour_only=True)` gives the probability averaged over tastes: the best
 a model of the logs' behaviour alone can reach. `oracle_consumption` gives, in a content world,
 each subscriber's probability that their next consumption is each catalog item.
@@ -28,8 +30,10 @@ Truth layout (not part of the input contract):
                                          popularity and taste vector
     truth/date=D/drivers.parquet         per-subscriber drivers as of the end of D (float32)
     truth/date=D/held.parquet            (subscriber_id, product_id) held on D + 1
-    truth/date=D/traits.parquet          latent category tastes of the lines activated on D
-                                         (content worlds: content tastes and consumption rate)
+    truth/date=D/traits.parquet          latent category tastes (taste_<category>) of the lines
+                                         activated on D, their organic demand (organic_<category>)
+                                         where the world has it, and in content worlds their
+                                         content tastes and consumption rate
     truth/date=D/impressions.parquet     impressions of D with p_accept, policy propensity, outcome
     truth/date=D/consumed.parquet        content worlds: (subscriber_id, item_id) first consumed
 

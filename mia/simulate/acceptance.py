@@ -215,3 +215,24 @@ def taste_sd(factors: np.ndarray, world: Preset) -> np.ndarray:
     """Standard deviation of the taste for each category across subscribers (CATEGORIES,)."""
     shared = world.taste_scale**2 * (factors**2).sum(axis=0) / world.taste_factors
     return np.sqrt(shared + world.taste_noise**2)
+
+
+_ENGAGEMENT = SIGNALS.index("engagement")
+
+
+def organic_browse_chance(signals: np.ndarray, world: Preset) -> np.ndarray:
+    """Daily chance (rows,) that a subscriber without an impression browses one offer alone."""
+    browse = world.organic_browse + world.organic_browse_engagement * signals[:, _ENGAGEMENT]
+    return np.minimum(browse, 1.0)
+
+
+def organic_accept_chance(p_accept: np.ndarray, world: Preset) -> np.ndarray:
+    """Chance that a subscriber accepts an offer they browsed on their own."""
+    return np.minimum(world.organic_factor * p_accept, 1.0)
+
+
+def draw_organic_demand(rng: np.random.Generator, n: int, world: Preset) -> np.ndarray:
+    """Latent organic demand (n x CATEGORIES) of new subscribers; zeros where the world has none."""
+    if world.organic_demand_sd == 0.0:
+        return np.zeros((n, len(CATEGORIES)))
+    return rng.normal(0.0, world.organic_demand_sd, (n, len(CATEGORIES)))

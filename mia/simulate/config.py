@@ -85,7 +85,8 @@ EPOCH = dt.date(1970, 1, 1)
     STREAM_RESPONSES,
     STREAM_ORGANIC,
     STREAM_CHURN,
-) = range(10)
+    STREAM_ORGANIC_DEMAND,
+) = range(11)
 STREAM_STATIC = 100
 # Streams of content worlds only, numbered apart so that no other world's draws move.
 STREAM_CONTENT_NEW = 20  # content tastes of the lines activated that day

@@ -25,6 +25,8 @@ from mia.simulate.acceptance import (
     acceptance_probability,
     behaviour_only_probability,
     category_factors,
+    organic_accept_chance,
+    organic_browse_chance,
     signals_from_drivers,
     taste_sd,
 )
@@ -41,7 +43,7 @@ from mia.simulate.content import (
     content_items,
     has_content,
 )
-from mia.simulate.world import ORGANIC_BROWSE, ORGANIC_FACTOR
+from mia.simulate.presets import Preset
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +219,41 @@ ORGANIC_P = "p_organic"
 TRUE_UPLIFT = "true_uplift"
 
 
+def _organic_terms(root: Path, as_of: dt.date, ids: np.ndarray) -> tuple[pl.DataFrame, Preset]:
+    """[subscriber_id, category, browse, weight] of the subscribers `ids` as of `as_of`: their
+    daily chance to browse an offer alone and the pick weight of each category's offers."""
+    truth_root = Path(root) / TRUTH_DIR
+    config = SimulationConfig.from_meta(json.loads((truth_root / "meta.json").read_text()))
+    world = config.world
+    drivers = (
+        pl.DataFrame({SUBSCRIBER_ID: ids}, schema={SUBSCRIBER_ID: pl.Int64})
+        .join(
+            pl.read_parquet(_truth_day(root, as_of) / "drivers.parquet"),
+            on=SUBSCRIBER_ID,
+            how="left",
+            maintain_order="left",
+        )
+        .select(DRIVERS)
+        .to_numpy()
+        .astype(np.float32)
+    )
+    browse = organic_browse_chance(signals_from_drivers(drivers), world)
+    if world.organic_demand_sd > 0.0:
+        weight = np.exp(_read_traits(truth_root, as_of, ids, [f"organic_{c}" for c in CATEGORIES]))
+    else:
+        weight = np.ones((len(ids), len(CATEGORIES)))
+    terms = pl.DataFrame(
+        {
+            SUBSCRIBER_ID: np.repeat(ids, len(CATEGORIES)),
+            CATEGORY: np.tile(np.array(CATEGORIES), len(ids)),
+            "_browse": np.repeat(browse, len(CATEGORIES)),
+            "_weight": weight.ravel(),
+        },
+        schema_overrides={SUBSCRIBER_ID: pl.Int64},
+    )
+    return terms, world
+
+
 def oracle_uplift(
     root: Path,
     as_of: dt.date | str,
@@ -230,31 +267,49 @@ def oracle_uplift(
     `true_uplift = p_accept - p_organic`: the chance that the contact is accepted (the
     simulator's P(accept | shown)) minus the chance that the subscriber, not contacted, accepts the
     offer on their own within `horizon_days`. In the simulator a subscriber without an impression
-    browses one offer a day with chance ORGANIC_BROWSE, picked uniformly among the offers eligible
-    to them, and accepts it with ORGANIC_FACTOR x p_accept; so the daily organic chance is
-    q = ORGANIC_BROWSE x ORGANIC_FACTOR x p_accept / n_eligible and
-    p_organic = 1 - (1 - q) ** horizon_days (p_accept held at its value as of `as_of`).
-    n_eligible counts the subscriber's pairs in `eligible` ([subscriber_id, offer_id], e.g. from
-    offers.eligibility.eligible_pairs); without it, the active offers whose product the
+    browses one offer a day with chance b (the world's `organic_browse`, plus
+    `organic_browse_engagement` x their app engagement signal, at most 1), picks it among the
+    offers eligible to them with weight w = exp(their organic demand for its category; 1 in worlds
+    without organic demand) and accepts it with a = min(1, organic_factor x p_accept); so the daily
+    organic chance is q = b x w / (sum of w over the eligible offers) x a and
+    p_organic = 1 - (1 - q) ** horizon_days (p_accept and b held at their values as of `as_of`).
+    The eligible offers are the subscriber's pairs in `eligible` ([subscriber_id, offer_id], e.g.
+    from offers.eligibility.eligible_pairs); without it, the active offers whose product the
     subscriber does not hold (region, device, tenure and cooldown rules are then ignored).
     Columns: subscriber_id, offer_id, p_accept, p_organic, true_uplift, sorted like
     `oracle_p_accept`.
     """
     if not isinstance(horizon_days, int) or isinstance(horizon_days, bool) or horizon_days < 1:
         raise SimulationError(f"horizon_days == {horizon_days!r}, must be an integer >= 1.")
+    root = Path(root)
+    as_of = parse_date(as_of)
     probabilities = oracle_p_accept(root, as_of, subscriber_ids, offer_ids)
     if eligible is None:
-        counts_from = probabilities.filter(pl.col(P_ACCEPT) > 0)
-        if offer_ids is not None:  # count every active offer, not only the requested ones
-            counts_from = oracle_p_accept(root, as_of, subscriber_ids).filter(pl.col(P_ACCEPT) > 0)
+        pool = probabilities.filter(pl.col(P_ACCEPT) > 0)
+        if offer_ids is not None:  # every active offer is browsed, not only the requested ones
+            pool = oracle_p_accept(root, as_of, subscriber_ids).filter(pl.col(P_ACCEPT) > 0)
     else:
-        counts_from = eligible.select(SUBSCRIBER_ID, OFFER_ID).unique()
-    counts = counts_from.group_by(SUBSCRIBER_ID).agg(pl.len().alias("_n_eligible"))
-    daily = ORGANIC_BROWSE * ORGANIC_FACTOR * pl.col(P_ACCEPT) / pl.col("_n_eligible").clip(1, None)
-    organic = (1.0 - (1.0 - daily) ** horizon_days).fill_null(0.0)
+        pool = eligible.select(SUBSCRIBER_ID, OFFER_ID).unique()
+    ids = probabilities.get_column(SUBSCRIBER_ID).unique().sort().to_numpy()
+    terms, world = _organic_terms(root, as_of, ids)
+    categories = pl.read_parquet(root / TRUTH_DIR / "offers.parquet").select(OFFER_ID, CATEGORY)
+    totals = (
+        pool.select(SUBSCRIBER_ID, OFFER_ID)
+        .join(categories, on=OFFER_ID)
+        .join(terms, on=[SUBSCRIBER_ID, CATEGORY])
+        .group_by(SUBSCRIBER_ID)
+        .agg(pl.col("_weight").sum().alias("_total"))
+    )
+    frame = (
+        probabilities.join(categories, on=OFFER_ID, how="left", maintain_order="left")
+        .join(terms, on=[SUBSCRIBER_ID, CATEGORY], how="left", maintain_order="left")
+        .join(totals, on=SUBSCRIBER_ID, how="left", maintain_order="left")
+    )
+    accept = organic_accept_chance(frame.get_column(P_ACCEPT).to_numpy(), world)
+    daily = pl.col("_browse") * pl.col("_weight") / pl.col("_total") * pl.Series(accept)
+    organic = (1.0 - (1.0 - daily) ** horizon_days).fill_null(0.0).fill_nan(0.0)
     return (
-        probabilities.join(counts, on=SUBSCRIBER_ID, how="left", maintain_order="left")
-        .with_columns(organic.alias(ORGANIC_P))
+        frame.with_columns(organic.alias(ORGANIC_P))
         .with_columns((pl.col(P_ACCEPT) - pl.col(ORGANIC_P)).alias(TRUE_UPLIFT))
         .select(SUBSCRIBER_ID, OFFER_ID, P_ACCEPT, ORGANIC_P, TRUE_UPLIFT)
     )

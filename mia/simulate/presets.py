@@ -35,6 +35,15 @@ class Preset:
     content_accept_weight: float = 1.5
     # Median consumptions per subscriber-day (at median entertainment activity).
     content_rate: float = 0.1
+    # Organic accepts, without a contact: a subscriber with no impression that day browses one
+    # offer with chance organic_browse + organic_browse_engagement x their app engagement signal,
+    # picks it among the offers eligible to them with weight exp(their latent organic demand for
+    # its category, normal with sd organic_demand_sd), and accepts it with chance
+    # min(1, organic_factor x P(accept | shown)).
+    organic_browse: float = 0.04
+    organic_browse_engagement: float = 0.0
+    organic_demand_sd: float = 0.0
+    organic_factor: float = 0.5
 
 
 PRESETS: dict[str, Preset] = {
@@ -74,6 +83,18 @@ PRESETS: dict[str, Preset] = {
             impression_rate=0.12,
             content_items=50,
             content_outside_items=100,
+        ),
+        Preset(
+            name="organic",
+            description=(
+                "real organic demand: engaged app users browse and buy offers of the categories "
+                "they want on their own, so many high-P(accept | shown) subscribers would accept "
+                "without a contact (sure things) and others only when contacted (persuadables)"
+            ),
+            organic_browse=0.02,
+            organic_browse_engagement=0.6,
+            organic_demand_sd=0.5,
+            organic_factor=10.0,
         ),
     )
 }

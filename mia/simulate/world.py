@@ -36,7 +36,10 @@ from mia.simulate.acceptance import (
     SIGNALS,
     acceptance_probability,
     category_factors,
+    draw_organic_demand,
     draw_tastes,
+    organic_accept_chance,
+    organic_browse_chance,
     signals_from_drivers,
 )
 from mia.simulate.catalog import (
@@ -64,6 +67,7 @@ from mia.simulate.config import (
     STREAM_CONTENT_STATIC,
     STREAM_NEW,
     STREAM_ORGANIC,
+    STREAM_ORGANIC_DEMAND,
     STREAM_PAYMENTS,
     STREAM_POLICY,
     STREAM_RESPONSES,
@@ -89,6 +93,7 @@ from mia.simulate.content import (
     draw_content_traits,
     has_content,
 )
+from mia.simulate.presets import Preset
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +128,9 @@ CLICK_BEFORE_ACCEPT = 0.7
 CLICK_WITHOUT_ACCEPT = 0.12
 DISMISS_AFTER_CLICK = 0.6
 DISMISS_WITHOUT_CLICK = 0.35
-ORGANIC_BROWSE = 0.04  # daily chance a subscriber looks at one offer on their own
-ORGANIC_FACTOR = 0.5  # organic accept chance relative to P(accept | shown)
+# The `telco` world's organic accepts (other worlds: their Preset's organic_* fields).
+ORGANIC_BROWSE = Preset.organic_browse  # daily chance a subscriber looks at one offer on their own
+ORGANIC_FACTOR = Preset.organic_factor  # organic accept chance relative to P(accept | shown)
 
 _SCREEN_ALPHA = np.array([3.0, 2.0, 0.8, 0.8, 0.3, 0.4, 0.6, 0.9, 0.5, 0.4])
 _APP_RATE_MEDIAN = 0.5
@@ -231,6 +237,7 @@ class _World:
         n_products = len(self.offers.products)
         self.columns: dict[str, np.ndarray] = {}
         self.taste = np.zeros((0, len(CATEGORIES)))
+        self.organic_demand = np.zeros((0, len(CATEGORIES)))
         self.screen_pref = np.zeros((0, len(APP_SCREENS)))
         self.hold_start = np.zeros((0, n_products), dtype=np.int32)
         self.hold_end = np.zeros((0, n_products), dtype=np.int32)
@@ -345,7 +352,8 @@ class _World:
             self.ring = ring
 
     def _activate(self, day: int) -> pl.DataFrame:
-        """New lines of `day` (the whole base on day 0); returns their tastes for the truth."""
+        """New lines of `day` (the whole base on day 0); returns their tastes (and organic demand,
+        where the world has it) for the truth."""
         before = self.n
         if day == 0:
             rng = static_rng(self.config.seed, STREAM_STATIC + 2)
@@ -359,9 +367,16 @@ class _World:
             count = int(rng.poisson(self.config.subscribers * rate))
             if count:
                 self._add_subscribers(rng, np.full(count, day, dtype=np.int64), content_rng)
+        # Its own stream: worlds without organic demand draw exactly what they drew before.
+        rng = day_rng(self.config.seed, day, STREAM_ORGANIC_DEMAND)
+        demand = draw_organic_demand(rng, self.n - before, self.config.world)
+        self.organic_demand = np.vstack([self.organic_demand, demand])
         traits = {SUBSCRIBER_ID: self.columns["id"][before:]}
         for c, category in enumerate(CATEGORIES):
             traits[f"taste_{category}"] = self.taste[before:, c]
+        if self.config.world.organic_demand_sd > 0.0:
+            for c, category in enumerate(CATEGORIES):
+                traits[f"organic_{category}"] = demand[:, c]
         if self.content is not None:
             for k in range(self.content_taste.shape[1]):
                 traits[f"{TASTE_PREFIX}{k}"] = self.content_taste[before:, k]
@@ -636,6 +651,10 @@ class _World:
             affinity,
         )
 
+    def _organic_weight(self, rows: np.ndarray) -> np.ndarray:
+        """Rows x offers weight of an offer in an organic browse: exp(organic demand)."""
+        return np.exp(self.organic_demand[rows][:, self.offers.category])
+
     def _offer_events(
         self, day: int, held: np.ndarray
     ) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray, np.ndarray]:
@@ -686,20 +705,26 @@ class _World:
         respond_at = np.where(click, click_at, shown_at) + rng.integers(5, 601, len(rows))
 
         # Organic accepts: anyone (control included) without an impression today.
+        world = self.config.world
         rng = day_rng(seed, day, STREAM_ORGANIC)
-        browsing = allowed & (slots == 0) & (rng.random(self.n) < ORGANIC_BROWSE)
+        browse = np.zeros(self.n)  # lines activated today have no signals yet (nor browse)
+        browse[: len(self.signals)] = organic_browse_chance(self.signals, world)
+        browsing = allowed & (slots == 0) & (rng.random(self.n) < browse)
         browsing[rows] = False
         browse_rows = np.flatnonzero(browsing)
-        browse_eligible = self._eligible(browse_rows, day, held)
-        cumulative = np.cumsum(browse_eligible, axis=1)
-        count = cumulative[:, -1] if len(browse_rows) else np.zeros(0, dtype=np.int64)
-        pick = np.floor(rng.random(len(browse_rows)) * count)
+        weights = self._eligible(browse_rows, day, held) * self._organic_weight(browse_rows)
+        cumulative = np.cumsum(weights, axis=1)
+        total = cumulative[:, -1] if len(browse_rows) else np.zeros(0)
+        # Uniform weights (no organic demand) pick exactly as a uniform integer draw would.
+        pick = rng.random(len(browse_rows)) * total
         organic_offer = np.argmax(cumulative > pick[:, None], axis=1)
         organic_draw = rng.random(len(browse_rows))
         organic_at = rng.integers(0, SECONDS_PER_DAY, len(browse_rows))
-        has_offer = count > 0
+        has_offer = total > 0
         browse_rows, organic_offer = browse_rows[has_offer], organic_offer[has_offer]
-        organic_p = ORGANIC_FACTOR * self._probability(browse_rows, organic_offer, held)
+        organic_p = organic_accept_chance(
+            self._probability(browse_rows, organic_offer, held), world
+        )
         organic = organic_draw[has_offer] < organic_p
         organic_rows, organic_offer = browse_rows[organic], organic_offer[organic]
         organic_at = organic_at[has_offer][organic]
