@@ -5,9 +5,10 @@ score (raw, centred on the subscriber's mean and as a rank among the candidate o
 subscriber's taste for the offer's category learned from accepted and unanswered offers
 (`models.taste`; raw and centred), offer attributes (value, category) and the offer's smoothed
 historical acceptance rate and volume from labelled windows. A logistic regression on the
-inputs, then a small LightGBM correcting its margin (both monotone increasing in the propensity,
-the ALS score, the taste and the offer's rate), are fitted on a window LATER than the one their
-inputs were trained on, so they learn how far to trust each input out of sample.
+propensity and the ALS inputs, then a small LightGBM on every input correcting its margin (both
+monotone increasing in the propensity, the ALS score, the taste and the offer's rate), are fitted
+on a window LATER than the one their inputs were trained on, so they learn how far to trust each
+input out of sample.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ _FEATURES_BEFORE_TASTE = (
     "offer_log_accepts",
     "log_value",
     "category_code",
+)
+# What the linear stage reads: the category propensity and which offers (of the catalog, and of
+# the category's many items) the ALS score prefers. Trees of a few leaves fitted on one week of
+# impressions split on the strongest input and used the steady but weaker ALS inputs little; the
+# other inputs stay with the trees (a linear term on all of them cost 0.03 of top-1 capture on
+# the telco world; `benchmarks.quality`).
+LINEAR_INPUTS = (
+    "logit_p_category",
+    "cf_score_centered",
+    "cf_category_centered",
+    "cf_category_rank",
 )
 _MONOTONE = {"logit_p_category": 1, CF_SCORE: 1, TASTE_LOGIT: 1, "offer_lift": 1}
 
@@ -384,13 +396,11 @@ def fit_linear_stage(
 
 
 class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
-    """Turns blend inputs into calibrated P(accept | shown): a logistic regression on the
-    inputs, then small monotone LightGBM trees that correct its margin.
+    """Turns blend inputs into calibrated P(accept | shown): a logistic regression on
+    `LINEAR_INPUTS`, then small monotone LightGBM trees on every input that correct its margin.
 
-    The linear stage keeps a weak but steady input (the ALS score among a category's many
-    items) in the ranking: trees of a few leaves fitted on one week of impressions split on the
-    strongest inputs and left it out. `linear_stage=False` fits trees alone, as blends stored
-    before it do.
+    The linear stage keeps weak but steady inputs (the ALS score among a category's many items)
+    in the ranking. `linear_stage=False` fits trees alone, as blends stored before it do.
     """
 
     def __init__(
@@ -488,7 +498,7 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
         self.linear_ = None
         margin = None
         if self.linear_stage:
-            linear_inputs = [i for i, name in enumerate(self.features) if name != "category_code"]
+            linear_inputs = [i for i, name in enumerate(self.features) if name in LINEAR_INPUTS]
             self.linear_ = fit_linear_stage(
                 x,
                 y,
