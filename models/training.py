@@ -166,7 +166,9 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
     if events is None:
         raise TrainingInputError("table offer_events was never delivered: nothing to learn from.")
     events = events.collect(engine="streaming").lazy()
-    consumption = raw_events(lake, "consumption", dates[0] - dt.timedelta(days=lookback), as_of)
+    consumption = None
+    if settings.consumption_weight > 0:  # read only when ALS is to learn from it
+        consumption = raw_events(lake, "consumption", dates[0] - dt.timedelta(days=lookback), as_of)
     if consumption is not None:
         consumption = consumption.collect(engine="streaming").lazy()
 
