@@ -378,6 +378,7 @@ def run_benchmark(
     parts = [
         "propensity predict",
         "ALS",
+        "taste",
         "blend inputs",
         "blend predict",
         "joins",
