@@ -36,7 +36,7 @@ from mia.schema import (
 )
 from models.compiled import PicklesWithoutCompiled, compiled_predict
 from models.params import ConstructorParams
-from models.propensity import P_CATEGORY, CategoryPropensity, logit
+from models.propensity import P_CATEGORY, CategoryPropensity, logit, sigmoid
 from models.taste import TASTE_LOGIT
 
 logger = logging.getLogger(__name__)
@@ -371,17 +371,18 @@ def fit_linear_stage(
     coefficient of each column whose sign is +1 / -1 kept >= 0 / <= 0 (monotone inputs);
     L-BFGS-B from zero, so the same data gives the same coefficients."""
     columns = np.asarray(columns, dtype=np.int64)
-    mean = x[:, columns].mean(axis=0)
-    scale = x[:, columns].std(axis=0)
+    inputs = x[:, columns]
+    mean = inputs.mean(axis=0)
+    scale = inputs.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
-    z = (x[:, columns] - mean) / scale
+    z = (inputs - mean) / scale
     n = y.size
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         margin = z @ theta[1:] + theta[0]
         # log(1 + e^m) - y m, stable for large |m|
         value = np.logaddexp(0.0, margin) - y * margin
-        residual = 1.0 / (1.0 + np.exp(-margin)) - y
+        residual = sigmoid(margin) - y
         penalty = 0.5 * l2 * float(theta[1:] @ theta[1:])
         gradient = np.concatenate([[residual.sum()], z.T @ residual + l2 * theta[1:]])
         return (float(value.sum()) + penalty) / n, gradient / n
@@ -555,7 +556,7 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
             )
         if linear is None:
             return predict(x)
-        return 1.0 / (1.0 + np.exp(-(linear.margin(x) + predict(x))))
+        return sigmoid(linear.margin(x) + predict(x))
 
     def use_compiled(self, cache_dir: Path | None) -> OfferBlend:
         """Predict with the booster compiled to native code, cached under `cache_dir` (same

@@ -130,6 +130,11 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def sigmoid(margin: np.ndarray) -> np.ndarray:
+    """Probabilities of log-odds: the inverse of `logit`."""
+    return 1.0 / (1.0 + np.exp(-margin))
+
+
 class _Calibrator:
     """Maps a booster's raw margin to a probability (Platt, isotonic or the plain sigmoid)."""
 
@@ -150,7 +155,7 @@ class _Calibrator:
     def transform(self, margin: np.ndarray) -> np.ndarray:
         if self.isotonic is not None:
             return self.isotonic.predict(margin).astype(np.float64)
-        return 1.0 / (1.0 + np.exp(-(self.slope * margin + self.intercept)))
+        return sigmoid(self.slope * margin + self.intercept)
 
 
 def _platt(margin: np.ndarray, labels: np.ndarray, iterations: int = 50) -> tuple[float, float]:
@@ -158,7 +163,7 @@ def _platt(margin: np.ndarray, labels: np.ndarray, iterations: int = 50) -> tupl
     slope, intercept = 1.0, 0.0
     design = np.column_stack([margin, np.ones_like(margin)])
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(design @ np.array([slope, intercept]))))
+        p = sigmoid(design @ np.array([slope, intercept]))
         gradient = design.T @ (p - labels) + 1e-3 * np.array([slope - 1.0, 0.0])
         weights = p * (1 - p)
         hessian = design.T @ (design * weights[:, None]) + 1e-3 * np.eye(2)
