@@ -408,7 +408,12 @@ def mia_scores(inputs: WorldInputs) -> pl.Series:
     bundle, _ = fit_bundle(inputs.data, inputs.settings)
     world = inputs.world
     scores = score_offers(
-        bundle, world.snapshot, world.catalog, world.interactions, with_reasons=False
+        bundle,
+        world.snapshot,
+        world.catalog,
+        world.interactions,
+        with_reasons=False,
+        offer_state=world.offer_state,
     )
     return _aligned(inputs.pairs, scores, P_ACCEPT)
 

@@ -46,6 +46,7 @@ from mia.schema import CATEGORY, OFFER_ID, P_ACCEPT, REASONS, SUBSCRIBER_ID
 from mia.settings import Settings
 from mia.simulate import SimulationConfig, write_world
 from models.blend import candidate_inputs
+from models.history import ResponseHistory, response_history
 from models.reasons import PRIOR_REASON, REASON_SEPARATOR, _cell_states, _phrase_table
 from models.scoring import (
     SCORE_COLUMNS,
@@ -67,6 +68,7 @@ CHECKED_SUBSCRIBERS = 20_000  # compiled vs LightGBM p_accept compared on these
 
 def prepare(subscribers: int, days: int, directory: Path) -> Path:
     """Simulate, ingest and train once; keep the bundle and the last day's inputs (pickle)."""
+    from features.offer_state import read_offer_state
     from models.cf import build_interactions
     from models.training import read_or_build_snapshot, train_models
     from offers.eligibility import eligible_pairs
@@ -107,6 +109,7 @@ def prepare(subscribers: int, days: int, directory: Path) -> Path:
         "catalog": catalog,
         "interactions": build_interactions(events, as_of, lookback_days=lookback),
         "eligible": eligible,
+        "offer_state": read_offer_state(lake, as_of),
     }
     with open(cached, "wb") as handle:
         pickle.dump(inputs, handle)
@@ -123,11 +126,12 @@ def replicate(frame: pl.DataFrame, subscribers: int) -> pl.DataFrame:
 
 
 def load_inputs(path: Path, subscribers: int) -> dict[str, Any]:
-    """The cached inputs with snapshot, eligible pairs and interactions replicated."""
+    """The cached inputs with snapshot, eligible pairs, interactions and offer state replicated."""
     with open(path, "rb") as handle:
         inputs = pickle.load(handle)
-    for name in ("snapshot", "eligible", "interactions"):
-        inputs[name] = replicate(inputs[name], subscribers)
+    for name in ("snapshot", "eligible", "interactions", "offer_state"):
+        if inputs.get(name) is not None:  # inputs cached before the offer state have none
+            inputs[name] = replicate(inputs[name], subscribers)
     inputs["snapshot"] = inputs["snapshot"].head(subscribers)
     return inputs
 
@@ -183,6 +187,7 @@ def reference_score_offers(
     catalog: pl.DataFrame,
     interactions: pl.DataFrame | None,
     timings: dict[str, float] | None = None,
+    offer_state: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Scores of every subscriber x active offer through a blend-input frame (the unpruned path);
     seconds per part are added to `timings` when given."""
@@ -197,8 +202,12 @@ def reference_score_offers(
         cf_scores = bundle.cf.score(snapshot[SUBSCRIBER_ID], offers[OFFER_ID], interactions)
     with clock("taste"):
         taste = bundle_taste(bundle, snapshot)
+    with clock("response history"):
+        history = response_history(
+            offer_state, snapshot[SUBSCRIBER_ID], offers, snapshot["snapshot_date"][0], catalog
+        )
     with clock("blend inputs"):
-        frame = blend_frame_from(bundle, snapshot, offers, p_category, cf_scores, taste)
+        frame = blend_frame_from(bundle, snapshot, offers, p_category, cf_scores, taste, history)
     with clock("blend predict"):
         p_accept = bundle.blend.predict(frame)
     with clock("reasons (SHAP)"):
@@ -222,8 +231,10 @@ def blend_frame_from(
     p_category: np.ndarray,
     cf_scores: np.ndarray,
     taste: np.ndarray | None,
+    history: ResponseHistory | None = None,
 ) -> pl.DataFrame:
-    """`models.scoring.blend_frame` from already computed propensities, ALS scores and tastes."""
+    """`models.scoring.blend_frame` from already computed propensities, ALS scores, tastes and
+    response history."""
     from models.blend import candidate_features
 
     return candidate_features(
@@ -234,6 +245,7 @@ def blend_frame_from(
         offers,
         bundle.offer_stats,
         taste=taste,
+        history=history,
     )
 
 
@@ -264,7 +276,12 @@ def run_before(inputs: dict[str, Any]) -> dict[str, float]:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     reference_score_offers(
-        inputs["bundle"], inputs["snapshot"], inputs["catalog"], inputs["interactions"], timings
+        inputs["bundle"],
+        inputs["snapshot"],
+        inputs["catalog"],
+        inputs["interactions"],
+        timings,
+        inputs.get("offer_state"),
     )
     timings["total"] = time.perf_counter() - started
     return timings
@@ -292,6 +309,14 @@ def run_after(inputs: dict[str, Any], max_rank: int = 0) -> dict[str, float]:
         cf_scores = bundle.cf.score(snapshot[SUBSCRIBER_ID], offers[OFFER_ID], interactions)
     with clock("taste"):
         taste = bundle_taste(bundle, snapshot.sort(SUBSCRIBER_ID))
+    with clock("response history"):
+        history = response_history(
+            inputs.get("offer_state"),
+            snapshot.sort(SUBSCRIBER_ID)[SUBSCRIBER_ID],
+            offers,
+            snapshot[SNAPSHOT_DATE][0],
+            catalog,
+        )
     with clock("blend inputs"):
         from models.scoring import _cells
 
@@ -303,13 +328,17 @@ def run_after(inputs: dict[str, Any], max_rank: int = 0) -> dict[str, float]:
             offers,
             bundle.offer_stats,
             taste=taste,
+            history=history,
         ).matrix(rows, columns, bundle.blend.features)
     with clock("blend predict"):
         bundle.blend.predict_matrix(matrix)
     parts = time.perf_counter() - started
     del x, matrix, p_category, cf_scores
     started = time.perf_counter()
-    scores = score_offers(bundle, snapshot, catalog, interactions, False, eligible)
+    scores = score_offers(
+        bundle, snapshot, catalog, interactions, False, eligible,
+        offer_state=inputs.get("offer_state"),
+    )  # fmt: skip
     timings["score_offers (all of the above)"] = time.perf_counter() - started
     timings["joins"] = max(timings["score_offers (all of the above)"] - parts, 0.0)
     groups = assign_groups(snapshot[SUBSCRIBER_ID], Settings())
@@ -330,12 +359,13 @@ def compile_and_check(inputs: dict[str, Any], cache: Path) -> dict[str, float]:
     difference in p_accept between compiled and LightGBM scoring of the first subscribers."""
     bundle, snapshot = inputs["bundle"], inputs["snapshot"].head(CHECKED_SUBSCRIBERS)
     arguments = (snapshot, inputs["catalog"], inputs["interactions"], False, inputs["eligible"])
-    plain = score_offers(bundle.use_compiled(None), *arguments)[P_ACCEPT].to_numpy()
+    state = inputs.get("offer_state")
+    plain = score_offers(bundle.use_compiled(None), *arguments, offer_state=state)[P_ACCEPT]
     started = time.perf_counter()
     bundle.use_compiled(cache)
     seconds = time.perf_counter() - started
-    fast = score_offers(bundle, *arguments)[P_ACCEPT].to_numpy()
-    return {"compile": seconds, "max_abs_diff": float(np.abs(fast - plain).max())}
+    fast = score_offers(bundle, *arguments, offer_state=state)[P_ACCEPT].to_numpy()
+    return {"compile": seconds, "max_abs_diff": float(np.abs(fast - plain.to_numpy()).max())}
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, float]]] = {
@@ -379,6 +409,7 @@ def run_benchmark(
         "propensity predict",
         "ALS",
         "taste",
+        "response history",
         "blend inputs",
         "blend predict",
         "joins",

@@ -3,8 +3,10 @@
 Inputs per subscriber x offer: the calibrated category propensity of the offer's category, the ALS
 score (raw, centred on the subscriber's mean and as a rank among the candidate offers), the
 subscriber's taste for the offer's category learned from accepted and unanswered offers
-(`models.taste`; raw and centred), offer attributes (value, category) and the offer's smoothed
-historical acceptance rate and volume from labelled windows. A logistic regression on the
+(`models.taste`; raw and centred), the subscriber's own responses to the offer and to its category
+(`models.history`: impressions, accepts, dismisses, ignored, days since each), offer attributes
+(value, category) and the offer's smoothed historical acceptance rate and volume from labelled
+windows. A logistic regression on the
 propensity and the ALS inputs, then a small LightGBM on every input correcting its margin (both
 monotone increasing in the propensity, the ALS score, the taste and the offer's rate), are fitted
 on a window LATER than the one their inputs were trained on, so they learn how far to trust each
@@ -35,6 +37,7 @@ from mia.schema import (
     VALUE,
 )
 from models.compiled import PicklesWithoutCompiled, compiled_predict
+from models.history import HISTORY_INPUTS, ResponseHistory, no_history
 from models.params import ConstructorParams
 from models.propensity import P_CATEGORY, CategoryPropensity, logit, sigmoid
 from models.taste import TASTE_LOGIT
@@ -58,6 +61,7 @@ BLEND_FEATURES = (
     "offer_log_accepts",
     "log_value",
     "category_code",
+    *HISTORY_INPUTS,
 )
 # What blends fitted before tastes read: a stored champion keeps scoring until it is replaced
 # (later blends keep their own list, `features_`).
@@ -163,11 +167,13 @@ class CandidateInputs:
     """Blend inputs of every subscriber x offer, kept as matrices rather than rows.
 
     `cells[name]` is (subscribers x offers) for inputs that vary per pair, `per_offer[name]` is
-    (offers,) for inputs fixed per offer; `matrix` gathers model rows for any cells.
+    (offers,) for inputs fixed per offer, `history` the response history (None: none known);
+    `matrix` gathers model rows for any cells.
     """
 
     cells: dict[str, np.ndarray]
     per_offer: dict[str, np.ndarray]
+    history: ResponseHistory | None = None
 
     def matrix(
         self,
@@ -183,6 +189,12 @@ class CandidateInputs:
         for index, name in enumerate(features):
             if name in self.cells:
                 result[index] = self.cells[name].reshape(-1)[flat]
+            elif name in HISTORY_INPUTS:
+                result[index] = (
+                    self.history.cells(name, subscriber_rows, offer_columns)
+                    if self.history is not None
+                    else no_history(name)
+                )
             else:
                 result[index] = self.per_offer[name][offer_columns]
         return result.T
@@ -211,14 +223,15 @@ def candidate_inputs(
     offer_stats: pl.DataFrame,
     unseen_prior: float | None = None,
     taste: np.ndarray | None = None,
+    history: ResponseHistory | None = None,
 ) -> CandidateInputs:
     """Blend inputs as matrices: `p_category` and `taste` are (subscribers x categories) in
     `categories` order, `cf_scores` is (subscribers x offers) in `offers` order (offer_id,
-    category, value).
+    category, value), `history` of the same subscribers x offers (`models.history`).
 
     Offers of a category outside `categories` (never seen in training) take `unseen_prior` as
     their category propensity (without it they are refused) and a taste of 0; without `taste`
-    every taste is 0."""
+    every taste is 0, without `history` no pair has history."""
     missing = [column for column in (OFFER_ID, CATEGORY, VALUE) if column not in offers.columns]
     if missing:
         raise BlendInputError(f"offers: columns {missing} missing.")
@@ -279,7 +292,7 @@ def candidate_inputs(
         "log_value": np.log1p(offers[VALUE].cast(pl.Float64).to_numpy()),
         "category_code": category_code(offers[CATEGORY].to_list()),
     }
-    return CandidateInputs(cells=cells, per_offer=per_offer)
+    return CandidateInputs(cells=cells, per_offer=per_offer, history=history)
 
 
 def candidate_features(
@@ -291,12 +304,13 @@ def candidate_features(
     offer_stats: pl.DataFrame,
     unseen_prior: float | None = None,
     taste: np.ndarray | None = None,
+    history: ResponseHistory | None = None,
 ) -> pl.DataFrame:
     """Blend inputs for every subscriber x offer (subscriber-major, offers in `offers` order).
 
     `p_category` and `taste` are (subscribers x categories) in `categories` order, `cf_scores`
     is (subscribers x offers) in `offers` order; `offers` has offer_id, category, value (see
-    `candidate_inputs` for `unseen_prior`).
+    `candidate_inputs` for `unseen_prior` and `history`).
     """
     ids = np.asarray(subscriber_ids)
     if p_category.shape[0] != ids.size:
@@ -304,7 +318,7 @@ def candidate_features(
             f"p_category has shape {p_category.shape}, must be {(ids.size, len(categories))}."
         )
     inputs = candidate_inputs(
-        p_category, categories, cf_scores, offers, offer_stats, unseen_prior, taste
+        p_category, categories, cf_scores, offers, offer_stats, unseen_prior, taste, history
     )
     return inputs_frame(ids, inputs, offers)
 
@@ -324,6 +338,12 @@ def inputs_frame(
         columns[name] = values.ravel()
     for name, values in inputs.per_offer.items():
         columns[name] = np.tile(values, n_subscribers)
+    for name in HISTORY_INPUTS:
+        columns[name] = (
+            inputs.history.dense(name).ravel()
+            if inputs.history is not None
+            else np.full(n_subscribers * n_offers, no_history(name), dtype=np.float32)
+        )
     return pl.DataFrame(columns).with_columns(
         pl.col(SUBSCRIBER_ID).cast(pl.Int64), pl.col(OFFER_ID, CATEGORY).cast(pl.String)
     )

@@ -193,12 +193,14 @@ class HeldOutWorld:
     impressions: pl.DataFrame  # [subscriber_id, offer_id, label] shown in the horizon
     # The consumption table over the same days as `events`; None when it was never delivered.
     consumption: pl.DataFrame | None = None
+    offer_state: pl.DataFrame | None = None  # responses per subscriber x offer up to as_of
 
 
 def held_out_world(lake: Lake, as_of: dt.date, settings: Settings) -> HeldOutWorld:
     """Scoring inputs as of `as_of`, and the labelled impressions (and consumption) of the
     horizon after it."""
     from features.labels import offer_labels
+    from features.offer_state import read_offer_state
     from mia.ingest import raw_events, raw_state
     from models.cf import build_interactions
 
@@ -232,6 +234,7 @@ def held_out_world(lake: Lake, as_of: dt.date, settings: Settings) -> HeldOutWor
         events=events,
         impressions=impressions,
         consumption=consumption,
+        offer_state=read_offer_state(lake, as_of),
     )
 
 
@@ -256,7 +259,12 @@ def evaluate_against_oracle(
         bundle = load_bundle(settings)
     world = held_out_world(lake, as_of, settings)
     scores = score_offers(
-        bundle, world.snapshot, world.catalog, world.interactions, with_reasons=False
+        bundle,
+        world.snapshot,
+        world.catalog,
+        world.interactions,
+        with_reasons=False,
+        offer_state=world.offer_state,
     )
     oracle = oracle_p_accept(
         lake.root,

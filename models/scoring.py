@@ -40,6 +40,7 @@ from models.blend import (
     inputs_frame,
     propensity_and_cf,
 )
+from models.history import HISTORY_INPUTS, response_history
 from models.propensity import CategoryPropensity
 from models.reasons import explain
 
@@ -83,7 +84,8 @@ class ModelBundle:
         return self
 
     def predict_frame(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Scores for a snapshot frame, using the catalog and interactions stored at training."""
+        """Scores for a snapshot frame, using the catalog and interactions stored at training and
+        no response history (the night passes its offer state to `score_offers`)."""
         return score_offers(self, frame, self.catalog, self.interactions)
 
 
@@ -130,11 +132,20 @@ def bundle_inputs(
     snapshot: pl.DataFrame,
     offers: pl.DataFrame,
     interactions: pl.DataFrame | None,
+    offer_state: pl.DataFrame | None = None,
+    catalog: pl.DataFrame | None = None,
 ) -> CandidateInputs:
-    """The blend's inputs for every snapshot row x offer of `offers`, as matrices."""
+    """The blend's inputs for every snapshot row x offer of `offers`, as matrices; the response
+    history from `offer_state` as of the snapshot's date (categories of its offers from
+    `catalog`), None: no history known."""
     p_category, cf_scores = propensity_and_cf(
         bundle.propensity, bundle.cf, snapshot, offers, interactions
     )
+    history = None
+    if offer_state is not None and set(HISTORY_INPUTS) & set(bundle.blend.features):
+        history = response_history(
+            offer_state, snapshot[SUBSCRIBER_ID], offers, snapshot_date_of(snapshot), catalog
+        )
     return candidate_inputs(
         p_category,
         bundle.propensity.categories_,
@@ -143,6 +154,7 @@ def bundle_inputs(
         bundle.offer_stats,
         unseen_prior=bundle.propensity.unseen_prior_,
         taste=bundle_taste(bundle, snapshot),
+        history=history,
     )
 
 
@@ -151,9 +163,12 @@ def blend_frame(
     snapshot: pl.DataFrame,
     offers: pl.DataFrame,
     interactions: pl.DataFrame | None,
+    offer_state: pl.DataFrame | None = None,
+    catalog: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Blend inputs for every snapshot subscriber x offer of `offers` (sorted offers)."""
-    inputs = bundle_inputs(bundle, snapshot, offers, interactions)
+    """Blend inputs for every snapshot subscriber x offer of `offers` (sorted offers); see
+    `bundle_inputs` for `offer_state` and `catalog`."""
+    inputs = bundle_inputs(bundle, snapshot, offers, interactions, offer_state, catalog)
     return inputs_frame(snapshot[SUBSCRIBER_ID], inputs, offers)
 
 
@@ -236,11 +251,13 @@ def _score_chunk(
     offers: pl.DataFrame,
     interactions: pl.DataFrame | None,
     cells: tuple[np.ndarray, np.ndarray],
+    offer_state: pl.DataFrame | None,
+    catalog: pl.DataFrame,
 ) -> pl.DataFrame:
     """[subscriber_id, offer_id, category, p_accept] of the (row, offer position) `cells` of one
     chunk of a sorted snapshot."""
     rows, columns = cells
-    inputs = bundle_inputs(bundle, snapshot, offers, interactions)
+    inputs = bundle_inputs(bundle, snapshot, offers, interactions, offer_state, catalog)
     p_accept = bundle.blend.predict_matrix(inputs.matrix(rows, columns, bundle.blend.features))
     return pl.DataFrame(
         {
@@ -260,6 +277,7 @@ def score_offers(
     with_reasons: bool = True,
     eligible: pl.DataFrame | None = None,
     chunk_subscribers: int = 100_000,
+    offer_state: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """[subscriber_id, offer_id, category, p_accept, reasons, model_version] for all snapshot
     subscribers x offers active on the day after the snapshot, sorted by subscriber, offer.
@@ -267,6 +285,8 @@ def score_offers(
     With `eligible` ([subscriber_id, offer_id]) only those pairs are scored and returned (the same
     values as scoring all of them). Without reasons the column is null (see `add_reasons`).
     Subscribers are scored `chunk_subscribers` at a time, which bounds memory, not results.
+    `offer_state` (`features.offer_state`, as of the snapshot's date) gives the blend each pair's
+    response history; without it every pair is scored as never shown.
     """
     if chunk_subscribers < 1:
         raise ScoringInputError(f"chunk_subscribers == {chunk_subscribers}, must be >= 1.")
@@ -282,7 +302,15 @@ def score_offers(
         cells = slice(bounds[index], bounds[index + 1])
         chunk = snapshot.slice(start, chunk_subscribers)
         chunks.append(
-            _score_chunk(bundle, chunk, offers, interactions, (rows[cells] - start, columns[cells]))
+            _score_chunk(
+                bundle,
+                chunk,
+                offers,
+                interactions,
+                (rows[cells] - start, columns[cells]),
+                offer_state,
+                catalog,
+            )
         )
     scored = pl.concat(chunks)  # the snapshot holds at least one row (it has a date)
     if with_reasons:

@@ -77,6 +77,7 @@ class TrainingData:
     input_example: pl.DataFrame  # a few rows of the as_of snapshot
     interactions_tune: pl.DataFrame | None = None  # up to the validation snapshot
     interactions_tune_valid: pl.DataFrame | None = None  # (validation snapshot, T_0]
+    offer_state: pl.DataFrame | None = None  # responses per subscriber x offer up to T_0
 
 
 @dataclass
@@ -144,6 +145,7 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
     """Snapshots, labels, catalogs and interactions for training as of `as_of`."""
     from features.daily import build_daily_range
     from features.labels import category_labels, offer_labels
+    from features.offer_state import read_offer_state
     from mia.ingest import ingested_dates, raw_events, raw_state
     from models.cf import build_interactions
 
@@ -214,6 +216,7 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
         input_example=plain_types(snapshots[as_of].sort(SUBSCRIBER_ID).head(5)),
         interactions_tune=interactions(dates[-2], lookback),
         interactions_tune_valid=interactions(dates[-1], (dates[-1] - dates[-2]).days),
+        offer_state=read_offer_state(lake, dates[-1]),
     )
 
 
@@ -338,7 +341,9 @@ def _labelled_blend_rows(
     snapshot = data.snapshots[t0].sort(SUBSCRIBER_ID)
     offers = active_offers(data.catalog, t0 + dt.timedelta(days=1))
     offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
-    frame = blend_frame(bundle, snapshot, offers, data.interactions_blend)
+    frame = blend_frame(
+        bundle, snapshot, offers, data.interactions_blend, data.offer_state, data.catalog
+    )
     labels = data.offer_labels[t0].select(SUBSCRIBER_ID, OFFER_ID, pl.col(LABEL).cast(pl.Int8))
     rows = frame.join(labels, on=[SUBSCRIBER_ID, OFFER_ID], how="inner").sort(
         SUBSCRIBER_ID, OFFER_ID
@@ -431,7 +436,12 @@ def holdout_evaluator(
 
     def evaluate(scorer: Any) -> dict[str, float]:
         scores = score_offers(
-            scorer, snapshot, data.catalog, data.interactions_blend, with_reasons=False
+            scorer,
+            snapshot,
+            data.catalog,
+            data.interactions_blend,
+            with_reasons=False,
+            offer_state=data.offer_state,
         )
         joined = labels.join(scores, on=[SUBSCRIBER_ID, OFFER_ID], how="inner")
         return mx.binary_metrics(joined[LABEL], joined[P_ACCEPT], "blend")

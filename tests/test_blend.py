@@ -144,7 +144,7 @@ def test_a_blend_fitted_before_tastes_keeps_scoring_with_its_own_inputs(monkeypa
     import models.blend as blend_module
 
     train, test = _synthetic(4, subscribers=600), _synthetic(5, subscribers=200)
-    later = ("taste", "cf_category")  # inputs added after the first stored blends
+    later = ("taste", "cf_category", "history")  # inputs added after the first stored blends
     before = tuple(name for name in BLEND_FEATURES if not name.startswith(later))
     with monkeypatch.context() as patch:
         patch.setattr(blend_module, "BLEND_FEATURES", before)

@@ -29,6 +29,7 @@ NIGHT = dt.date(2026, 3, 11)
 @pytest.fixture(scope="module")
 def night(tmp_path_factory, ingested_root) -> dict:
     """A bundle trained on the tiny world and the last day's scoring inputs."""
+    from features.offer_state import read_offer_state
     from models.cf import build_interactions
     from models.training import read_or_build_snapshot, train_models
     from offers.eligibility import eligible_pairs
@@ -54,19 +55,30 @@ def night(tmp_path_factory, ingested_root) -> dict:
         "catalog": catalog,
         "interactions": build_interactions(events, NIGHT, lookback_days=90),
         "eligible": eligible,
+        "offer_state": read_offer_state(lake, NIGHT),
     }
 
 
 @pytest.fixture(scope="module")
 def reference(night) -> pl.DataFrame:
     return reference_score_offers(
-        night["bundle"], night["snapshot"], night["catalog"], night["interactions"]
+        night["bundle"],
+        night["snapshot"],
+        night["catalog"],
+        night["interactions"],
+        offer_state=night["offer_state"],
     )
 
 
 @pytest.fixture(scope="module")
 def full(night) -> pl.DataFrame:
-    return score_offers(night["bundle"], night["snapshot"], night["catalog"], night["interactions"])
+    return score_offers(
+        night["bundle"],
+        night["snapshot"],
+        night["catalog"],
+        night["interactions"],
+        offer_state=night["offer_state"],
+    )
 
 
 def test_fast_path_equals_reference(full, reference, night):
@@ -79,6 +91,25 @@ def test_fast_path_equals_reference(full, reference, night):
     assert full[REASONS].equals(reference[REASONS])
 
 
+def test_the_offer_state_reaches_the_blend(night, monkeypatch):
+    """Each pair's own impressions in the night's offer state are what the blend reads (the tiny
+    world's blend has no use for them, so the blend is replaced by that input alone)."""
+    bundle, state = night["bundle"], night["offer_state"]
+    column = bundle.blend.features.index("history_offer_impressions")
+    monkeypatch.setattr(bundle.blend, "predict_matrix", lambda x: x[:, column])
+    arguments = (bundle, night["snapshot"], night["catalog"], night["interactions"], False)
+    scored = score_offers(*arguments, offer_state=state)
+    expected = scored.join(
+        state.select(SUBSCRIBER_ID, OFFER_ID, "impressions"),
+        on=[SUBSCRIBER_ID, OFFER_ID],
+        how="left",
+        maintain_order="left",
+    )["impressions"].fill_null(0)
+    assert expected.sum() > 1000
+    assert scored[P_ACCEPT].to_list() == expected.cast(pl.Float64).to_list()
+    assert (score_offers(*arguments)[P_ACCEPT] == 0).all()  # without it: never shown
+
+
 def test_scoring_is_deterministic_and_chunking_changes_nothing(full, night):
     again = score_offers(
         night["bundle"],
@@ -86,6 +117,7 @@ def test_scoring_is_deterministic_and_chunking_changes_nothing(full, night):
         night["catalog"],
         night["interactions"],
         chunk_subscribers=97,
+        offer_state=night["offer_state"],
     )
     assert again.equals(full)
     assert again.write_ipc(None).getvalue() == full.write_ipc(None).getvalue()
@@ -101,6 +133,7 @@ def test_eligible_scoring_is_exactly_the_eligible_subset(full, night):
         night["interactions"],
         eligible=eligible.sample(fraction=1.0, shuffle=True, seed=3),  # any order
         chunk_subscribers=250,
+        offer_state=night["offer_state"],
     )
     expected = full.join(eligible, on=[SUBSCRIBER_ID, OFFER_ID], how="semi")
     assert pruned.height == eligible.height
@@ -121,6 +154,7 @@ def test_eligible_pairs_outside_the_night_are_dropped_and_repeats_scored_once(fu
         night["catalog"],
         night["interactions"],
         eligible=eligible,
+        offer_state=night["offer_state"],
     )
     expected = full.filter(
         (pl.col(SUBSCRIBER_ID) == first) & pl.col(OFFER_ID).is_in(["esim_switch", "music_trial"])
@@ -133,13 +167,19 @@ def test_eligible_pairs_outside_the_night_are_dropped_and_repeats_scored_once(fu
         night["catalog"],
         night["interactions"],
         eligible=eligible.clear(),
+        offer_state=night["offer_state"],
     )
     assert empty.height == 0 and empty.columns == full.columns
 
 
 def test_add_reasons_on_published_rows_only(full, night):
     without = score_offers(
-        night["bundle"], night["snapshot"], night["catalog"], night["interactions"], False
+        night["bundle"],
+        night["snapshot"],
+        night["catalog"],
+        night["interactions"],
+        False,
+        offer_state=night["offer_state"],
     )
     assert without[REASONS].null_count() == without.height
     published = (
@@ -196,7 +236,7 @@ def test_candidate_matrix_equals_candidate_frame(night):
     rows = np.repeat(np.arange(50), offers.height)
     columns = np.tile(np.arange(offers.height), 50)
     matrix = inputs.matrix(rows, columns)
-    assert np.array_equal(matrix, frame.select(BLEND_FEATURES).to_numpy())
+    assert np.array_equal(matrix, frame.select(BLEND_FEATURES).to_numpy(), equal_nan=True)
     assert np.array_equal(
         bundle.blend.predict_matrix(matrix[::7]), bundle.blend.predict(frame[::7])
     )
@@ -292,14 +332,9 @@ def test_compiled_models_predict_what_lightgbm_predicts(bundle_reset, night, com
     assert set(bundle.propensity.compiled_) == set(bundle.propensity.boosters_)
     np.testing.assert_allclose(bundle.propensity.predict_features(x), plain_category, atol=1e-9)
     np.testing.assert_allclose(bundle.blend.predict_matrix(blend_rows), plain_blend, atol=1e-9)
-    scored = score_offers(bundle, night["snapshot"], night["catalog"], night["interactions"], False)
-    plain = score_offers(
-        bundle.use_compiled(None),
-        night["snapshot"],
-        night["catalog"],
-        night["interactions"],
-        False,
-    )
+    arguments = (night["snapshot"], night["catalog"], night["interactions"], False)
+    scored = score_offers(bundle, *arguments, offer_state=night["offer_state"])
+    plain = score_offers(bundle.use_compiled(None), *arguments, offer_state=night["offer_state"])
     np.testing.assert_allclose(scored[P_ACCEPT].to_numpy(), plain[P_ACCEPT].to_numpy(), atol=1e-9)
     assert scored.drop(P_ACCEPT).equals(plain.drop(P_ACCEPT))
 
