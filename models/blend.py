@@ -476,8 +476,10 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
 
     @property
     def features(self) -> tuple[str, ...]:
-        """The columns this blend reads, in matrix order."""
-        return tuple(self.__dict__.get("features_", _FEATURES_BEFORE_TASTE))
+        """The columns this blend reads, in matrix order (before fitting: those it will read)."""
+        if "features_" in self.__dict__:
+            return tuple(self.features_)
+        return _FEATURES_BEFORE_TASTE if "booster_" in self.__dict__ else BLEND_FEATURES
 
     def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
         missing = [name for name in self.features if name not in frame.columns]

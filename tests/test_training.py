@@ -106,6 +106,29 @@ def test_blend_beats_each_input_on_the_holdout(first):
     assert metrics["blend.roc_auc"] > metrics["inputs.taste_logit.roc_auc"] > 0.5
 
 
+def test_the_blend_learns_from_each_pair_history_as_of_the_last_snapshot(world):
+    """The blend's labelled rows read the offer state as of T_0, as a night reads its own: the
+    counts are the pair's, and nothing after T_0 (when the labels start) is in them."""
+    from models.training import fit_bundle, load_training_data
+
+    lake, settings = world
+    data = load_training_data(lake, AS_OF, settings)
+    t0 = data.snapshot_dates[-1]
+    state = data.offer_state
+    assert state["last_impression_ts"].max() < dt.datetime.combine(
+        t0 + dt.timedelta(days=1), dt.time()
+    )
+    _, frames = fit_bundle(data, settings)
+    rows = frames["holdout"].join(
+        state.select("subscriber_id", "offer_id", "impressions", "dismisses"),
+        on=["subscriber_id", "offer_id"],
+        how="left",
+    )
+    assert rows["impressions"].fill_null(0).sum() > 100
+    assert rows["history_offer_impressions"].to_list() == rows["impressions"].fill_null(0).to_list()
+    assert rows["history_offer_dismisses"].to_list() == rows["dismisses"].fill_null(0).to_list()
+
+
 def test_tastes_are_learned_on_the_last_snapshot_and_can_be_left_out(first, world):
     taste = first.bundle.taste
     assert taste.fitted_ and taste.categories_ == first.bundle.propensity.categories_
