@@ -81,18 +81,10 @@ class ResponseHistory:
         return self.per_category[name][:, self.offer_category]
 
 
-def _level_values(pairs: pl.LazyFrame, keys: list[str], as_of: dt.date) -> pl.LazyFrame:
-    """Counts summed and days since the latest event over `pairs` grouped by `keys`."""
-    day = pl.lit(as_of, dtype=pl.Date)
-    return pairs.group_by(keys).agg(
-        pl.col("impressions").sum(),
-        pl.col("accepts").sum(),
-        pl.col("dismisses").sum(),
-        pl.col("ignored").sum(),
-        *(
-            (day - pl.col(last_column(event)).max().dt.date()).dt.total_days().alias(event)
-            for event in _SINCE
-        ),
+def _category_values(pairs: pl.LazyFrame) -> pl.LazyFrame:
+    """Counts summed and days since the latest event over the pairs of each (row, column)."""
+    return pairs.group_by(_ROW, _COLUMN).agg(
+        *(pl.col(count).sum() for count in _COUNTS), *(pl.col(event).min() for event in _SINCE)
     )
 
 
@@ -149,35 +141,38 @@ def response_history(
     kinds = (catalog if catalog is not None else offers).select(
         pl.col(OFFER_ID).cast(pl.String), pl.col(CATEGORY).cast(pl.String)
     )
+    day = pl.lit(as_of, dtype=pl.Date)
+    # One row per pair with history: its counts and the days since each of its last events.
     pairs = (
         state.lazy()
         .join(
             pl.LazyFrame({SUBSCRIBER_ID: ids, _ROW: np.arange(ids.len(), dtype=np.int64)}),
             on=SUBSCRIBER_ID,
         )
-        .with_columns(
+        .select(
+            _ROW,
+            OFFER_ID,
+            "impressions",
+            "accepts",
+            "dismisses",
             (pl.col("impressions") - pl.col("accepts") - pl.col("dismisses"))
             .clip(lower_bound=0)
-            .alias("ignored")
+            .alias("ignored"),
+            *(
+                (day - pl.col(last_column(event)).dt.date()).dt.total_days().alias(event)
+                for event in _SINCE
+            ),
         )
     )
-    offer_level = (
-        pairs.join(
-            pl.LazyFrame({OFFER_ID: offer_ids, _COLUMN: np.arange(offer_ids.len())}),
-            on=OFFER_ID,
-        )
-        .pipe(_level_values, [_ROW, _COLUMN], as_of)
-        .collect()
+    offer_level = pairs.join(
+        pl.LazyFrame({OFFER_ID: offer_ids, _COLUMN: np.arange(offer_ids.len())}), on=OFFER_ID
     )
     category_level = (
         pairs.join(kinds.unique(OFFER_ID, keep="last").lazy(), on=OFFER_ID)
-        .join(
-            pl.LazyFrame({CATEGORY: groups, _COLUMN: np.arange(groups.len())}),
-            on=CATEGORY,
-        )
-        .pipe(_level_values, [_ROW, _COLUMN], as_of)
-        .collect()
+        .join(pl.LazyFrame({CATEGORY: groups, _COLUMN: np.arange(groups.len())}), on=CATEGORY)
+        .pipe(_category_values)
     )
+    offer_level, category_level = pl.collect_all([offer_level, category_level])
     return ResponseHistory(
         per_offer=_scatter(offer_level, history_inputs(OFFER_LEVEL), offer_shape),
         per_category=_scatter(category_level, history_inputs(CATEGORY_LEVEL), category_shape),
