@@ -26,6 +26,13 @@ on as_of + 1:
 - `oracle`: the simulator's true P(accept | shown), the reference (capture 1 by definition);
 - `behaviour_oracle`: the oracle's probability averaged over the latent tastes a subscriber might
   have: the best a model of log-visible behaviour alone can do;
+- `taste_posterior`: the realistic ceiling of a model that learns tastes from responses: it knows
+  the world (the true behaviour drivers, each offer's attractiveness, the taste prior: loadings,
+  scale and noise) but not the subscriber's latent tastes, infers them from the subscriber's own
+  impressions and same-day accepts up to as_of (the logs Mia reads; organic accepts left out) by
+  a Bayesian logistic fit per subscriber (posterior mode, Laplace variances) and averages the
+  acceptance over that posterior; `taste_posterior_90d` reads only the snapshot's longest window,
+  as Mia's taste model does. Neither reads the tastes or anything after as_of;
 - `random` (captures only): the expected value of a uniformly random pick;
 - `consumed_popularity` (worlds with a `consumption` table): the number of subscribers who
   consumed the offer's item in the 90 days up to as_of (0 for offers nobody consumed). On such
@@ -83,11 +90,12 @@ from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import polars as pl
 
 from benchmarks.common import RESULTS
 from features.labels import label_window
-from mia.ingest import ingest_day
+from mia.ingest import ingest_day, raw_events
 from mia.lake import Lake, end_of_day
 from mia.schema import (
     CATEGORY,
@@ -99,6 +107,7 @@ from mia.schema import (
     LABEL,
     OFFER_ID,
     P_ACCEPT,
+    PRODUCT_ID,
     RANK,
     SNAPSHOT_DATE,
     SUBSCRIBER_ID,
@@ -107,6 +116,16 @@ from mia.schema import (
 )
 from mia.settings import Settings
 from mia.simulate import PRESETS, SimulationConfig, oracle_p_accept, write_world
+from mia.simulate.acceptance import (
+    DRIVERS,
+    acceptance_probability,
+    behaviour_only_probability,
+    category_factors,
+    signals_from_drivers,
+)
+from mia.simulate.categories import CATEGORIES
+from mia.simulate.config import TRUTH_DIR
+from mia.simulate.content import affinity_sd, content_items, has_content
 from mia.text import markdown_text
 from models import metrics as mx
 from models.cf import build_interactions
@@ -152,6 +171,8 @@ GLOBAL_LGBM_PARAMS: dict[str, Any] = {
     "verbosity": -1,
 }
 GLOBAL_LGBM_ROUNDS = 400
+TASTE_POSTERIOR_ITERATIONS = 50
+TASTE_POSTERIOR_HALVINGS = 30
 GLOBAL_LGBM_PATIENCE = 40
 COLUMNS = (
     ("accepts@1", "top1_accepts_capture", "{:.3f}"),
@@ -540,6 +561,218 @@ def behaviour_oracle_scores(inputs: WorldInputs) -> pl.Series:
     return oracle_scores(inputs, behaviour_only=True)
 
 
+# The taste ceiling: the world's structure known, each subscriber's latent tastes inferred from
+# the same logs Mia reads.
+
+
+def taste_prior(config: SimulationConfig) -> np.ndarray:
+    """Covariance (categories x categories) of a subscriber's latent tastes in the world of
+    `config`: scale^2 / K x loadings' loadings + noise^2 I (`acceptance.draw_tastes`)."""
+    world = config.world
+    loadings = category_factors(config)
+    shared = world.taste_scale**2 * (loadings.T @ loadings) / world.taste_factors
+    return shared + world.taste_noise**2 * np.eye(len(CATEGORIES))
+
+
+def _truth_signals(truth_root: Path, date: dt.date, ids: np.ndarray) -> np.ndarray:
+    """Signals (ids x SIGNALS) from the true drivers as of the end of `date`; ids not active
+    then get NaN rows."""
+    drivers = pl.read_parquet(truth_root / f"date={date.isoformat()}" / "drivers.parquet")
+    aligned = pl.DataFrame({SUBSCRIBER_ID: ids}, schema={SUBSCRIBER_ID: pl.Int64}).join(
+        drivers, on=SUBSCRIBER_ID, how="left", maintain_order="left"
+    )
+    values = aligned.select(DRIVERS).to_numpy().astype(np.float32)
+    return signals_from_drivers(values)
+
+
+def taste_observations(
+    root: Path, as_of: dt.date, days: int | None = None
+) -> tuple[pl.DataFrame, SimulationConfig]:
+    """Logged impressions up to the end of `as_of` (the last `days` days only, or all) with
+    [subscriber_id, offer_id, day, category_index, label, base_logit], and the world's settings:
+    label 1 when the subscriber accepted the shown offer the same day; `base_logit` the true
+    acceptance logit without the taste (category intercept, the offer's attractiveness, the
+    drivers as of the end of the day before, as the simulator draws the response).
+
+    Only the logs (impressions and accepts) and the world's behaviour truth are read, never the
+    tastes or the truth of the impressions; organic accepts (without an impression) are left out.
+    """
+    truth_root = Path(root) / TRUTH_DIR
+    config = SimulationConfig.from_meta(json.loads((truth_root / "meta.json").read_text()))
+    start = None if days is None else as_of - dt.timedelta(days=days - 1)
+    events = raw_events(Lake(root), "offer_events", start, as_of)
+    if events is None:
+        raise ValueError(f"offer_events not ingested in {root}.")
+    events = events.filter(pl.col(TS) < end_of_day(as_of)).with_columns(
+        pl.col(TS).dt.date().alias("day")
+    )
+    keys = [SUBSCRIBER_ID, OFFER_ID, "day"]
+    accepted = (
+        events.filter(pl.col(EVENT) == "accept").select(keys).unique().with_columns(_accepted=1)
+    )
+    offers = pl.read_parquet(truth_root / "offers.parquet").select(
+        OFFER_ID, CATEGORY, "attractiveness"
+    )
+    shown = (
+        events.filter(pl.col(EVENT) == "impression")
+        .select(keys)
+        .join(accepted, on=keys, how="left")
+        .collect(engine="streaming")
+        .join(offers, on=OFFER_ID, how="inner")
+        .with_columns(
+            pl.col("_accepted").fill_null(0).cast(pl.Float64).alias(LABEL),
+            pl.col(CATEGORY)
+            .replace_strict(CATEGORIES, list(range(len(CATEGORIES))), return_dtype=pl.Int64)
+            .alias("category_index"),
+        )
+        .sort("day", SUBSCRIBER_ID, OFFER_ID)
+    )
+    frames = []
+    for (day,), part in shown.group_by("day", maintain_order=True):
+        ids = part[SUBSCRIBER_ID].to_numpy()
+        signals = _truth_signals(truth_root, day - dt.timedelta(days=1), ids)
+        category = part["category_index"].to_numpy()
+        attractiveness = part["attractiveness"].to_numpy()
+        probability = acceptance_probability(
+            signals,
+            category,
+            attractiveness,
+            np.zeros(len(ids)),
+            np.zeros(len(ids), dtype=bool),
+            config.world.behaviour_weight,
+        )
+        base = np.log(probability) - np.log1p(-probability)
+        frames.append(
+            part.select(*keys, "category_index", LABEL).with_columns(pl.Series("base_logit", base))
+        )
+    schema = {
+        SUBSCRIBER_ID: pl.Int64,
+        OFFER_ID: pl.String,
+        "day": pl.Date,
+        "category_index": pl.Int64,
+        LABEL: pl.Float64,
+        "base_logit": pl.Float64,
+    }
+    observed = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+    return observed.filter(pl.col("base_logit").is_finite()), config
+
+
+def posterior_tastes(
+    rows: np.ndarray,
+    categories: np.ndarray,
+    base_logit: np.ndarray,
+    label: np.ndarray,
+    n_rows: int,
+    covariance: np.ndarray,
+    iterations: int = TASTE_POSTERIOR_ITERATIONS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mode and marginal variances (both n_rows x categories) of each row's taste
+    vector t under the prior N(0, `covariance`) and the Bernoulli observations
+    logit P(label = 1) = base_logit + t[category], by Newton's method (a concave problem; the
+    variances from the Hessian at the mode: the Laplace approximation)."""
+    n_categories = covariance.shape[0]
+    precision = np.linalg.inv(covariance)
+    cell = rows * n_categories + categories
+
+    def objective(taste: np.ndarray) -> np.ndarray:
+        eta = base_logit + taste[rows, categories]
+        fit = np.bincount(rows, label * eta - np.logaddexp(0.0, eta), minlength=n_rows)
+        return fit - 0.5 * ((taste @ precision) * taste).sum(axis=1)
+
+    taste = np.zeros((n_rows, n_categories))
+    for _ in range(iterations):
+        p = _sigmoid(base_logit + taste[rows, categories])
+        gradient = np.bincount(cell, label - p, minlength=n_rows * n_categories)
+        weight = np.bincount(cell, p * (1.0 - p), minlength=n_rows * n_categories)
+        gradient = gradient.reshape(n_rows, n_categories) - taste @ precision
+        hessian = precision[None, :, :] + _diagonal(weight.reshape(n_rows, n_categories))
+        step = np.linalg.solve(hessian, gradient[:, :, None])[:, :, 0]
+        # A full step overshoots where the quadratic model is poor (an accept at a near-zero
+        # probability): halve it, row by row, until the objective does not fall.
+        before = objective(taste)
+        scale = np.ones(n_rows)
+        for _ in range(TASTE_POSTERIOR_HALVINGS):
+            worse = objective(taste + scale[:, None] * step) < before
+            if not worse.any():
+                break
+            scale[worse] *= 0.5
+        step = scale[:, None] * step
+        taste = taste + step
+        if np.abs(step).max() < 1e-6:
+            break
+    p = _sigmoid(base_logit + taste[rows, categories])
+    weight = np.bincount(cell, p * (1.0 - p), minlength=n_rows * n_categories)
+    hessian = precision[None, :, :] + _diagonal(weight.reshape(n_rows, n_categories))
+    variance = np.diagonal(np.linalg.inv(hessian), axis1=1, axis2=2).copy()
+    return taste, variance
+
+
+def _diagonal(values: np.ndarray) -> np.ndarray:
+    """Rows of `values` (n x d) as diagonal matrices (n x d x d)."""
+    result = np.zeros((*values.shape, values.shape[1]))
+    index = np.arange(values.shape[1])
+    result[:, index, index] = values
+    return result
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * values))
+
+
+def taste_posterior_scores(inputs: WorldInputs, days: int | None = None) -> pl.Series:
+    """P(accept | shown) of a model that knows the world (behaviour, offers, the taste prior)
+    but not the subscriber's tastes: it infers them from the subscriber's own impressions and
+    accepts up to as_of (the last `days` days, or all) and averages the acceptance over the
+    posterior (`posterior_tastes`)."""
+    root, as_of = inputs.root, inputs.world.as_of
+    observed, config = taste_observations(root, as_of, days)
+    ids = inputs.pairs[SUBSCRIBER_ID].unique().sort().to_numpy()
+    index = pl.DataFrame({SUBSCRIBER_ID: ids, "_row": np.arange(len(ids))})
+    observed = observed.join(index, on=SUBSCRIBER_ID, how="inner")
+    mean, variance = posterior_tastes(
+        observed["_row"].to_numpy(),
+        observed["category_index"].to_numpy(),
+        observed["base_logit"].to_numpy(),
+        observed[LABEL].to_numpy(),
+        len(ids),
+        taste_prior(config),
+    )
+    truth_root = Path(root) / TRUTH_DIR
+    signals = _truth_signals(truth_root, as_of, ids)
+    held = pl.read_parquet(truth_root / f"date={as_of.isoformat()}" / "held.parquet")
+    offers = pl.read_parquet(truth_root / "offers.parquet").filter(
+        pl.col(OFFER_ID).is_in(inputs.pairs[OFFER_ID].unique().implode())
+    )
+    world = config.world
+    items = content_items(config) if has_content(world) else None
+    item_index = {} if items is None else {item_id: i for i, item_id in enumerate(items.ids)}
+    item_spread = None if items is None else affinity_sd(items, world)
+    frames = []
+    for offer_id, category, product, attractiveness in offers.select(
+        OFFER_ID, CATEGORY, PRODUCT_ID, "attractiveness"
+    ).iter_rows():
+        c = CATEGORIES.index(category)
+        holders = held.filter(pl.col(PRODUCT_ID) == product)[SUBSCRIBER_ID].to_numpy()
+        spread = variance[:, c]
+        if offer_id in item_index:  # an item's affinity stays unknown: its prior spread
+            spread = spread + item_spread[item_index[offer_id]] ** 2
+        probability = behaviour_only_probability(
+            signals,
+            np.full(len(ids), c),
+            attractiveness + mean[:, c],
+            np.sqrt(spread),
+            np.isin(ids, holders),
+            world.behaviour_weight,
+        )
+        frames.append(pl.DataFrame({SUBSCRIBER_ID: ids, OFFER_ID: offer_id, P_ACCEPT: probability}))
+    return _aligned(inputs.pairs, pl.concat(frames), P_ACCEPT)
+
+
+def taste_posterior_window_scores(inputs: WorldInputs) -> pl.Series:
+    """The taste ceiling reading only the snapshot's longest window, as Mia's taste model does."""
+    return taste_posterior_scores(inputs, days=max(inputs.settings.windows))
+
+
 def _aligned(pairs: pl.DataFrame, scores: pl.DataFrame, column: str) -> pl.Series:
     """`scores[column]` in the row order of `pairs`; every pair must have a score."""
     joined = pairs.select(SUBSCRIBER_ID, OFFER_ID).join(
@@ -562,6 +795,8 @@ METHODS: dict[str, Method] = {
     "global_lgbm": global_lgbm_scores,
     "oracle": oracle_scores,
     "behaviour_oracle": behaviour_oracle_scores,
+    "taste_posterior": taste_posterior_scores,
+    "taste_posterior_90d": taste_posterior_window_scores,
 }
 # Worlds with a consumption table add these (content worlds).
 CONTENT_METHODS: dict[str, Method] = {"consumed_popularity": consumed_popularity_scores}
