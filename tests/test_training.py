@@ -15,12 +15,17 @@ import pytest
 
 from mia.lake import Lake
 from mia.settings import Settings
+from models import training
 from models.blend import OfferBlend
+from models.propensity import CategoryPropensity
 from models.scoring import MODEL_NAME, SCORE_COLUMNS, active_offers, blend_frame, score_offers
 from models.training import (
     GATE_METRIC,
     TrainingInputError,
     als_grid,
+    blend_windows,
+    fit_bundle,
+    load_training_data,
     plain_types,
     propensity_model,
     read_or_build_snapshot,
@@ -77,6 +82,57 @@ def test_snapshot_dates_use_only_the_history_there_is():
     assert dates[0] == dt.date(2026, 1, 14)
     assert dates[-1] == AS_OF - dt.timedelta(days=7)
     assert len(dates) == 7
+
+
+def test_blend_windows_leave_each_propensity_history_to_train_and_calibrate_on():
+    assert [blend_windows(n) for n in (3, 4, 5, 8, 13)] == [1, 2, 3, 3, 3]
+
+
+def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, monkeypatch):
+    lake, settings = world
+    data = load_training_data(lake, AS_OF, settings)
+    dates = data.snapshot_dates
+    assert list(data.interactions_windows) == [dates[-2]]  # 4 snapshots: T_0 and T_1
+    # T_1's rows read the responses up to T_1 only (its labels start after it).
+    assert data.offer_state_windows[dates[-2]]["last_impression_ts"].max() < dt.datetime.combine(
+        dates[-2] + dt.timedelta(days=1), dt.time()
+    )
+    propensity_dates, input_models, blend_rows = [], {}, []
+    fit_propensity, input_models_of, fit_blend = (
+        CategoryPropensity.fit,
+        training._input_models,
+        OfferBlend.fit,
+    )
+
+    def record_propensity(self, train, valid):
+        propensity_dates.append((train["snapshot_date"].max(), valid["snapshot_date"].max()))
+        return fit_propensity(self, train, valid)
+
+    def record_inputs(data, settings, window, als_params):
+        input_models[window] = input_models_of(data, settings, window, als_params)
+        return input_models[window]
+
+    def record_blend(self, frame):
+        blend_rows.append(frame.height)
+        return fit_blend(self, frame)
+
+    monkeypatch.setattr(CategoryPropensity, "fit", record_propensity)
+    monkeypatch.setattr(training, "_input_models", record_inputs)
+    monkeypatch.setattr(OfferBlend, "fit", record_blend)
+    fit_bundle(data, settings)
+    # Each window's propensity trained and calibrated on snapshots before the window's labels.
+    assert propensity_dates == [(dates[-3], dates[-2]), (dates[-4], dates[-3])]
+    # Its ALS learned from the interactions up to that window only.
+    assert input_models[1].cf.user_items_.sum() == pytest.approx(
+        data.interactions_windows[dates[-2]]["confidence"].sum()
+    )
+    assert input_models[1].cf.user_items_.sum() < input_models[0].cf.user_items_.sum()
+    # The blend saw the non-holdout rows of both windows.
+    expected = 0
+    for window, bundle in input_models.items():
+        rows, held = training._labelled_blend_rows(bundle, data, window)
+        expected += int((~held).sum())
+    assert blend_rows == [expected]
 
 
 def test_first_training_is_promoted_and_reports_metrics(first):
