@@ -52,8 +52,8 @@ BLEND_MIN_DATA_IN_LEAF = 200
 # Labelled windows (weekly snapshots) the blend is fitted on. One week of sparse impressions
 # holds a few labelled rows per offer of a large catalog: trees fitted on it followed each offer's
 # noisy past acceptance rate and put the same few items in most lists (content world, 6,000
-# subscribers: three windows raised top-1 capture 0.480 -> 0.493 and content precision@5
-# 0.049 -> 0.057, max item share 0.56 -> 0.28; telco top-1 0.765 -> 0.769; `benchmarks.quality`).
+# subscribers: three windows raised top-1 capture 0.478 -> 0.493 and content precision@5
+# 0.044 -> 0.059, max item share 0.57 -> 0.31; telco top-1 0.760 -> 0.767; `benchmarks.quality`).
 BLEND_WINDOWS = 3
 # Propensity trains on the oldest snapshots, calibrates on the next, the blend fits on the last.
 MIN_TRAIN_SNAPSHOTS = 3
