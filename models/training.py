@@ -6,11 +6,12 @@ every label window (T_i, T_i + h] ends on or before A.
 - category propensity: trained on T_{n-1}..T_2, early-stopped and calibrated on T_1;
 - offer statistics and ALS: from events up to T_0 (offer labels of T_{n-1}..T_1, interactions
   in the lookback before T_0);
-- blend: fitted on the offer labels of the last `BLEND_WINDOWS` snapshots T_{w-1}..T_0 for most
-  subscribers, each window's rows with inputs from models trained as above but as of that window
-  (propensity on T_{n-1}..T_{k+2} calibrated on T_{k+1}, ALS, offer statistics and tastes up to
-  T_k: every input out of sample for the labels it is fitted on); a stable hashed share of
-  subscribers is held out of every window: the gate and the reported metrics use their T_0 rows.
+- blend: fitted on the offer labels of the last w = `blend_windows` (a setting) snapshots
+  T_{w-1}..T_0 for most subscribers, each window's rows with inputs from models trained as above
+  but as of that window (propensity on T_{n-1}..T_{k+2} calibrated on T_{k+1}, ALS, offer
+  statistics and tastes up to T_k: every input out of sample for the labels it is fitted on); a
+  stable hashed share of subscribers is held out of every window: the gate and the reported
+  metrics use their T_0 rows.
 
 The bundle keeps the models as of T_0 (everything it learned is from data up to T_0, except the
 blend, which saw the labels of non-holdout subscribers) plus the catalog and interactions of A.
@@ -49,12 +50,6 @@ GATE_METRIC = "blend.roc_auc"
 ALS_K = 5  # ranking cut-off of the ALS validation metrics
 BLEND_LEAVES = 7
 BLEND_MIN_DATA_IN_LEAF = 200
-# Labelled windows (weekly snapshots) the blend is fitted on. One week of sparse impressions
-# holds a few labelled rows per offer of a large catalog: trees fitted on it followed each offer's
-# noisy past acceptance rate and put the same few items in most lists (content world, 6,000
-# subscribers: three windows raised top-1 capture 0.478 -> 0.493 and content precision@5
-# 0.044 -> 0.059, max item share 0.57 -> 0.31; telco top-1 0.760 -> 0.767; `benchmarks.quality`).
-BLEND_WINDOWS = 3
 # Propensity trains on the oldest snapshots, calibrates on the next, the blend fits on the last.
 MIN_TRAIN_SNAPSHOTS = 3
 TRAINED_AS_OF_TAG = "trained_as_of"
@@ -130,11 +125,11 @@ def snapshot_dates(
     return dates
 
 
-def blend_windows(snapshots: int) -> int:
+def blend_windows(snapshots: int, wanted: int) -> int:
     """Labelled windows the blend is fitted on given `snapshots` training snapshots: up to
-    `BLEND_WINDOWS`, each leaving its own propensity at least one snapshot to train on and one to
-    calibrate on."""
-    return max(1, min(BLEND_WINDOWS, snapshots - MIN_TRAIN_SNAPSHOTS + 1))
+    `wanted` (the `blend_windows` setting), each leaving its own propensity at least one snapshot
+    to train on and one to calibrate on."""
+    return max(1, min(wanted, snapshots - MIN_TRAIN_SNAPSHOTS + 1))
 
 
 def holdout_mask(subscriber_ids: pl.Series | np.ndarray, seed: int) -> np.ndarray:
@@ -225,7 +220,7 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
         )
     windows = {
         dates[-1 - index]: interactions(dates[-1 - index], lookback)
-        for index in range(1, blend_windows(len(dates)))
+        for index in range(1, blend_windows(len(dates), settings.blend_windows))
     }
     return TrainingData(
         as_of=as_of,
@@ -429,7 +424,10 @@ def fit_bundle(data: TrainingData, settings: Settings) -> tuple[ModelBundle, dic
     from models trained as of that window (`_input_models`); the bundle keeps those of T_0.
     """
     als_params, als_metrics = tuned_als_params(data, settings)
-    windows = min(blend_windows(len(data.snapshot_dates)), 1 + len(data.interactions_windows))
+    windows = min(
+        blend_windows(len(data.snapshot_dates), settings.blend_windows),
+        1 + len(data.interactions_windows),
+    )
     bundle = _input_models(data, settings, 0, als_params)
     rows, held = _labelled_blend_rows(bundle, data)
     fit_parts = [rows.filter(pl.Series(~held))]

@@ -85,7 +85,8 @@ def test_snapshot_dates_use_only_the_history_there_is():
 
 
 def test_blend_windows_leave_each_propensity_history_to_train_and_calibrate_on():
-    assert [blend_windows(n) for n in (3, 4, 5, 8, 13)] == [1, 2, 3, 3, 3]
+    assert [blend_windows(n, 3) for n in (3, 4, 5, 8, 13)] == [1, 2, 3, 3, 3]
+    assert [blend_windows(n, 1) for n in (3, 13)] == [1, 1]
 
 
 def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, monkeypatch):
