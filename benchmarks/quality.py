@@ -134,12 +134,13 @@ from models.evaluate import (
     HeldOutWorld,
     check_outcomes_after,
     held_out_world,
+    score_world,
     subscriber_rank,
     top_k_metrics,
 )
 from models.propensity import NON_FEATURE_COLUMNS, FeatureEncoding
 from models.ranking_metrics import ranking_metrics_from_lists
-from models.scoring import active_offers, score_offers
+from models.scoring import active_offers
 from models.training import TrainingData, cf_model, fit_bundle, load_training_data
 from offers.groups import TREATMENT
 from offers.rank import scored_candidates, select_offers
@@ -427,16 +428,7 @@ class WorldInputs:
 def mia_scores(inputs: WorldInputs) -> pl.Series:
     """Mia's p_accept: the bundle fitted as `mia train` fits it, scored as the night scores."""
     bundle, _ = fit_bundle(inputs.data, inputs.settings)
-    world = inputs.world
-    scores = score_offers(
-        bundle,
-        world.snapshot,
-        world.catalog,
-        world.interactions,
-        with_reasons=False,
-        offer_state=world.offer_state,
-    )
-    return _aligned(inputs.pairs, scores, P_ACCEPT)
+    return _aligned(inputs.pairs, score_world(bundle, inputs.world), P_ACCEPT)
 
 
 def popularity_scores(inputs: WorldInputs) -> pl.Series:

@@ -238,6 +238,19 @@ def held_out_world(lake: Lake, as_of: dt.date, settings: Settings) -> HeldOutWor
     )
 
 
+def score_world(bundle: ModelBundle, world: HeldOutWorld) -> pl.DataFrame:
+    """The bundle's scores (without reasons) of every subscriber x offer of a held-out world, from
+    what the night of its as_of would read."""
+    return score_offers(
+        bundle,
+        world.snapshot,
+        world.catalog,
+        world.interactions,
+        with_reasons=False,
+        offer_state=world.offer_state,
+    )
+
+
 def evaluate_against_oracle(
     lake: Lake,
     as_of: dt.date,
@@ -258,14 +271,7 @@ def evaluate_against_oracle(
         check_champion_predates(settings, as_of)
         bundle = load_bundle(settings)
     world = held_out_world(lake, as_of, settings)
-    scores = score_offers(
-        bundle,
-        world.snapshot,
-        world.catalog,
-        world.interactions,
-        with_reasons=False,
-        offer_state=world.offer_state,
-    )
+    scores = score_world(bundle, world)
     oracle = oracle_p_accept(
         lake.root,
         as_of,
