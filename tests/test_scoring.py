@@ -59,26 +59,19 @@ def night(tmp_path_factory, ingested_root) -> dict:
     }
 
 
+def night_arguments(night: dict) -> tuple:
+    """The bundle, snapshot, catalog and interactions of the night, as scoring takes them."""
+    return night["bundle"], night["snapshot"], night["catalog"], night["interactions"]
+
+
 @pytest.fixture(scope="module")
 def reference(night) -> pl.DataFrame:
-    return reference_score_offers(
-        night["bundle"],
-        night["snapshot"],
-        night["catalog"],
-        night["interactions"],
-        offer_state=night["offer_state"],
-    )
+    return reference_score_offers(*night_arguments(night), offer_state=night["offer_state"])
 
 
 @pytest.fixture(scope="module")
 def full(night) -> pl.DataFrame:
-    return score_offers(
-        night["bundle"],
-        night["snapshot"],
-        night["catalog"],
-        night["interactions"],
-        offer_state=night["offer_state"],
-    )
+    return score_offers(*night_arguments(night), offer_state=night["offer_state"])
 
 
 def test_fast_path_equals_reference(full, reference, night):
