@@ -6,11 +6,10 @@ subscriber's taste for the offer's category learned from accepted and unanswered
 (`models.taste`; raw and centred), the subscriber's own responses to the offer and to its category
 (`models.history`: impressions, accepts, dismisses, ignored, days since each), offer attributes
 (value, category) and the offer's smoothed historical acceptance rate and volume from labelled
-windows. A logistic regression on the
-propensity and the ALS inputs, then a small LightGBM on every input correcting its margin (both
-monotone increasing in the propensity, the ALS score, the taste and the offer's rate), are fitted
-on a window LATER than the one their inputs were trained on, so they learn how far to trust each
-input out of sample.
+windows. A logistic regression on the propensity and the ALS inputs, then a small LightGBM on
+every input correcting its margin (both monotone increasing in the propensity, the ALS score, the
+taste and the offer's rate), are fitted on a window LATER than the one their inputs were trained
+on, so they learn how far to trust each input out of sample.
 """
 
 from __future__ import annotations

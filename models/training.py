@@ -87,6 +87,13 @@ class TrainingData:
     interactions_windows: dict[dt.date, pl.DataFrame] = field(default_factory=dict)
     offer_state_windows: dict[dt.date, pl.DataFrame] = field(default_factory=dict)
 
+    def blend_window(self, window: int) -> tuple[dt.date, pl.DataFrame, pl.DataFrame | None]:
+        """Snapshot date, ALS interactions and offer state of blend window T_`window` (0: T_0)."""
+        date = self.snapshot_dates[-1 - window]
+        if not window:
+            return date, self.interactions_blend, self.offer_state
+        return date, self.interactions_windows[date], self.offer_state_windows[date]
+
 
 @dataclass
 class TrainingReport:
@@ -361,12 +368,10 @@ def _labelled_blend_rows(
 ) -> tuple[pl.DataFrame, np.ndarray]:
     """Blend inputs of the shown subscriber x offer pairs of snapshot T_`window` with labels, and
     the holdout mask; `bundle` holds the models as of that snapshot."""
-    date = data.snapshot_dates[-1 - window]
+    date, interactions, offer_state = data.blend_window(window)
     snapshot = data.snapshots[date].sort(SUBSCRIBER_ID)
     offers = active_offers(data.catalog, date + dt.timedelta(days=1))
     offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
-    interactions = data.interactions_windows[date] if window else data.interactions_blend
-    offer_state = data.offer_state_windows[date] if window else data.offer_state
     frame = blend_frame(bundle, snapshot, offers, interactions, offer_state, data.catalog)
     labels = data.offer_labels[date].select(SUBSCRIBER_ID, OFFER_ID, pl.col(LABEL).cast(pl.Int8))
     rows = frame.join(labels, on=[SUBSCRIBER_ID, OFFER_ID], how="inner").sort(
@@ -397,7 +402,7 @@ def _input_models(
     )
     propensity = propensity_model(settings).fit(train, valid)
     history = pl.concat([data.offer_labels[d] for d in dates[:-1]], how="vertical")
-    interactions = data.interactions_windows[date] if window else data.interactions_blend
+    _, interactions, _ = data.blend_window(window)
     logger.info("ALS on %d interactions up to %s", interactions.height, date)
     cf = cf_model(settings, **als_params).fit(interactions)
     taste = taste_model(settings)
