@@ -141,6 +141,7 @@ from models.evaluate import (
 from models.propensity import NON_FEATURE_COLUMNS, FeatureEncoding
 from models.ranking_metrics import ranking_metrics_from_lists
 from models.scoring import active_offers
+from models.taste import stable_sigmoid
 from models.training import TrainingData, cf_model, fit_bundle, load_training_data
 from offers.groups import TREATMENT
 from offers.rank import scored_candidates, select_offers
@@ -673,7 +674,7 @@ def posterior_tastes(
 
     taste = np.zeros((n_rows, n_categories))
     for _ in range(iterations):
-        p = _sigmoid(base_logit + taste[rows, categories])
+        p = stable_sigmoid(base_logit + taste[rows, categories])
         gradient = np.bincount(cell, label - p, minlength=n_rows * n_categories)
         weight = np.bincount(cell, p * (1.0 - p), minlength=n_rows * n_categories)
         gradient = gradient.reshape(n_rows, n_categories) - taste @ precision
@@ -692,7 +693,7 @@ def posterior_tastes(
         taste = taste + step
         if np.abs(step).max() < 1e-6:
             break
-    p = _sigmoid(base_logit + taste[rows, categories])
+    p = stable_sigmoid(base_logit + taste[rows, categories])
     weight = np.bincount(cell, p * (1.0 - p), minlength=n_rows * n_categories)
     hessian = precision[None, :, :] + _diagonal(weight.reshape(n_rows, n_categories))
     variance = np.diagonal(np.linalg.inv(hessian), axis1=1, axis2=2).copy()
@@ -705,10 +706,6 @@ def _diagonal(values: np.ndarray) -> np.ndarray:
     index = np.arange(values.shape[1])
     result[:, index, index] = values
     return result
-
-
-def _sigmoid(values: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * values))
 
 
 def taste_posterior_scores(inputs: WorldInputs, days: int | None = None) -> pl.Series:

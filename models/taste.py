@@ -48,7 +48,9 @@ def history_columns(category: str, window: int) -> tuple[str, str]:
     return f"{category}_impressions_{window}d", f"{category}_accepts_{window}d"
 
 
-def _sigmoid(values: np.ndarray) -> np.ndarray:
+def stable_sigmoid(values: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) through tanh: no overflow for logits of any size (Newton steps may try
+    large ones)."""
     return 0.5 * (1.0 + np.tanh(0.5 * values))
 
 
@@ -117,7 +119,7 @@ def _newton_step(
     """
     dims = design.shape[1]
     eta = _eta(owner, design, offset, params)
-    p = _sigmoid(eta)
+    p = stable_sigmoid(eta)
     residual = successes - trials * p
     weight = trials * p * (1.0 - p)
     gradient = np.empty((n_owners, dims))
