@@ -124,7 +124,8 @@ def incoming_table(root: Path, table: str):
 
 def training_world(base: Path, ingested_root: Path):
     """A private copy of the ingested tiny world under `base`, with settings to train on it
-    (its own MLflow store, in the data root; one thread, a short history)."""
+    (its own MLflow store, in the data root; one thread, a short history, the blend fitted on one
+    week: tests that check the multi-week blend ask for more)."""
     from mia.lake import Lake
     from mia.settings import Settings
 
@@ -134,6 +135,7 @@ def training_world(base: Path, ingested_root: Path):
         data_dir=root,
         num_threads=1,
         train_snapshots=4,
+        blend_windows=1,
     )
     return Lake(root), settings
 

@@ -91,6 +91,7 @@ def test_blend_windows_leave_each_propensity_history_to_train_and_calibrate_on()
 
 def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, monkeypatch):
     lake, settings = world
+    settings = settings.replace(blend_windows=3)
     data = load_training_data(lake, AS_OF, settings)
     dates = data.snapshot_dates
     assert list(data.interactions_windows) == [dates[-2]]  # 4 snapshots: T_0 and T_1
