@@ -18,6 +18,17 @@ removed between repeats. Medians are printed as a Markdown table with per-step t
 manifest's durations_seconds), and the log-log slope of time against subscribers.
 
     python -m benchmarks.scale --subscribers 100000 300000 1000000 --days 90 --repeats 3
+
+With `--train`, the weekly retrain is measured instead: `models.training.train_models` as of the
+day before the last on `--train-snapshots` weekly snapshots (13 by default, the setting's
+default), with the default settings (2 LightGBM threads, the blend on 3 weeks), registered in an
+MLflow store of its own per size. The snapshots are built before the measured runs, as the
+nights before a weekly retrain would have built them (their build time is reported beside). Each
+run is a fresh subprocess whose process tree is sampled for peak RSS; the table gives wall and CPU
+seconds per model family (`TrainingReport.seconds`). The world needs `--days` of at least
+`--train-snapshots` x 7 + 15 (120 by default with `--train`).
+
+    python -m benchmarks.scale --train --subscribers 100000 300000 1000000 --days 120 --repeats 1
 """
 
 from __future__ import annotations
@@ -241,34 +252,13 @@ def _tree_rss(process) -> int:
     return total
 
 
-def run_child(root: Path, date: dt.date, n_shards: int, days: int) -> dict[str, float]:
-    """One nightly increment in a fresh subprocess: wall time, peak tree RSS, step durations."""
+def _sampled_child(arguments: list[str], env: dict[str, str]) -> dict[str, float]:
+    """`python -m benchmarks.scale ARGUMENTS` in a fresh subprocess: its wall time and the peak
+    RSS of its process tree, with the JSON object it printed last."""
     import psutil
 
-    home = RESULTS / "prefect-home"  # one Prefect database for every run: migrated once
-    home.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.scale",
-        "--child",
-        str(root),
-        "--date",
-        date.isoformat(),
-        "--n-shards",
-        str(n_shards),
-        "--days",
-        str(days),
-    ]
     started = time.perf_counter()
+    command = [sys.executable, "-m", "benchmarks.scale", *arguments]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     watched = psutil.Process(process.pid)
     peak = 0
@@ -278,9 +268,29 @@ def run_child(root: Path, date: dt.date, n_shards: int, days: int) -> dict[str, 
     wall = time.perf_counter() - started
     output = process.stdout.read() if process.stdout else ""
     if process.returncode:
-        raise RuntimeError(f"nightly child failed with exit {process.returncode}")
+        raise RuntimeError(f"child {arguments[:2]} failed with exit {process.returncode}")
     result = json.loads(output.strip().splitlines()[-1])
     return {"process_seconds": wall, "peak_rss_gb": peak / 2**30, **result}
+
+
+def _child_env() -> dict[str, str]:
+    """Environment of a measured child: quiet Prefect and MLflow, one Prefect database."""
+    home = RESULTS / "prefect-home"  # one Prefect database for every run: migrated once
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def run_child(root: Path, date: dt.date, n_shards: int, days: int) -> dict[str, float]:
+    """One nightly increment in a fresh subprocess: wall time, peak tree RSS, step durations."""
+    arguments = ["--child", str(root), "--date", date.isoformat(), "--days", str(days)]
+    return _sampled_child([*arguments, "--n-shards", str(n_shards)], _child_env())
 
 
 def child(root: Path, date: dt.date, n_shards: int, days: int) -> None:
@@ -325,6 +335,120 @@ def measure(subscribers: int, base: int, days: int, repeats: int, n_shards: int 
     return {"size": subscribers, "n_shards": shards, "repeats": repeats, **medians}
 
 
+# ---------------------------------------------------------------------------- the weekly retrain
+
+# Where a retrain spends its time (`TrainingReport.seconds`), in the order training runs them.
+TRAIN_PARTS = (
+    "snapshots", "labels", "responses", "als_tuning", "propensity", "als", "taste",
+    "blend_inputs", "blend", "holdout_metrics", "registry",
+)  # fmt: skip
+
+
+def min_train_days(snapshots: int) -> int:
+    """Days a world needs so that `snapshots` weekly snapshots have a week of history each."""
+    return snapshots * 7 + 15
+
+
+def train_settings(root: Path, snapshots: int) -> Settings:
+    """Settings of the measured retrain: the defaults, with an MLflow store of the size's own."""
+    store = root.parent / "train-mlflow"
+    return Settings(
+        data_dir=root,
+        mlflow_uri=f"sqlite:///{store}/mlflow.db",
+        mlflow_artifacts=store / "artifacts",
+        train_snapshots=snapshots,
+    )
+
+
+def prepare_training(subscribers: int, base: int, days: int, snapshots: int) -> tuple[Path, float]:
+    """Data root of one size ready for a retrain as of the day before the last, with every
+    snapshot the retrain reads built; and the seconds building them took (when first built)."""
+    from features.daily import build_daily_range
+    from features.offer_state import update_offer_state
+    from models.training import read_or_build_snapshot, snapshot_dates
+
+    if subscribers % base:
+        raise SystemExit(f"--subscribers {subscribers} must be a multiple of --base {base}.")
+    before = last_day(days) - dt.timedelta(days=1)
+    base_root = generate_world(base, days)
+    build_daily_range(Lake(base_root), START, before)
+    update_offer_state(Lake(base_root), before)
+    copies = subscribers // base
+    root = world_dir(subscribers, days) / "data" if copies > 1 else base_root
+    marker = root.parent / f"{READY}-train-{snapshots}"
+    if not marker.exists():
+        if copies > 1:
+            skip = f"date={last_day(days).isoformat()}"  # as in the night's world
+            for part in REPLICATED:
+                _replicate_tree(base_root / part, root / part, copies, skip=skip)
+            update_offer_state(Lake(root), before)
+        settings = train_settings(root, snapshots)
+        started = time.perf_counter()
+        for date in [*snapshot_dates(before, settings), before]:
+            read_or_build_snapshot(Lake(root), date, settings)
+        marker.write_text(f"{time.perf_counter() - started:.1f}\n")
+        logger.info("%d subscribers: snapshots built in %s s", subscribers, marker.read_text())
+    return root, float(marker.read_text())
+
+
+def train_child(root: Path, date: dt.date, snapshots: int) -> None:
+    """Inside the subprocess: one weekly retrain; its seconds per part as one JSON line."""
+    from flows.nightly import peak_rss_gb
+    from models.training import train_models
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    report = train_models(Lake(root), date, train_settings(root, snapshots))
+    result = {
+        "train_seconds": time.perf_counter() - wall,
+        "train_cpu_seconds": time.process_time() - cpu,
+        "own_peak_rss_gb": peak_rss_gb(),
+        "train_snapshots": len(report.snapshot_dates),
+        **{f"wall_{part}": value for part, value in report.seconds.wall.items()},
+        **{f"cpu_{part}": value for part, value in report.seconds.cpu.items()},
+    }
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+def measure_training(
+    subscribers: int, base: int, days: int, repeats: int, snapshots: int
+) -> dict[str, float]:
+    """Medians over `repeats` weekly retrains of one size."""
+    root, snapshot_seconds = prepare_training(subscribers, base, days, snapshots)
+    date = last_day(days) - dt.timedelta(days=1)
+    runs = []
+    for repeat in range(repeats):
+        arguments = ["--train-child", str(root), "--date", date.isoformat()]
+        runs.append(_sampled_child([*arguments, "--train-snapshots", str(snapshots)], _child_env()))
+        logger.info("%d subscribers, retrain %d: %s", subscribers, repeat + 1, runs[-1])
+    medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    return {
+        "size": subscribers,
+        "repeats": repeats,
+        "snapshot_build_seconds": snapshot_seconds,
+        **medians,
+    }
+
+
+def train_table(rows: list[dict]) -> str:
+    """The Markdown table of the measured retrains: wall (CPU) seconds per part."""
+    header = ["subscribers", "weeks", "retrain", *TRAIN_PARTS, "peak RSS (GB)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for row in rows:
+        parts = [
+            f"{row.get(f'wall_{part}', 0.0):.0f} ({row.get(f'cpu_{part}', 0.0):.0f})"
+            for part in TRAIN_PARTS
+        ]
+        cells = [
+            f"{row['size']:,}",
+            f"{row['train_snapshots']:.0f}",
+            f"{row['train_seconds']:.0f} ({row['train_cpu_seconds']:.0f})",
+            *parts,
+            f"{row['peak_rss_gb']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def exponent(sizes: list[float], seconds: list[float]) -> float:
     """Least-squares slope of log(seconds) against log(sizes)."""
     if len(sizes) < 2:
@@ -358,17 +482,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--base", type=int, default=100_000, help="simulated subscribers")
-    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--days", type=int, default=None, help="default: 90, 120 with --train")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-shards", type=int, default=None, help="default: 1 per 200k")
     parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--train", action="store_true", help="measure the weekly retrain")
+    parser.add_argument("--train-snapshots", type=int, default=Settings().train_snapshots)
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--date", type=dt.date.fromisoformat, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.child is not None:
         child(args.child, args.date, args.n_shards, args.days)
         return
+    if args.train_child is not None:
+        train_child(args.train_child, args.date, args.train_snapshots)
+        return
+    if args.train:
+        train(args)
+        return
+    args.days = args.days or 90
     for subscribers in sorted(args.subscribers):
         prepare_size(subscribers, args.base, args.days)
     if args.prepare_only:
@@ -389,6 +523,37 @@ def main(argv: list[str] | None = None) -> None:
             + ", ".join(f"{key} {value:.2f}" for key, value in slopes.items())
             + "\n"
         )
+
+
+def train(args: argparse.Namespace) -> None:
+    """The weekly retrain at each size: prepare, measure, print the table and the slopes."""
+    days = args.days or max(120, min_train_days(args.train_snapshots))
+    if days < min_train_days(args.train_snapshots):
+        raise SystemExit(
+            f"--days {days}: {args.train_snapshots} weekly snapshots need a world of at least "
+            f"{min_train_days(args.train_snapshots)} days."
+        )
+    for subscribers in sorted(args.subscribers):
+        prepare_training(subscribers, args.base, days, args.train_snapshots)
+    if args.prepare_only:
+        return
+    rows = []
+    for subscribers in sorted(args.subscribers):
+        rows.append(
+            measure_training(subscribers, args.base, days, args.repeats, args.train_snapshots)
+        )
+        (RESULTS / "scale-train.json").write_text(json.dumps(rows, indent=2) + "\n")
+    sizes = [row["size"] for row in rows]
+    slopes = {
+        key: exponent(sizes, [row[key] for row in rows])
+        for key in ("train_seconds", "train_cpu_seconds", "peak_rss_gb")
+    }
+    sys.stdout.write(
+        train_table(rows)
+        + "\n\nlog-log slopes against subscribers: "
+        + ", ".join(f"{key} {value:.2f}" for key, value in slopes.items())
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -3,11 +3,17 @@
 Library code calls `report_progress` at the boundaries of the parts of a long step (one category
 model, one snapshot, one shard); the `mia` command line shows the reports as progress bars on a
 terminal and as plain lines when piped. A notebook sees them as INFO log records of PROGRESS_LOGGER.
+`timed_part` and `collect_part_seconds` add up where a step spends its time (training reports
+its seconds per model family this way).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 PROGRESS_LOGGER = "mia.progress"
@@ -32,3 +38,41 @@ def report_progress(step: str, done: int, total: int, item: str = "") -> None:
         _logger.info("%s: %s (%d of %d)", step, item, done + 1, total, extra={"progress": progress})
     else:
         _logger.info("%s: %d of %d done", step, done, total, extra={"progress": progress})
+
+
+@dataclass
+class PartSeconds:
+    """Wall and CPU seconds spent in each named part of a long step, summed over its repeats."""
+
+    wall: dict[str, float]
+    cpu: dict[str, float]
+
+
+_collecting: ContextVar[PartSeconds | None] = ContextVar("mia_part_seconds", default=None)
+
+
+@contextmanager
+def collect_part_seconds() -> Iterator[PartSeconds]:
+    """Sum the time of every `timed_part` run inside the block, per part name."""
+    seconds = PartSeconds(wall={}, cpu={})
+    token = _collecting.set(seconds)
+    try:
+        yield seconds
+    finally:
+        _collecting.reset(token)
+
+
+@contextmanager
+def timed_part(name: str) -> Iterator[None]:
+    """Add the block's wall and CPU seconds (every thread of the process) to part `name` of the
+    collection under way, if any; parts are not to be nested, or their time counts twice."""
+    seconds = _collecting.get()
+    if seconds is None:
+        yield
+        return
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        seconds.wall[name] = seconds.wall.get(name, 0.0) + time.perf_counter() - wall
+        seconds.cpu[name] = seconds.cpu.get(name, 0.0) + time.process_time() - cpu

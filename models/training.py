@@ -33,7 +33,7 @@ import polars.selectors as cs
 from mia.errors import InputError
 from mia.hashing import unit_interval
 from mia.lake import Lake, partition_files
-from mia.progress import report_progress
+from mia.progress import PartSeconds, collect_part_seconds, report_progress, timed_part
 from mia.schema import CATEGORY, LABEL, OFFER_ID, P_ACCEPT, SUBSCRIBER_ID
 from mia.settings import Settings
 from models import metrics as mx
@@ -111,6 +111,9 @@ class TrainingReport:
     champion_version: str | None = None
     evaluate: Callable[[Any], dict[str, float]] | None = None  # the gate's holdout evaluation
     notes: dict[str, Any] = field(default_factory=dict)
+    # Wall and CPU seconds per part (snapshots, labels, responses, als_tuning, propensity, als,
+    # taste, blend_inputs, blend, holdout_metrics, registry), summed over the blend's windows.
+    seconds: PartSeconds | None = None
 
 
 def snapshot_dates(
@@ -184,23 +187,34 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
             f"to {as_of}; raw/ holds {span}."
         )
     logger.info("training on %d snapshots: %s .. %s", len(dates), dates[0], dates[-1])
-    build_daily_range(lake, ingested[0], as_of)
+    with timed_part("snapshots"):
+        build_daily_range(lake, ingested[0], as_of)
     lookback = max(settings.windows)
-    events = raw_events(lake, "offer_events", dates[0] - dt.timedelta(days=lookback), as_of)
-    if events is None:
-        raise TrainingInputError("table offer_events was never delivered: nothing to learn from.")
-    events = events.collect(engine="streaming").lazy()
-    consumption = None
-    if settings.consumption_weight > 0:  # read only when ALS is to learn from it
-        consumption = raw_events(lake, "consumption", dates[0] - dt.timedelta(days=lookback), as_of)
-    if consumption is not None:
-        consumption = consumption.collect(engine="streaming").lazy()
+    with timed_part("responses"):
+        events = raw_events(lake, "offer_events", dates[0] - dt.timedelta(days=lookback), as_of)
+        if events is None:
+            raise TrainingInputError(
+                "table offer_events was never delivered: nothing to learn from."
+            )
+        events = events.collect(engine="streaming").lazy()
+        consumption = None
+        if settings.consumption_weight > 0:  # read only when ALS is to learn from it
+            consumption = raw_events(
+                lake, "consumption", dates[0] - dt.timedelta(days=lookback), as_of
+            )
+        if consumption is not None:
+            consumption = consumption.collect(engine="streaming").lazy()
 
     def interactions(until: dt.date, days: int) -> pl.DataFrame:
-        return build_interactions(
-            events, until, days, consumption=consumption,
-            consumption_weight=settings.consumption_weight,
-        )  # fmt: skip
+        with timed_part("responses"):
+            return build_interactions(
+                events, until, days, consumption=consumption,
+                consumption_weight=settings.consumption_weight,
+            )  # fmt: skip
+
+    def offer_state(date: dt.date) -> pl.DataFrame | None:
+        with timed_part("responses"):
+            return read_offer_state(lake, date)
 
     catalogs = []
     for date in [*dates, as_of]:
@@ -213,11 +227,13 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
     snapshots, categories, offers = {}, {}, {}
     for done, date in enumerate([*dates, as_of]):
         report_progress("training snapshots", done, len(dates) + 1, str(date))
-        snapshots[date] = read_or_build_snapshot(lake, date, settings)
+        with timed_part("snapshots"):
+            snapshots[date] = read_or_build_snapshot(lake, date, settings)
     report_progress("training snapshots", len(dates) + 1, len(dates) + 1)
     for date in dates:
-        categories[date] = category_labels(events, catalog, date, settings.horizon_days)
-        offers[date] = offer_labels(events, catalog, date, settings.horizon_days)
+        with timed_part("labels"):
+            categories[date] = category_labels(events, catalog, date, settings.horizon_days)
+            offers[date] = offer_labels(events, catalog, date, settings.horizon_days)
         logger.info(
             "labels %s: %d category rows (%d positive), %d offer rows",
             date,
@@ -244,9 +260,9 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
             windows[dates[-2]] if dates[-2] in windows else interactions(dates[-2], lookback)
         ),
         interactions_tune_valid=interactions(dates[-1], (dates[-1] - dates[-2]).days),
-        offer_state=read_offer_state(lake, dates[-1]),
+        offer_state=offer_state(dates[-1]),
         interactions_windows=windows,
-        offer_state_windows={date: read_offer_state(lake, date) for date in windows},
+        offer_state_windows={date: offer_state(date) for date in windows},
     )
 
 
@@ -372,11 +388,12 @@ def _labelled_blend_rows(
     snapshot = data.snapshots[date].sort(SUBSCRIBER_ID)
     offers = active_offers(data.catalog, date + dt.timedelta(days=1))
     offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
-    frame = blend_frame(bundle, snapshot, offers, interactions, offer_state, data.catalog)
     labels = data.offer_labels[date].select(SUBSCRIBER_ID, OFFER_ID, pl.col(LABEL).cast(pl.Int8))
-    rows = frame.join(labels, on=[SUBSCRIBER_ID, OFFER_ID], how="inner").sort(
-        SUBSCRIBER_ID, OFFER_ID
-    )
+    with timed_part("blend_inputs"):
+        frame = blend_frame(bundle, snapshot, offers, interactions, offer_state, data.catalog)
+        rows = frame.join(labels, on=[SUBSCRIBER_ID, OFFER_ID], how="inner").sort(
+            SUBSCRIBER_ID, OFFER_ID
+        )
     return rows, holdout_mask(rows[SUBSCRIBER_ID], bundle.propensity.random_state)
 
 
@@ -400,15 +417,18 @@ def _input_models(
         valid_date,
         valid.height,
     )
-    propensity = propensity_model(settings).fit(train, valid)
+    with timed_part("propensity"):
+        propensity = propensity_model(settings).fit(train, valid)
     history = pl.concat([data.offer_labels[d] for d in dates[:-1]], how="vertical")
     _, interactions, _ = data.blend_window(window)
     logger.info("ALS on %d interactions up to %s", interactions.height, date)
-    cf = cf_model(settings, **als_params).fit(interactions)
+    with timed_part("als"):
+        cf = cf_model(settings, **als_params).fit(interactions)
     taste = taste_model(settings)
     if taste is not None:
         # The snapshot holds the responses up to its date: the blend's labels come after it.
-        taste.fit(data.snapshots[date], propensity.categories_)
+        with timed_part("taste"):
+            taste.fit(data.snapshots[date], propensity.categories_)
     return ModelBundle(
         propensity=propensity,
         cf=cf,
@@ -428,7 +448,8 @@ def fit_bundle(data: TrainingData, settings: Settings) -> tuple[ModelBundle, dic
     The blend is fitted on the labels of the last `blend_windows` snapshots, each window's inputs
     from models trained as of that window (`_input_models`); the bundle keeps those of T_0.
     """
-    als_params, als_metrics = tuned_als_params(data, settings)
+    with timed_part("als_tuning"):
+        als_params, als_metrics = tuned_als_params(data, settings)
     windows = min(
         blend_windows(len(data.snapshot_dates), settings.blend_windows),
         1 + len(data.interactions_windows),
@@ -449,9 +470,10 @@ def fit_bundle(data: TrainingData, settings: Settings) -> tuple[ModelBundle, dic
         fit_rows.height,
         int(held.sum()),
     )
-    bundle.blend.fit(fit_rows)
-    holdout = rows.filter(pl.Series(held))
-    holdout = holdout.with_columns(pl.Series(P_ACCEPT, bundle.blend.predict(holdout)))
+    with timed_part("blend"):
+        bundle.blend.fit(fit_rows)
+        holdout = rows.filter(pl.Series(held))
+        holdout = holdout.with_columns(pl.Series(P_ACCEPT, bundle.blend.predict(holdout)))
     t0 = data.snapshot_dates[-1]
     t0_categories = training_frame(data.snapshots[t0], data.category_labels[t0])
     return bundle, {"holdout": holdout, "t0_categories": t0_categories, "als": als_metrics}
@@ -571,11 +593,20 @@ def train_models(
     """Train, evaluate, log and register the models as of `as_of`; promote through the gate."""
     stages = TRAINING_STAGES if register else TRAINING_STAGES[:-1]
     report_progress("training", 0, len(stages), stages[0])
+    with collect_part_seconds() as seconds:
+        return _train(lake, as_of, settings, register, seconds)
+
+
+def _train(
+    lake: Lake, as_of: dt.date, settings: Settings, register: bool, seconds: PartSeconds
+) -> TrainingReport:
+    stages = TRAINING_STAGES if register else TRAINING_STAGES[:-1]
     data = load_training_data(lake, as_of, settings)
     report_progress("training", 1, len(stages), stages[1])
     bundle, frames = fit_bundle(data, settings)
     report_progress("training", 2, len(stages), stages[2])
-    metrics = compute_metrics(bundle, frames)
+    with timed_part("holdout_metrics"):
+        metrics = compute_metrics(bundle, frames)
     logger.info(
         "holdout: blend AUC %.4f (category propensity alone %.4f, ALS alone %.4f)",
         metrics["blend.roc_auc"],
@@ -590,10 +621,16 @@ def train_models(
         bundle=bundle,
         evaluate=holdout_evaluator(data, frames["holdout"]),
         notes={"propensity_summary": bundle.propensity.summary_},
+        seconds=seconds,
     )
     if register:
         report_progress("training", 3, len(stages), stages[3])
-        _register(report, data, frames, settings)
+        with timed_part("registry"):
+            _register(report, data, frames, settings)
+    logger.info(
+        "training seconds (wall / CPU): %s",
+        ", ".join(f"{part} {t:.1f} / {seconds.cpu[part]:.1f}" for part, t in seconds.wall.items()),
+    )
     report_progress("training", len(stages), len(stages))
     return report
 
@@ -611,6 +648,8 @@ def _register(
     with registry.start_run(settings, f"train-{report.as_of}", tags) as run_id:
         registry.log_params(_params(bundle, data, settings))
         registry.log_metrics(mx.finite(report.metrics))
+        if report.seconds is not None:  # where the time went, up to the registry's own part
+            registry.log_metrics({f"seconds.{part}": t for part, t in report.seconds.wall.items()})
         for path, figure in _figures(bundle, frames).items():
             registry.log_figure(figure, path)
         version = registry.log_scorer(MODEL_NAME, bundle, data.input_example.to_pandas())

@@ -6,6 +6,7 @@ import re
 import threading
 
 from flows import cli
+from mia import progress
 from mia.progress import report_progress
 
 
@@ -39,3 +40,27 @@ def test_progress_bars_show_names_from_data_as_text(capsys, monkeypatch):
 
 def test_durations_read_as_hours_minutes_seconds():
     assert [cli._duration(s) for s in (5, 65, 3 * 3600 + 62)] == ["5s", "1m05s", "3h01m02s"]
+
+
+def test_timed_parts_add_up_per_name_inside_a_collection_only(monkeypatch):
+    clock = iter([0.0, 2.0, 10.0, 13.0, 20.0, 21.0])  # (start, end) of three timed blocks
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    cpu = iter([0.0, 1.0, 5.0, 9.0, 20.0, 20.5])
+    monkeypatch.setattr(progress.time, "process_time", lambda: next(cpu))
+    with progress.timed_part("ignored"):  # nothing collects: no clock is read
+        pass
+    with progress.collect_part_seconds() as seconds:
+        with progress.timed_part("fit"):
+            pass
+        with progress.timed_part("load"):
+            pass
+        try:
+            with progress.timed_part("fit"):
+                raise ValueError("a failed part still counts")
+        except ValueError:
+            pass
+    assert seconds.wall == {"fit": 3.0, "load": 3.0}
+    assert seconds.cpu == {"fit": 1.5, "load": 4.0}
+    with progress.timed_part("after"):  # the collection has ended
+        pass
+    assert "after" not in seconds.wall

@@ -399,3 +399,10 @@ def test_peak_memory_is_the_process_own_not_its_parents():
     before, after = (int(value) / 2**20 for value in out.stdout.split())
     assert ballast.sum() > 0 and 0 < before < 200  # MiB: imports only, not the parent's memory
     assert 200 <= after - before < 260
+
+
+def test_the_retrain_benchmark_refuses_a_world_too_short_for_its_weekly_snapshots(capsys):
+    from benchmarks import scale
+
+    with pytest.raises(SystemExit, match="13 weekly snapshots need a world of at least 106 days"):
+        scale.main(["--train", "--days", "90", "--subscribers", "1000", "--base", "1000"])

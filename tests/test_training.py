@@ -18,6 +18,7 @@ from mia.settings import Settings
 from models import training
 from models.blend import OfferBlend
 from models.propensity import CategoryPropensity
+from models.registry import tracking
 from models.scoring import MODEL_NAME, SCORE_COLUMNS, active_offers, blend_frame, score_offers
 from models.training import (
     GATE_METRIC,
@@ -137,7 +138,8 @@ def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, 
     assert blend_rows == [expected]
 
 
-def test_first_training_is_promoted_and_reports_metrics(first):
+def test_first_training_is_promoted_and_reports_metrics(world, first):
+    settings = world[1]
     assert first.version == "1" and first.promoted
     assert first.reason == "no champion yet"
     metrics = first.metrics
@@ -152,6 +154,14 @@ def test_first_training_is_promoted_and_reports_metrics(first):
         assert key in metrics
     summary = first.notes["propensity_summary"]
     assert summary.height == 24
+    # Where the time went, per model family, summed over the blend's windows.
+    parts = {"snapshots", "labels", "responses", "als_tuning", "propensity", "als", "taste"}
+    parts |= {"blend_inputs", "blend", "holdout_metrics", "registry"}
+    assert set(first.seconds.wall) == set(first.seconds.cpu) == parts
+    assert all(value >= 0 for value in first.seconds.wall.values())
+    with tracking(settings) as client:
+        logged = client.get_run(first.run_id).data.metrics
+    assert logged["seconds.propensity"] == first.seconds.wall["propensity"]
     assert set(summary.filter(pl.col("kind") == "prior")["category"]) == set(
         first.fallback_categories
     )
