@@ -29,12 +29,13 @@ from mia.progress import report_progress
 from mia.schema import CATEGORY, LABEL, SNAPSHOT_DATE, SUBSCRIBER_ID
 from models.compiled import PicklesWithoutCompiled, compiled_predict
 from models.params import ConstructorParams
+from models.sampling import WEIGHT
 
 logger = logging.getLogger(__name__)
 
 P_CATEGORY = "p_category"
 # Columns of a training frame that are never features.
-NON_FEATURE_COLUMNS = (SUBSCRIBER_ID, SNAPSHOT_DATE, CATEGORY, LABEL)
+NON_FEATURE_COLUMNS = (SUBSCRIBER_ID, SNAPSHOT_DATE, CATEGORY, LABEL, WEIGHT)
 MODEL = "model"
 PRIOR = "prior"
 CALIBRATIONS = ("platt", "isotonic", "none")
@@ -266,7 +267,11 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
             raise PropensityInputError(f"{name} frame: column {CATEGORY!r} must not be empty.")
 
     def fit(self, train: pl.DataFrame, valid: pl.DataFrame) -> CategoryPropensity:
-        """Fit one booster per category on `train`, early-stop and calibrate on `valid`."""
+        """Fit one booster per category on `train`, early-stop and calibrate on `valid`.
+
+        A WEIGHT column in `train` (sampled negatives, `models.sampling`) weighs its rows in the
+        boosters and the priors; without it every row weighs 1.
+        """
         self._validate()
         self._check_frame(train, "train")
         self._check_frame(valid, "valid")
@@ -276,7 +281,13 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
         c_valid = valid.get_column(CATEGORY).cast(pl.String).to_numpy()
         y_train = train.get_column(LABEL).cast(pl.Float64).to_numpy()
         y_valid = valid.get_column(LABEL).cast(pl.Float64).to_numpy()
-        pooled_rate = float(y_train.mean()) if y_train.size else 0.0
+        weighted = WEIGHT in train.columns
+        w_train = (
+            train.get_column(WEIGHT).cast(pl.Float64).to_numpy()
+            if weighted
+            else np.ones(y_train.size)
+        )
+        pooled_rate = float(y_train @ w_train / w_train.sum()) if y_train.size else 0.0
         # The categories come from the data: those of the training rows unless given.
         wanted = sorted(set(c_train) if self.categories is None else set(self.categories))
         self.pooled_rate_ = pooled_rate
@@ -291,10 +302,10 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
         for category in wanted:
             report_progress("propensity models", len(rows), len(wanted), category)
             in_train, in_valid = c_train == category, c_valid == category
-            yt, yv = y_train[in_train], y_valid[in_valid]
+            yt, yv, wt = y_train[in_train], y_valid[in_valid], w_train[in_train]
             positives = float(yt.sum())
-            prior = (positives + self.prior_strength * pooled_rate) / (
-                yt.size + self.prior_strength
+            prior = (float(yt @ wt) + self.prior_strength * pooled_rate) / (
+                float(wt.sum()) + self.prior_strength
             )
             self.priors_[category] = float(prior)
             reason = ""
@@ -306,7 +317,8 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
                 logger.info("category %s: prior %.4f (%s)", category, prior, reason)
                 rows.append(_summary_row(category, PRIOR, yt, yv, 0, prior, reason))
                 continue
-            train_set, valid_set = (x_train[in_train], yt), (x_valid[in_valid], yv)
+            train_set = (x_train[in_train], yt, wt if weighted else None)
+            valid_set = (x_valid[in_valid], yv)
             params = self._booster_params(category)
             if self.dask_address and yt.size >= self.dask_min_rows:
                 booster = self._fit_on_cluster(params, train_set, valid_set, encoding)
@@ -330,16 +342,22 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
     def _fit_here(
         self,
         params: dict[str, object],
-        train_set: tuple[np.ndarray, np.ndarray],
+        train_set: tuple[np.ndarray, np.ndarray, np.ndarray | None],
         valid_set: tuple[np.ndarray, np.ndarray],
         encoding: FeatureEncoding,
     ) -> lgb.Booster:
         """One category's booster, trained in this process with early stopping."""
         names, categorical = list(encoding.names), encoding.categorical_indices
+        x, y, weight = train_set
         return lgb.train(
             params,
             lgb.Dataset(
-                *train_set, feature_name=names, categorical_feature=categorical, free_raw_data=True
+                x,
+                y,
+                weight=weight,
+                feature_name=names,
+                categorical_feature=categorical,
+                free_raw_data=True,
             ),
             num_boost_round=self.num_boost_round,
             valid_sets=[
@@ -351,7 +369,7 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
     def _fit_on_cluster(
         self,
         params: dict[str, object],
-        train_set: tuple[np.ndarray, np.ndarray],
+        train_set: tuple[np.ndarray, np.ndarray, np.ndarray | None],
         valid_set: tuple[np.ndarray, np.ndarray],
         encoding: FeatureEncoding,
     ) -> lgb.Booster:
@@ -365,7 +383,7 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
         from distributed import Client
         from lightgbm import DaskLGBMClassifier
 
-        x, y = train_set
+        x, y, weight = train_set
         with Client(self.dask_address) as client:
             workers = max(1, len(client.scheduler_info()["workers"]))
             chunk = -(-len(y) // workers)
@@ -378,6 +396,7 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
             estimator.fit(
                 da.from_array(x, chunks=(chunk, x.shape[1])),
                 da.from_array(y, chunks=chunk),
+                sample_weight=None if weight is None else da.from_array(weight, chunks=chunk),
                 feature_name=list(encoding.names),
                 categorical_feature=encoding.categorical_indices,
             )
@@ -548,7 +567,8 @@ def _binary(x: np.ndarray, encoding: FeatureEncoding) -> np.ndarray:
 
 
 def training_frame(snapshot: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
-    """Labels joined to their snapshot's features: one row per subscriber x snapshot x category."""
+    """Labels joined to their snapshot's features: one row per subscriber x snapshot x category
+    (with the labels' WEIGHT, when they have one)."""
     for name, frame, columns in (
         ("labels", labels, (SUBSCRIBER_ID, SNAPSHOT_DATE, CATEGORY, LABEL)),
         ("snapshot", snapshot, (SUBSCRIBER_ID, SNAPSHOT_DATE)),
@@ -557,8 +577,9 @@ def training_frame(snapshot: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame
         if missing:
             raise PropensityInputError(f"{name}: columns {missing} missing.")
     keys = [SUBSCRIBER_ID, SNAPSHOT_DATE]
+    weight = [pl.col(WEIGHT).cast(pl.Float64)] if WEIGHT in labels.columns else []
     return (
-        labels.select(*keys, pl.col(CATEGORY).cast(pl.String), pl.col(LABEL).cast(pl.Int8))
+        labels.select(*keys, pl.col(CATEGORY).cast(pl.String), pl.col(LABEL).cast(pl.Int8), *weight)
         .join(snapshot, on=keys, how="inner")
         .sort(SNAPSHOT_DATE, SUBSCRIBER_ID, CATEGORY)
     )

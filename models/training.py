@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from mia.settings import Settings
 from models import metrics as mx
 from models.blend import OfferBlend, offer_statistics
 from models.propensity import P_CATEGORY, CategoryPropensity, training_frame
+from models.sampling import negative_rate, sample_negatives, sample_rows
 from models.scoring import MODEL_NAME, ModelBundle, active_offers, blend_frame, score_offers
 from models.taste import TASTE_LOGIT, CategoryTaste
 
@@ -65,13 +66,56 @@ class TrainingInputError(InputError):
     """The data root cannot provide what training needs (history, labels, tables)."""
 
 
+# Snapshot bytes a retrain keeps in memory at most; the others are read from the lake each time
+# they are used. A snapshot of 1M subscribers is about 1.7 GB and a retrain reads 13, so at that
+# size only the newest two stay in memory; at 100k all 13 (2.3 GB) do.
+SNAPSHOTS_IN_MEMORY_BYTES = 4 * 2**30
+
+
+class SnapshotStore(Mapping[dt.date, pl.DataFrame]):
+    """Training snapshots by date: held in memory while they fit in `budget` bytes, the others
+    read from the lake whenever one is used (they are stored there once built)."""
+
+    def __init__(self, lake: Lake, budget: int | None = None) -> None:
+        self._lake = lake
+        self._budget = SNAPSHOTS_IN_MEMORY_BYTES if budget is None else budget
+        self._held: dict[dt.date, pl.DataFrame] = {}
+        self._dates: list[dt.date] = []
+
+    def add(self, date: dt.date, snapshot: pl.DataFrame) -> None:
+        """Add the (stored) snapshot of `date`: kept in memory if it fits the budget."""
+        held = sum(frame.estimated_size() for frame in self._held.values())
+        if held + snapshot.estimated_size() <= self._budget:
+            self._held[date] = snapshot
+        self._dates.append(date)
+
+    def in_memory(self) -> list[dt.date]:
+        """The dates whose snapshot is held in memory."""
+        return sorted(self._held)
+
+    def __getitem__(self, date: dt.date) -> pl.DataFrame:
+        if date in self._held:
+            return self._held[date]
+        if date not in self._dates:
+            raise KeyError(date)
+        from features.snapshot import read_snapshot
+
+        return read_snapshot(self._lake, date)
+
+    def __iter__(self) -> Iterator[dt.date]:
+        return iter(sorted(self._dates))
+
+    def __len__(self) -> int:
+        return len(self._dates)
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """Everything training reads from the data root, as plain frames."""
 
     as_of: dt.date
     snapshot_dates: tuple[dt.date, ...]  # oldest first; the last is T_0
-    snapshots: dict[dt.date, pl.DataFrame]
+    snapshots: Mapping[dt.date, pl.DataFrame]  # a SnapshotStore, or any mapping
     category_labels: dict[dt.date, pl.DataFrame]
     offer_labels: dict[dt.date, pl.DataFrame]
     catalog: pl.DataFrame  # every offer known on any snapshot date or as_of
@@ -224,12 +268,20 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
         catalogs.append(catalog)
     catalog = pl.concat(catalogs, how="vertical").unique(OFFER_ID, keep="last").sort(OFFER_ID)
 
-    snapshots, categories, offers = {}, {}, {}
-    for done, date in enumerate([*dates, as_of]):
+    snapshots, categories, offers = SnapshotStore(lake), {}, {}
+    # The newest first: they are read most (validation, tastes, blend rows), so they are the ones
+    # kept in memory when not all fit.
+    for done, date in enumerate([as_of, *reversed(dates)]):
         report_progress("training snapshots", done, len(dates) + 1, str(date))
         with timed_part("snapshots"):
-            snapshots[date] = read_or_build_snapshot(lake, date, settings)
+            snapshot = read_or_build_snapshot(lake, date, settings)
+            if date == as_of:
+                input_example = plain_types(snapshot.sort(SUBSCRIBER_ID).head(5))
+            else:
+                snapshots.add(date, snapshot)
+            del snapshot
     report_progress("training snapshots", len(dates) + 1, len(dates) + 1)
+    logger.info("%d of %d snapshots held in memory", len(snapshots.in_memory()), len(snapshots))
     for date in dates:
         with timed_part("labels"):
             categories[date] = category_labels(events, catalog, date, settings.horizon_days)
@@ -248,14 +300,14 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
     return TrainingData(
         as_of=as_of,
         snapshot_dates=tuple(dates),
-        snapshots={date: snapshots[date] for date in dates},
+        snapshots=snapshots,
         category_labels=categories,
         offer_labels=offers,
         catalog=catalog,
         catalog_as_of=catalogs[-1],
         interactions_blend=interactions(dates[-1], lookback),
         interactions_as_of=interactions(as_of, lookback),
-        input_example=plain_types(snapshots[as_of].sort(SUBSCRIBER_ID).head(5)),
+        input_example=input_example,
         interactions_tune=(
             windows[dates[-2]] if dates[-2] in windows else interactions(dates[-2], lookback)
         ),
@@ -404,18 +456,33 @@ def _input_models(
     on what was known then: the blend's inputs for that snapshot's labels, out of sample."""
     dates = data.snapshot_dates[: len(data.snapshot_dates) - window]
     train_dates, valid_date, date = dates[:-2], dates[-2], dates[-1]
+    rows = sum(data.category_labels[d].height for d in train_dates)
+    positives = sum(int(data.category_labels[d][LABEL].sum()) for d in train_dates)
+    rate = negative_rate(rows, positives, settings.max_train_rows)
     train = pl.concat(
-        [training_frame(data.snapshots[d], data.category_labels[d]) for d in train_dates],
+        [
+            training_frame(
+                data.snapshots[d], sample_negatives(data.category_labels[d], rate, settings.seed)
+            )
+            for d in train_dates
+        ],
         how="diagonal_relaxed",
     )
-    valid = training_frame(data.snapshots[valid_date], data.category_labels[valid_date])
+    valid_labels = sample_rows(
+        data.category_labels[valid_date], settings.max_train_rows // 4, settings.seed
+    )
+    valid = training_frame(data.snapshots[valid_date], valid_labels)
     logger.info(
-        "propensity as of %s: train %s (%d rows), valid %s (%d rows)",
+        "propensity as of %s: train %s (%d rows of %d, negatives kept at rate %.3f), valid %s "
+        "(%d rows of %d)",
         date,
         [str(d) for d in train_dates],
         train.height,
+        rows,
+        rate,
         valid_date,
         valid.height,
+        data.category_labels[valid_date].height,
     )
     with timed_part("propensity"):
         propensity = propensity_model(settings).fit(train, valid)

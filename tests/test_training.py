@@ -92,7 +92,8 @@ def test_blend_windows_leave_each_propensity_history_to_train_and_calibrate_on()
 
 def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, monkeypatch):
     lake, settings = world
-    settings = settings.replace(blend_windows=3)
+    # Few rows allowed per propensity fit: negatives are sampled and weighted.
+    settings = settings.replace(blend_windows=3, max_train_rows=1000)
     data = load_training_data(lake, AS_OF, settings)
     dates = data.snapshot_dates
     assert list(data.interactions_windows) == [dates[-2]]  # 4 snapshots: T_0 and T_1
@@ -109,6 +110,13 @@ def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, 
 
     def record_propensity(self, train, valid):
         propensity_dates.append((train["snapshot_date"].max(), valid["snapshot_date"].max()))
+        labels = pl.concat([data.category_labels[date] for date in train["snapshot_date"].unique()])
+        assert train.height < labels.height and train.height == pytest.approx(1000, rel=0.2)
+        assert train["label"].sum() == labels["label"].sum()  # every positive kept
+        weights = train.filter(pl.col("label") == 0)["weight"].unique()
+        negatives, positives = labels.height - labels["label"].sum(), labels["label"].sum()
+        assert weights.to_list() == [pytest.approx(negatives / (1000 - positives))]
+        assert valid.height == pytest.approx(250, rel=0.2)
         return fit_propensity(self, train, valid)
 
     def record_inputs(data, settings, window, als_params):
@@ -307,3 +315,20 @@ def test_a_dask_address_sends_large_categories_to_the_cluster():
     model = propensity_model(Settings(dask_address="tcp://scheduler:8786", dask_train_rows=5000))
     assert (model.dask_address, model.dask_min_rows) == ("tcp://scheduler:8786", 5000)
     assert propensity_model(Settings()).dask_address is None  # trains here
+
+
+def test_snapshots_beyond_the_memory_budget_are_read_back_from_the_lake(world, first):
+    from features.snapshot import read_snapshot
+
+    lake, settings = world
+    dates = snapshot_dates(AS_OF, settings)
+    size = read_snapshot(lake, dates[-1]).estimated_size()
+    store = training.SnapshotStore(lake, budget=int(size * 1.5))
+    for date in reversed(dates):  # the newest first, as training adds them
+        store.add(date, read_snapshot(lake, date))
+    assert store.in_memory() == [dates[-1]]
+    assert list(store) == dates and len(store) == len(dates)
+    for date in dates:
+        assert store[date].equals(read_snapshot(lake, date))
+    with pytest.raises(KeyError):
+        store[AS_OF]
