@@ -72,6 +72,10 @@ class TrainingInputError(InputError):
 SNAPSHOTS_IN_MEMORY_BYTES = 4 * 2**30
 
 
+# Subscribers whose blend inputs training computes at a time (about 7M candidate rows).
+BLEND_CHUNK_SUBSCRIBERS = 100_000
+
+
 class SnapshotStore(Mapping[dt.date, pl.DataFrame]):
     """Training snapshots by date: held in memory while they fit in `budget` bytes, the others
     read from the lake whenever one is used (they are stored there once built)."""
@@ -437,15 +441,24 @@ def _labelled_blend_rows(
     """Blend inputs of the shown subscriber x offer pairs of snapshot T_`window` with labels, and
     the holdout mask; `bundle` holds the models as of that snapshot."""
     date, interactions, offer_state = data.blend_window(window)
-    snapshot = data.snapshots[date].sort(SUBSCRIBER_ID)
     offers = active_offers(data.catalog, date + dt.timedelta(days=1))
     offers = offers.filter(pl.col(CATEGORY).is_in(bundle.propensity.categories_))
     labels = data.offer_labels[date].select(SUBSCRIBER_ID, OFFER_ID, pl.col(LABEL).cast(pl.Int8))
     with timed_part("blend_inputs"):
-        frame = blend_frame(bundle, snapshot, offers, interactions, offer_state, data.catalog)
-        rows = frame.join(labels, on=[SUBSCRIBER_ID, OFFER_ID], how="inner").sort(
-            SUBSCRIBER_ID, OFFER_ID
+        # Only labelled subscribers, a chunk at a time: a subscriber's inputs do not depend on
+        # the others (`score_offers` chunks the same way), and all subscribers x offers of a
+        # 1M-subscriber week would be 66M rows of inputs.
+        snapshot = (
+            data.snapshots[date]
+            .join(labels.select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
+            .sort(SUBSCRIBER_ID)
         )
+        parts = []
+        for start in range(0, snapshot.height, BLEND_CHUNK_SUBSCRIBERS) or [0]:
+            chunk = snapshot.slice(start, BLEND_CHUNK_SUBSCRIBERS)
+            frame = blend_frame(bundle, chunk, offers, interactions, offer_state, data.catalog)
+            parts.append(frame.join(labels, on=[SUBSCRIBER_ID, OFFER_ID], how="inner"))
+        rows = pl.concat(parts).sort(SUBSCRIBER_ID, OFFER_ID)
     return rows, holdout_mask(rows[SUBSCRIBER_ID], bundle.propensity.random_state)
 
 

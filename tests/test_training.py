@@ -144,6 +144,10 @@ def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, 
         rows, held = training._labelled_blend_rows(bundle, data, window)
         expected += int((~held).sum())
     assert blend_rows == [expected]
+    # Computed a few subscribers at a time, the rows are the same.
+    monkeypatch.setattr(training, "BLEND_CHUNK_SUBSCRIBERS", 97)
+    chunked, chunked_held = training._labelled_blend_rows(bundle, data, window)
+    assert chunked.equals(rows) and (chunked_held == held).all()
 
 
 def test_first_training_is_promoted_and_reports_metrics(world, first):
