@@ -122,7 +122,13 @@ class FeatureEncoding:
                 pl.lit(None, dtype=pl.Float64).alias(n) for n in absent
             )
         selected = frame.lazy().select(self.expressions()).collect(engine="streaming")
-        return selected.to_numpy().astype(np.float64, copy=False)
+        # Column by column, each dropped once copied: the float frame and the matrix are never
+        # both whole in memory (2M training rows x 400 features are 6 GB each).
+        matrix = np.empty(selected.shape, dtype=np.float64, order="F")
+        for index, name in enumerate(selected.columns):
+            matrix[:, index] = selected.get_column(name).to_numpy()
+            selected = selected.drop(name)
+        return matrix
 
 
 def logit(p: np.ndarray) -> np.ndarray:
