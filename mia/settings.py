@@ -132,11 +132,12 @@ class Settings(BaseModel):
     # precision@5 0.044 -> 0.059 and cut the most common item's share of lists 0.57 -> 0.31;
     # telco top-1 0.760 -> 0.767; `benchmarks.quality`).
     blend_windows: Annotated[int, Field(ge=1, le=8)] = 3
-    # Labelled subscriber x category rows a propensity fit holds at most (about 5 KB each as
-    # frame and float matrix, so 2M rows take about 10 GB). Above it negatives are sampled and
-    # weighted by the inverse rate, every positive kept; validation rows above a quarter of it
-    # are sampled uniformly (`models.sampling`). 100,000 subscribers x 13 weeks is about 2M rows.
-    max_train_rows: Annotated[int, Field(ge=1000)] = 2_000_000
+    # Labelled subscriber x category rows a propensity fit holds at most. Above it negatives
+    # are sampled and weighted by the inverse rate, every positive kept; validation rows above a
+    # quarter of it are sampled uniformly (`models.sampling`). A row of ~400 features takes
+    # about 5 KB as frame and matrix; 100,000 subscribers x 13 weeks are about 2M rows (a 15 GB
+    # peak before the cap), so the cap, not the subscribers, bounds a large retrain's memory.
+    max_train_rows: Annotated[int, Field(ge=1000)] = 1_000_000
     # Offers
     top_k: AtLeastOne = 5
     # Published ranks 1..reason_ranks get reasons in words (SHAP, the costly part); 0 = every rank.
