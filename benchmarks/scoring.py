@@ -45,7 +45,7 @@ from mia.lake import Lake
 from mia.schema import CATEGORY, OFFER_ID, P_ACCEPT, REASONS, SUBSCRIBER_ID
 from mia.settings import Settings
 from mia.simulate import SimulationConfig, write_world
-from models.blend import candidate_inputs
+from models.blend import CategoryActivity, candidate_inputs, category_activity
 from models.history import ResponseHistory, response_history
 from models.reasons import PRIOR_REASON, REASON_SEPARATOR, _cell_states, _phrase_table
 from models.scoring import (
@@ -206,8 +206,12 @@ def reference_score_offers(
         history = response_history(
             offer_state, snapshot[SUBSCRIBER_ID], offers, snapshot["snapshot_date"][0], catalog
         )
+    with clock("interaction activity"):
+        activity = category_activity(interactions, snapshot[SUBSCRIBER_ID], catalog)
     with clock("blend inputs"):
-        frame = blend_frame_from(bundle, snapshot, offers, p_category, cf_scores, taste, history)
+        frame = blend_frame_from(
+            bundle, snapshot, offers, p_category, cf_scores, taste, history, activity
+        )
     with clock("blend predict"):
         p_accept = bundle.blend.predict(frame)
     with clock("reasons (SHAP)"):
@@ -232,9 +236,10 @@ def blend_frame_from(
     cf_scores: np.ndarray,
     taste: np.ndarray | None,
     history: ResponseHistory | None = None,
+    activity: CategoryActivity | None = None,
 ) -> pl.DataFrame:
-    """`models.scoring.blend_frame` from already computed propensities, ALS scores, tastes and
-    response history."""
+    """`models.scoring.blend_frame` from already computed propensities, ALS scores, tastes,
+    response history and activity per category."""
     from models.blend import candidate_features
 
     return candidate_features(
@@ -246,6 +251,7 @@ def blend_frame_from(
         bundle.offer_stats,
         taste=taste,
         history=history,
+        activity=activity,
     )
 
 
@@ -317,6 +323,10 @@ def run_after(inputs: dict[str, Any], max_rank: int = 0) -> dict[str, float]:
             snapshot[SNAPSHOT_DATE][0],
             catalog,
         )
+    with clock("interaction activity"):
+        activity = category_activity(
+            interactions, snapshot.sort(SUBSCRIBER_ID)[SUBSCRIBER_ID], catalog
+        )
     with clock("blend inputs"):
         from models.scoring import _cells
 
@@ -329,6 +339,7 @@ def run_after(inputs: dict[str, Any], max_rank: int = 0) -> dict[str, float]:
             bundle.offer_stats,
             taste=taste,
             history=history,
+            activity=activity,
         ).matrix(rows, columns, bundle.blend.features)
     with clock("blend predict"):
         bundle.blend.predict_matrix(matrix)

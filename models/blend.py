@@ -5,11 +5,13 @@ score (raw, centred on the subscriber's mean and as a rank among the candidate o
 subscriber's taste for the offer's category learned from accepted and unanswered offers
 (`models.taste`; raw and centred), the subscriber's own responses to the offer and to its category
 (`models.history`: impressions, accepts, dismisses, ignored, days since each), offer attributes
-(value, category) and the offer's smoothed historical acceptance rate and volume from labelled
-windows. A logistic regression on the propensity and the ALS inputs, then a small LightGBM on
-every input correcting its margin (both monotone increasing in the propensity, the ALS score, the
-taste and the offer's rate), are fitted on a window LATER than the one their inputs were trained
-on, so they learn how far to trust each input out of sample.
+(value, category), the offer's smoothed historical acceptance rate and volume from labelled
+windows, and how much of the subscriber's own activity (the interactions the ALS reads: accepts,
+clicks, consumption) falls in the offer's category. A logistic regression on the propensity and
+the ALS inputs, then a small LightGBM on every input correcting its margin (both monotone
+increasing in the propensity, the ALS score, the taste and the offer's rate), are fitted on a
+window LATER than the one their inputs were trained on, so they learn how far to trust each
+input out of sample.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightgbm as lgb
@@ -30,6 +32,7 @@ from mia.hashing import text_hash, unit_interval
 from mia.schema import (
     CATEGORY,
     CF_SCORE,
+    CONFIDENCE,
     LABEL,
     OFFER_ID,
     SUBSCRIBER_ID,
@@ -45,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 OFFER_ACCEPT_RATE = "offer_accept_rate"
 CATEGORY_ACCEPT_RATE = "category_accept_rate"
+# The subscriber's interaction confidence on the offer's category: its share of their activity
+# over all categories, and its amount. ALS scores rank offers well within a category, but say
+# little about how a subscriber's top 5 should be split across categories; these say it directly.
+INTERACTION_INPUTS = ("interaction_category_share", "interaction_category_log_confidence")
 # Columns the blend model reads, in matrix order (a fitted blend keeps its own list: `features_`).
 BLEND_FEATURES = (
     "logit_p_category",
@@ -61,6 +68,7 @@ BLEND_FEATURES = (
     "log_value",
     "category_code",
     *HISTORY_INPUTS,
+    *INTERACTION_INPUTS,
 )
 # What blends fitted before tastes read: a stored champion keeps scoring until it is replaced
 # (later blends keep their own list, `features_`).
@@ -162,17 +170,109 @@ def _within_groups(scores: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, 
 
 
 @dataclass(frozen=True)
+class CategoryActivity:
+    """Interaction confidence of a batch of subscribers (rows) per category (columns, in
+    `categories` order): what `category_activity` sums from the ALS interactions."""
+
+    categories: tuple[str, ...]
+    confidence: np.ndarray  # rows x categories, float64
+
+    def per_category(self) -> dict[str, np.ndarray]:
+        """`INTERACTION_INPUTS` per row x category, with one more column of zeros at the end (a
+        category without interactions): the share of the row's total confidence that is on the
+        category (0 for a row without any) and log1p of that confidence."""
+        # Summed category by category: a row's total never depends on the rows beside it.
+        total = np.zeros((self.confidence.shape[0], 1))
+        for column in range(self.confidence.shape[1]):
+            total[:, 0] += self.confidence[:, column]
+        share = np.divide(
+            self.confidence, total, out=np.zeros_like(self.confidence), where=total > 0
+        )
+        zeros = np.zeros((self.confidence.shape[0], 1))
+        return {
+            INTERACTION_INPUTS[0]: np.hstack([share, zeros]),
+            INTERACTION_INPUTS[1]: np.hstack([np.log1p(self.confidence), zeros]),
+        }
+
+    def columns(self, offer_categories: Sequence[str]) -> np.ndarray:
+        """Each offer's column in `per_category` (the zero column for a category it lacks)."""
+        column_of = {category: index for index, category in enumerate(self.categories)}
+        return np.array(
+            [column_of.get(category, len(self.categories)) for category in offer_categories],
+            dtype=np.int64,
+        )
+
+
+def category_activity(
+    interactions: pl.DataFrame | None,
+    subscriber_ids: np.ndarray | pl.Series,
+    catalog: pl.DataFrame,
+) -> CategoryActivity:
+    """Each subscriber's summed interaction confidence per category of `catalog` (offer_id,
+    category), from [subscriber_id, offer_id, confidence] interactions (`models.cf`); None: none.
+
+    Items that are not catalog offers (content outside the catalog) have no category and are
+    left out, of the total too. A row's sums read its own interactions only, added in offer
+    order, so they are the same bits in any batch of subscribers.
+    """
+    kinds = (
+        catalog.select(pl.col(OFFER_ID).cast(pl.String), pl.col(CATEGORY).cast(pl.String))
+        .unique(OFFER_ID, keep="last")
+        .drop_nulls()
+    )
+    categories = kinds[CATEGORY].unique().sort()
+    ids = pl.Series(SUBSCRIBER_ID, np.asarray(subscriber_ids), dtype=pl.Int64)
+    confidence = np.zeros((ids.len(), categories.len()), dtype=np.float64)
+    if interactions is None or not interactions.height or not categories.len():
+        return CategoryActivity(tuple(categories), confidence)
+    missing = [c for c in (SUBSCRIBER_ID, OFFER_ID, CONFIDENCE) if c not in interactions.columns]
+    if missing:
+        raise BlendInputError(f"interactions: columns {missing} missing.")
+    cells = (
+        interactions.lazy()
+        .select(
+            pl.col(SUBSCRIBER_ID).cast(pl.Int64),
+            pl.col(OFFER_ID).cast(pl.String),
+            pl.col(CONFIDENCE).cast(pl.Float64),
+        )
+        .join(pl.LazyFrame({SUBSCRIBER_ID: ids, "_row": np.arange(ids.len())}), on=SUBSCRIBER_ID)
+        .join(kinds.lazy(), on=OFFER_ID)
+        .join(
+            pl.LazyFrame({CATEGORY: categories, "_column": np.arange(categories.len())}),
+            on=CATEGORY,
+        )
+        .sort("_row", OFFER_ID, CONFIDENCE)  # a repeated pair, too, sums in one order
+        .collect()
+    )
+    # bincount adds each cell's values in the order above: no dependence on the batch.
+    flat = cells["_row"].to_numpy() * categories.len() + cells["_column"].to_numpy()
+    confidence = np.bincount(
+        flat, weights=cells[CONFIDENCE].to_numpy(), minlength=confidence.size
+    ).reshape(confidence.shape)
+    return CategoryActivity(tuple(categories), confidence)
+
+
+@dataclass(frozen=True)
 class CandidateInputs:
     """Blend inputs of every subscriber x offer, kept as matrices rather than rows.
 
     `cells[name]` is (subscribers x offers) for inputs that vary per pair, `per_offer[name]` is
-    (offers,) for inputs fixed per offer, `history` the response history (None: none known);
-    `matrix` gathers model rows for any cells.
+    (offers,) for inputs fixed per offer, `per_category[name]` is (subscribers x categories) for
+    inputs fixed per subscriber x category, `offer_category` giving each offer's column in it;
+    `history` the response history (None: none known). `matrix` gathers model rows for any cells.
     """
 
     cells: dict[str, np.ndarray]
     per_offer: dict[str, np.ndarray]
     history: ResponseHistory | None = None
+    per_category: dict[str, np.ndarray] = field(default_factory=dict)
+    offer_category: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def dense(self, name: str) -> np.ndarray:
+        """(subscribers x offers) values of a per-pair or per-category input."""
+        if name in self.cells:
+            return self.cells[name]
+        return self.per_category[name][:, self.offer_category]
 
     def matrix(
         self,
@@ -188,6 +288,11 @@ class CandidateInputs:
         for index, name in enumerate(features):
             if name in self.cells:
                 result[index] = self.cells[name].reshape(-1)[flat]
+            elif name in self.per_category:
+                # Gathered per cell: the dense (subscribers x offers) matrix is never built.
+                result[index] = self.per_category[name][
+                    subscriber_rows, self.offer_category[offer_columns]
+                ]
             elif name in HISTORY_INPUTS:
                 result[index] = (
                     self.history.cells(name, subscriber_rows, offer_columns)
@@ -223,14 +328,17 @@ def candidate_inputs(
     unseen_prior: float | None = None,
     taste: np.ndarray | None = None,
     history: ResponseHistory | None = None,
+    activity: CategoryActivity | None = None,
 ) -> CandidateInputs:
     """Blend inputs as matrices: `p_category` and `taste` are (subscribers x categories) in
     `categories` order, `cf_scores` is (subscribers x offers) in `offers` order (offer_id,
-    category, value), `history` of the same subscribers x offers (`models.history`).
+    category, value), `history` and `activity` of the same subscribers (`models.history`,
+    `category_activity`).
 
     Offers of a category outside `categories` (never seen in training) take `unseen_prior` as
     their category propensity (without it they are refused) and a taste of 0; without `taste`
-    every taste is 0, without `history` no pair has history."""
+    every taste is 0, without `history` no pair has history, without `activity` no subscriber
+    has interactions."""
     missing = [column for column in (OFFER_ID, CATEGORY, VALUE) if column not in offers.columns]
     if missing:
         raise BlendInputError(f"offers: columns {missing} missing.")
@@ -273,6 +381,12 @@ def candidate_inputs(
     # Offers never seen in a labelled window take their category's rate (lift 0).
     category_rate = stats[CATEGORY_ACCEPT_RATE].fill_null(strategy="mean").fill_null(0.05)
     offer_rate = stats[OFFER_ACCEPT_RATE].fill_null(category_rate)
+    if activity is None:
+        activity = CategoryActivity((), np.zeros((n_subscribers, 0)))
+    if activity.confidence.shape[0] != n_subscribers:
+        raise BlendInputError(
+            f"activity has {activity.confidence.shape[0]} rows, must be {n_subscribers}."
+        )
     cells = {
         P_CATEGORY: p,
         "logit_p_category": logit_p,
@@ -291,7 +405,13 @@ def candidate_inputs(
         "log_value": np.log1p(offers[VALUE].cast(pl.Float64).to_numpy()),
         "category_code": category_code(offers[CATEGORY].to_list()),
     }
-    return CandidateInputs(cells=cells, per_offer=per_offer, history=history)
+    return CandidateInputs(
+        cells=cells,
+        per_offer=per_offer,
+        history=history,
+        per_category=activity.per_category(),
+        offer_category=activity.columns(offers[CATEGORY]),
+    )
 
 
 def candidate_features(
@@ -304,12 +424,13 @@ def candidate_features(
     unseen_prior: float | None = None,
     taste: np.ndarray | None = None,
     history: ResponseHistory | None = None,
+    activity: CategoryActivity | None = None,
 ) -> pl.DataFrame:
     """Blend inputs for every subscriber x offer (subscriber-major, offers in `offers` order).
 
     `p_category` and `taste` are (subscribers x categories) in `categories` order, `cf_scores`
     is (subscribers x offers) in `offers` order; `offers` has offer_id, category, value (see
-    `candidate_inputs` for `unseen_prior` and `history`).
+    `candidate_inputs` for `unseen_prior`, `history` and `activity`).
     """
     ids = np.asarray(subscriber_ids)
     if p_category.shape[0] != ids.size:
@@ -317,7 +438,15 @@ def candidate_features(
             f"p_category has shape {p_category.shape}, must be {(ids.size, len(categories))}."
         )
     inputs = candidate_inputs(
-        p_category, categories, cf_scores, offers, offer_stats, unseen_prior, taste, history
+        p_category,
+        categories,
+        cf_scores,
+        offers,
+        offer_stats,
+        unseen_prior,
+        taste,
+        history,
+        activity,
     )
     return inputs_frame(ids, inputs, offers)
 
@@ -333,8 +462,8 @@ def inputs_frame(
         OFFER_ID: np.tile(offers[OFFER_ID].to_numpy(), n_subscribers),
         CATEGORY: np.tile(offers[CATEGORY].cast(pl.String).to_numpy(), n_subscribers),
     }
-    for name, values in inputs.cells.items():
-        columns[name] = values.ravel()
+    for name in (*inputs.cells, *inputs.per_category):
+        columns[name] = inputs.dense(name).ravel()
     for name, values in inputs.per_offer.items():
         columns[name] = np.tile(values, n_subscribers)
     for name in HISTORY_INPUTS:

@@ -34,9 +34,11 @@ from mia.schema import (
 )
 from mia.settings import Settings
 from models.blend import (
+    INTERACTION_INPUTS,
     CandidateInputs,
     OfferBlend,
     candidate_inputs,
+    category_activity,
     inputs_frame,
     propensity_and_cf,
 )
@@ -136,8 +138,9 @@ def bundle_inputs(
     catalog: pl.DataFrame | None = None,
 ) -> CandidateInputs:
     """The blend's inputs for every snapshot row x offer of `offers`, as matrices; the response
-    history from `offer_state` as of the snapshot's date (categories of its offers from
-    `catalog`), None: no history known."""
+    history from `offer_state` as of the snapshot's date and each subscriber's activity per
+    category from `interactions` (categories of their offers from `catalog`, default `offers`),
+    None: no history known."""
     p_category, cf_scores = propensity_and_cf(
         bundle.propensity, bundle.cf, snapshot, offers, interactions
     )
@@ -145,6 +148,12 @@ def bundle_inputs(
     if offer_state is not None and set(HISTORY_INPUTS) & set(bundle.blend.features):
         history = response_history(
             offer_state, snapshot[SUBSCRIBER_ID], offers, snapshot_date_of(snapshot), catalog
+        )
+    activity = None
+    # Blends fitted before these inputs do not read them: no need to sum the interactions.
+    if set(INTERACTION_INPUTS) & set(bundle.blend.features):
+        activity = category_activity(
+            interactions, snapshot[SUBSCRIBER_ID], catalog if catalog is not None else offers
         )
     return candidate_inputs(
         p_category,
@@ -155,6 +164,7 @@ def bundle_inputs(
         unseen_prior=bundle.propensity.unseen_prior_,
         taste=bundle_taste(bundle, snapshot),
         history=history,
+        activity=activity,
     )
 
 

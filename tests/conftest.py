@@ -122,6 +122,24 @@ def incoming_table(root: Path, table: str):
     )
 
 
+def share_by_hand(interactions, catalog):
+    """[subscriber_id, category, share]: each subscriber's share of their interaction confidence
+    on catalog offers that is on the category (what the blend reads as
+    interaction_category_share), summed with polars rather than as the blend sums it."""
+    import polars as pl
+
+    kinds = catalog.select("offer_id", pl.col("category").cast(pl.String)).unique("offer_id")
+    return (
+        interactions.join(kinds, on="offer_id")
+        .group_by("subscriber_id", "category")
+        .agg(pl.col("confidence").sum())
+        .with_columns(
+            (pl.col("confidence") / pl.col("confidence").sum().over("subscriber_id")).alias("share")
+        )
+        .select("subscriber_id", "category", "share")
+    )
+
+
 def training_world(base: Path, ingested_root: Path):
     """A private copy of the ingested tiny world under `base`, with settings to train on it
     (its own MLflow store, in the data root; one thread, a short history, the blend fitted on one

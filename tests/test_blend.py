@@ -12,9 +12,11 @@ from mia.errors import InputError
 from models import metrics
 from models.blend import (
     BLEND_FEATURES,
+    CategoryActivity,
     OfferBlend,
     candidate_features,
     candidate_inputs,
+    category_activity,
     fit_linear_stage,
     offer_statistics,
 )
@@ -97,6 +99,107 @@ def test_candidate_features_without_offers_are_empty_and_quiet():
     assert set(BLEND_FEATURES) <= set(frame.columns)
 
 
+def _no_labels() -> pl.DataFrame:
+    return pl.DataFrame(schema={"offer_id": pl.String, "category": pl.String, "label": pl.Int8})
+
+
+def test_interaction_inputs_are_each_subscriber_activity_in_the_offer_category():
+    # An ended offer still names its category; an item outside the catalog has none.
+    catalog = pl.concat(
+        [OFFERS, pl.DataFrame({"offer_id": ["data_old"], "category": ["data_addon"]})],
+        how="diagonal",
+    )
+    interactions = pl.DataFrame(
+        {
+            "subscriber_id": [10, 10, 10, 10, 30],
+            "offer_id": ["data_small", "data_old", "esim_free", "film_x0001", "data_big"],
+            "confidence": [4.0, 1.0, 3.0, 6.0, 2.0],
+        }
+    )
+    ids = np.array([10, 20])  # 20 has no interactions; 30 is not in the batch
+    activity = category_activity(interactions, ids, catalog)
+    assert activity.categories == ("data_addon", "esim", "gift")
+    assert activity.confidence.tolist() == [[5.0, 3.0, 0.0], [0.0, 0.0, 0.0]]
+    frame = candidate_features(
+        ids,
+        np.full((2, 3), 0.2),
+        CATEGORIES,
+        np.zeros((2, 4)),
+        OFFERS,
+        offer_statistics(_no_labels(), OFFERS),
+        activity=activity,
+    )
+    first = frame.filter(pl.col("subscriber_id") == 10)
+    # data_addon 5 and esim 3 of 8 (the film outside the catalog counts for neither); nobody
+    # interacted with a gift.
+    assert first["interaction_category_share"].to_list() == pytest.approx(
+        [5 / 8, 5 / 8, 3 / 8, 0.0]
+    )
+    assert first["interaction_category_log_confidence"].to_list() == pytest.approx(
+        [np.log1p(5.0), np.log1p(5.0), np.log1p(3.0), 0.0]
+    )
+    # The model matrix gathers the same values cell by cell, in any order of cells.
+    inputs = candidate_inputs(
+        np.full((2, 3), 0.2), CATEGORIES, np.zeros((2, 4)), OFFERS,
+        offer_statistics(_no_labels(), OFFERS), activity=activity,
+    )  # fmt: skip
+    rows, columns = np.repeat([1, 0], 4), np.tile([3, 1, 2, 0], 2)
+    expected = frame.select(BLEND_FEATURES).to_numpy()[rows * 4 + columns]
+    assert np.array_equal(inputs.matrix(rows, columns), expected, equal_nan=True)
+    second = frame.filter(pl.col("subscriber_id") == 20)
+    assert second["interaction_category_share"].to_list() == [0.0] * 4
+    assert second["interaction_category_log_confidence"].to_list() == [0.0] * 4
+    # Without interactions (or without activity) every pair reads 0, never NaN.
+    for empty in (None, interactions.clear()):
+        nothing = category_activity(empty, ids, catalog)
+        assert nothing.confidence.tolist() == [[0.0] * 3] * 2
+    plain = candidate_features(
+        ids, np.full((2, 3), 0.2), CATEGORIES, np.zeros((2, 4)), OFFERS,
+        offer_statistics(_no_labels(), OFFERS),
+    )  # fmt: skip
+    assert (plain["interaction_category_share"] == 0).all()
+    with pytest.raises(InputError, match="confidence"):
+        category_activity(interactions.drop("confidence"), ids, catalog)
+    with pytest.raises(InputError, match="activity"):
+        candidate_inputs(
+            np.full((2, 3), 0.2), CATEGORIES, np.zeros((2, 4)), OFFERS,
+            offer_statistics(_no_labels(), OFFERS),
+            activity=CategoryActivity(activity.categories, activity.confidence[:1]),
+        )  # fmt: skip
+
+
+def test_a_subscriber_activity_is_the_same_in_any_batch():
+    rng = np.random.default_rng(3)
+    # Many offers per category: a cell sums many terms, so a different order would round
+    # differently.
+    catalog = pl.DataFrame(
+        {"offer_id": [f"o{i:02d}" for i in range(30)], "category": CATEGORIES * 10}
+    )
+    size = 20_000
+    interactions = (
+        pl.DataFrame(
+            {
+                "subscriber_id": rng.integers(1, 300, size),
+                "offer_id": rng.choice(catalog["offer_id"].to_list() + ["outside"], size),
+                "confidence": rng.choice([0.1, 0.3, 0.7, 4.0], size) * rng.random(size),
+            }
+        )
+        .group_by("subscriber_id", "offer_id")
+        .agg(pl.col("confidence").sum())
+    )
+    ids = np.arange(1, 300)
+    everyone = category_activity(interactions.sort("subscriber_id", "offer_id"), ids, catalog)
+    inputs = everyone.per_category()
+    assert (everyone.confidence > 0).mean() > 0.9
+    for batch in (ids[::-1], ids[5:40], ids[[17]]):
+        shuffled = interactions.sample(fraction=1.0, shuffle=True, seed=int(batch[0]))
+        alone = category_activity(shuffled, batch, catalog)
+        rows = batch - 1
+        assert np.array_equal(alone.confidence, everyone.confidence[rows])
+        for name, values in alone.per_category().items():
+            assert np.array_equal(values, inputs[name][rows])
+
+
 def _synthetic(seed: int, subscribers: int = 3000):
     """Acceptance driven by both the category propensity and a taste that only ALS sees."""
     rng = np.random.default_rng(seed)
@@ -144,7 +247,8 @@ def test_a_blend_fitted_before_tastes_keeps_scoring_with_its_own_inputs(monkeypa
     import models.blend as blend_module
 
     train, test = _synthetic(4, subscribers=600), _synthetic(5, subscribers=200)
-    later = ("taste", "cf_category", "history")  # inputs added after the first stored blends
+    # Inputs added after the first stored blends.
+    later = ("taste", "cf_category", "history", "interaction")
     before = tuple(name for name in BLEND_FEATURES if not name.startswith(later))
     with monkeypatch.context() as patch:
         patch.setattr(blend_module, "BLEND_FEATURES", before)

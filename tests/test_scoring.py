@@ -20,7 +20,7 @@ from mia.schema import CATEGORY, OFFER_ID, P_ACCEPT, REASONS, SUBSCRIBER_ID
 from models.blend import BLEND_FEATURES, candidate_features, candidate_inputs
 from models.reasons import explain, top_features
 from models.scoring import ScoringInputError, active_offers, add_reasons, score_offers
-from tests.conftest import training_world
+from tests.conftest import share_by_hand, training_world
 
 AS_OF = dt.date(2026, 3, 4)  # training date; scoring on the last day of the tiny world
 NIGHT = dt.date(2026, 3, 11)
@@ -101,6 +101,27 @@ def test_the_offer_state_reaches_the_blend(night, monkeypatch):
     assert expected.sum() > 1000
     assert scored[P_ACCEPT].to_list() == expected.cast(pl.Float64).to_list()
     assert (score_offers(*arguments)[P_ACCEPT] == 0).all()  # without it: never shown
+
+
+def test_the_interactions_reach_the_blend_as_activity_per_category(night, monkeypatch):
+    """Each pair's share of the subscriber's interactions on the offer's category is what the
+    blend reads, in any chunk (the blend is replaced by that input alone)."""
+    bundle = night["bundle"]
+    column = bundle.blend.features.index("interaction_category_share")
+    monkeypatch.setattr(bundle.blend, "predict_matrix", lambda x: x[:, column])
+    arguments = (bundle, night["snapshot"], night["catalog"], night["interactions"], False)
+    scored = score_offers(*arguments, chunk_subscribers=97)
+    expected = scored.join(
+        share_by_hand(night["interactions"], night["catalog"]),
+        on=[SUBSCRIBER_ID, CATEGORY],
+        how="left",
+        maintain_order="left",
+    )["share"].fill_null(0.0)
+    assert (expected > 0).sum() > 1000 and (expected < 1).sum() > 1000
+    np.testing.assert_allclose(scored[P_ACCEPT].to_numpy(), expected.to_numpy(), rtol=1e-12)
+    assert score_offers(*arguments)[P_ACCEPT].equals(scored[P_ACCEPT])
+    without = score_offers(bundle, night["snapshot"], night["catalog"], None, False)
+    assert (without[P_ACCEPT] == 0).all()  # no interactions known: no activity anywhere
 
 
 def test_scoring_is_deterministic_and_chunking_changes_nothing(full, night):

@@ -33,7 +33,7 @@ from models.training import (
     snapshot_dates,
     train_models,
 )
-from tests.conftest import training_world
+from tests.conftest import share_by_hand, training_world
 
 AS_OF = dt.date(2026, 3, 4)  # the tiny world runs 2026-01-01 .. 2026-03-11
 
@@ -143,6 +143,17 @@ def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, 
     for window, bundle in input_models.items():
         rows, held = training._labelled_blend_rows(bundle, data, window)
         expected += int((~held).sum())
+        # Each window's activity per category comes from its own interactions, not T_0's.
+        _, interactions, _ = data.blend_window(window)
+        for source, same in ((interactions, True), (data.interactions_as_of, False)):
+            share = rows.join(
+                share_by_hand(source, data.catalog),
+                on=["subscriber_id", "category"],
+                how="left",
+                maintain_order="left",
+            )["share"].fill_null(0.0)
+            close = np.allclose(rows["interaction_category_share"].to_numpy(), share.to_numpy())
+            assert close is same
     assert blend_rows == [expected]
     # Computed a few subscribers at a time, the rows are the same.
     monkeypatch.setattr(training, "BLEND_CHUNK_SUBSCRIBERS", 97)
