@@ -512,17 +512,19 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure(subscribers, args.base, args.days, args.repeats, args.n_shards))
         (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
     if rows:
-        sizes = [row["size"] for row in rows]
-        slopes = {
-            key: exponent(sizes, [row[key] for row in rows])
-            for key in ("flow_seconds", "steps_seconds", "peak_rss_gb")
-        }
-        sys.stdout.write(
-            table(rows)
-            + "\n\nlog-log slopes against subscribers: "
-            + ", ".join(f"{key} {value:.2f}" for key, value in slopes.items())
-            + "\n"
-        )
+        report(table(rows), rows, ("flow_seconds", "steps_seconds", "peak_rss_gb"))
+
+
+def report(markdown: str, rows: list[dict], keys: tuple[str, ...]) -> None:
+    """Print a measured table and the log-log slopes of `keys` against subscribers."""
+    sizes = [row["size"] for row in rows]
+    slopes = {key: exponent(sizes, [row[key] for row in rows]) for key in keys}
+    sys.stdout.write(
+        markdown
+        + "\n\nlog-log slopes against subscribers: "
+        + ", ".join(f"{key} {value:.2f}" for key, value in slopes.items())
+        + "\n"
+    )
 
 
 def train(args: argparse.Namespace) -> None:
@@ -543,17 +545,8 @@ def train(args: argparse.Namespace) -> None:
             measure_training(subscribers, args.base, days, args.repeats, args.train_snapshots)
         )
         (RESULTS / "scale-train.json").write_text(json.dumps(rows, indent=2) + "\n")
-    sizes = [row["size"] for row in rows]
-    slopes = {
-        key: exponent(sizes, [row[key] for row in rows])
-        for key in ("train_seconds", "train_cpu_seconds", "peak_rss_gb")
-    }
-    sys.stdout.write(
-        train_table(rows)
-        + "\n\nlog-log slopes against subscribers: "
-        + ", ".join(f"{key} {value:.2f}" for key, value in slopes.items())
-        + "\n"
-    )
+    if rows:
+        report(train_table(rows), rows, ("train_seconds", "train_cpu_seconds", "peak_rss_gb"))
 
 
 if __name__ == "__main__":
