@@ -157,21 +157,38 @@ def _replicate_tree(
         write_parquet(replicated(frame, copies), out, by_shard=by_shard)
 
 
-def prepare_base(base: int, days: int) -> Path:
-    """The base world: simulated, ingested and aggregated up to the day before the last, with a
-    registered champion trained as of that day."""
+def aggregated_base(base: int, days: int) -> Path:
+    """The base world: simulated, ingested, its daily aggregates and offer state built up to the
+    day before the last (the night then folds its one new day)."""
     from features.daily import build_daily_range
     from features.offer_state import update_offer_state
+
+    root = generate_world(base, days)
+    before = last_day(days) - dt.timedelta(days=1)
+    build_daily_range(Lake(root), START, before)
+    update_offer_state(Lake(root), before)
+    return root
+
+
+def replicate_days(base_root: Path, root: Path, copies: int, days: int) -> None:
+    """The base world's stored days (REPLICATED), `copies` times with disjoint ids, under `root`;
+    the last day is left out (the measured night writes it)."""
+    skip = f"date={last_day(days).isoformat()}"
+    for part in REPLICATED:
+        _replicate_tree(base_root / part, root / part, copies, skip=skip)
+
+
+def prepare_base(base: int, days: int) -> Path:
+    """The base world, aggregated (`aggregated_base`), with a registered champion trained as of
+    the day before the last."""
     from flows.steps import MODEL_NAME, TRAINED_AS_OF_TAG
     from models.registry import champion_info
     from models.scoring import load_bundle
     from models.training import train_models
 
-    root = generate_world(base, days)
+    root = aggregated_base(base, days)
     lake = Lake(root)
     before = last_day(days) - dt.timedelta(days=1)
-    build_daily_range(lake, START, before)
-    update_offer_state(lake, before)  # the night then folds its one new day
     settings = night_settings(root, days)
     info = champion_info(MODEL_NAME, settings)
     if info is None or info.get("tags", {}).get(TRAINED_AS_OF_TAG) != before.isoformat():
@@ -199,9 +216,7 @@ def prepare_size(subscribers: int, base: int, days: int) -> Path:
     if not marker.exists():
         started = time.perf_counter()
         if copies > 1:
-            skip = f"date={last_day(days).isoformat()}"  # the measured night writes it
-            for part in REPLICATED:
-                _replicate_tree(base_root / part, root / part, copies, skip=skip)
+            replicate_days(base_root, root, copies, days)
             incoming = Lake(base_root).incoming(last_day(days))
             _replicate_tree(incoming, Lake(root).incoming(last_day(days)), copies, by_shard=False)
         settings = night_settings(root, days, n_shards_for(subscribers))
@@ -363,24 +378,19 @@ def train_settings(root: Path, snapshots: int) -> Settings:
 def prepare_training(subscribers: int, base: int, days: int, snapshots: int) -> tuple[Path, float]:
     """Data root of one size ready for a retrain as of the day before the last, with every
     snapshot the retrain reads built; and the seconds building them took (when first built)."""
-    from features.daily import build_daily_range
     from features.offer_state import update_offer_state
     from models.training import read_or_build_snapshot, snapshot_dates
 
     if subscribers % base:
         raise SystemExit(f"--subscribers {subscribers} must be a multiple of --base {base}.")
     before = last_day(days) - dt.timedelta(days=1)
-    base_root = generate_world(base, days)
-    build_daily_range(Lake(base_root), START, before)
-    update_offer_state(Lake(base_root), before)
+    base_root = aggregated_base(base, days)
     copies = subscribers // base
     root = world_dir(subscribers, days) / "data" if copies > 1 else base_root
     marker = root.parent / f"{READY}-train-{snapshots}"
     if not marker.exists():
         if copies > 1:
-            skip = f"date={last_day(days).isoformat()}"  # as in the night's world
-            for part in REPLICATED:
-                _replicate_tree(base_root / part, root / part, copies, skip=skip)
+            replicate_days(base_root, root, copies, days)
             update_offer_state(Lake(root), before)
         settings = train_settings(root, snapshots)
         started = time.perf_counter()

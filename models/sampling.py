@@ -15,6 +15,7 @@ that calibration still learns the true rate.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from mia.hashing import unit_interval
@@ -38,13 +39,13 @@ def _draws(labels: pl.DataFrame, seed: int, kind: str) -> pl.Series:
     keys = labels.select(
         SUBSCRIBER_ID, pl.col(SNAPSHOT_DATE).cast(pl.String), pl.col(CATEGORY).cast(pl.String)
     )
-    draws = pl.Series("draw", [0.0] * labels.height, dtype=pl.Float64)
+    draws = np.zeros(labels.height)
     indexed = keys.with_row_index("row")
     for (date, category), group in indexed.group_by(SNAPSHOT_DATE, CATEGORY, maintain_order=True):
         salt = f"{_SALT}-{kind}-{seed}-{date}-{category}"
-        values = unit_interval(group.get_column(SUBSCRIBER_ID).to_numpy(), salt)
-        draws = draws.scatter(group.get_column("row").to_numpy(), values)
-    return draws
+        rows = group.get_column("row").to_numpy()
+        draws[rows] = unit_interval(group.get_column(SUBSCRIBER_ID).to_numpy(), salt)
+    return pl.Series("draw", draws)
 
 
 def sample_negatives(labels: pl.DataFrame, rate: float, seed: int) -> pl.DataFrame:
