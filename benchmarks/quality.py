@@ -892,10 +892,14 @@ def simulate_world(root: Path, config: SimulationConfig) -> Lake:
 
 
 def run_world(
-    config: SimulationConfig, train_snapshots: int, threads: int, **overrides: Any
+    config: SimulationConfig,
+    train_snapshots: int,
+    threads: int,
+    methods: dict[str, Method] | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Simulate and ingest one world in a temporary folder and evaluate every method on it
-    (`overrides`: other Mia settings, e.g. taste_factors=0)."""
+    """Simulate and ingest one world in a temporary folder and evaluate `methods` (default:
+    every method) on it (`overrides`: other Mia settings, e.g. taste_factors=0)."""
     with tempfile.TemporaryDirectory(prefix="mia-quality-") as folder:
         root = Path(folder) / "data"
         lake, simulated = _timed(lambda: simulate_world(root, config))
@@ -903,7 +907,8 @@ def run_world(
             data_dir=root, num_threads=threads, train_snapshots=train_snapshots, **overrides
         )
         last_day = config.start + dt.timedelta(days=config.days - 1)
-        result = evaluate_world(lake, last_day - dt.timedelta(days=settings.horizon_days), settings)
+        as_of = last_day - dt.timedelta(days=settings.horizon_days)
+        result = evaluate_world(lake, as_of, settings, methods)
     return {**result, "simulate_and_ingest_seconds": simulated}
 
 

@@ -415,6 +415,10 @@ def train_child(root: Path, date: dt.date, snapshots: int) -> None:
         "train_snapshots": len(report.snapshot_dates),
         **{f"wall_{part}": value for part, value in report.seconds.wall.items()},
         **{f"cpu_{part}": value for part, value in report.seconds.cpu.items()},
+        **{
+            f"peak_rise_gb_{part}": value / 2**30
+            for part, value in report.seconds.peak_rise.items()
+        },
     }
     sys.stdout.write(json.dumps(result) + "\n")
 
@@ -440,23 +444,35 @@ def measure_training(
 
 
 def train_table(rows: list[dict]) -> str:
-    """The Markdown table of the measured retrains: wall (CPU) seconds per part."""
+    """The Markdown tables of the measured retrains: wall (CPU) seconds per part, then by how much
+    each part raised the training process's peak RSS (the largest rise is what set the peak)."""
     header = ["subscribers", "weeks", "retrain", *TRAIN_PARTS, "peak RSS (GB)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    seconds = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    header = ["subscribers", "own peak RSS (GiB)", *TRAIN_PARTS]
+    rises = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for row in rows:
-        parts = [
-            f"{row.get(f'wall_{part}', 0.0):.0f} ({row.get(f'cpu_{part}', 0.0):.0f})"
-            for part in TRAIN_PARTS
-        ]
         cells = [
             f"{row['size']:,}",
             f"{row['train_snapshots']:.0f}",
             f"{row['train_seconds']:.0f} ({row['train_cpu_seconds']:.0f})",
-            *parts,
+            *[
+                f"{row.get(f'wall_{part}', 0.0):.0f} ({row.get(f'cpu_{part}', 0.0):.0f})"
+                for part in TRAIN_PARTS
+            ],
             f"{row['peak_rss_gb']:.1f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        seconds.append("| " + " | ".join(cells) + " |")
+        cells = [
+            f"{row['size']:,}",
+            f"{row['own_peak_rss_gb']:.1f}",
+            *[_gigabytes(row.get(f"peak_rise_gb_{part}")) for part in TRAIN_PARTS],
+        ]
+        rises.append("| " + " | ".join(cells) + " |")
+    return "\n".join(seconds) + "\n\nRise of peak RSS per part (GiB):\n\n" + "\n".join(rises)
+
+
+def _gigabytes(value: float | None) -> str:
+    return "-" if value is None else f"+{value:.1f}"
 
 
 def exponent(sizes: list[float], seconds: list[float]) -> float:
@@ -549,12 +565,15 @@ def train(args: argparse.Namespace) -> None:
         prepare_training(subscribers, args.base, days, args.train_snapshots)
     if args.prepare_only:
         return
-    rows = []
+    # Sizes measured before and not now keep their rows: a 1M retrain is measured on its own.
+    path = RESULTS / "scale-train.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
     for subscribers in sorted(args.subscribers):
-        rows.append(
-            measure_training(subscribers, args.base, days, args.repeats, args.train_snapshots)
+        row = measure_training(subscribers, args.base, days, args.repeats, args.train_snapshots)
+        rows = sorted(
+            [*(r for r in rows if r["size"] != subscribers), row], key=lambda r: r["size"]
         )
-        (RESULTS / "scale-train.json").write_text(json.dumps(rows, indent=2) + "\n")
+        path.write_text(json.dumps(rows, indent=2) + "\n")
     if rows:
         report(train_table(rows), rows, ("train_seconds", "train_cpu_seconds", "peak_rss_gb"))
 

@@ -66,10 +66,11 @@ class TrainingInputError(InputError):
     """The data root cannot provide what training needs (history, labels, tables)."""
 
 
+GIB = 2**30
 # Snapshot bytes a retrain keeps in memory at most; the others are read from the lake each time
 # they are used. A snapshot of 1M subscribers is about 1.7 GB and a retrain reads 13, so at that
 # size only the newest two stay in memory; at 100k all 13 (2.3 GB) do.
-SNAPSHOTS_IN_MEMORY_BYTES = 4 * 2**30
+SNAPSHOTS_IN_MEMORY_BYTES = 4 * GIB
 
 
 # Subscribers whose blend inputs training computes at a time (about 7M candidate rows).
@@ -708,8 +709,11 @@ def _train(
         with timed_part("registry"):
             _register(report, data, frames, settings)
     logger.info(
-        "training seconds (wall / CPU): %s",
-        ", ".join(f"{part} {t:.1f} / {seconds.cpu[part]:.1f}" for part, t in seconds.wall.items()),
+        "training seconds (wall / CPU) and rise of peak memory: %s",
+        ", ".join(
+            f"{name} {t:.1f} / {seconds.cpu[name]:.1f} s, +{seconds.peak_rise[name] / GIB:.2f} GiB"
+            for name, t in seconds.wall.items()
+        ),
     )
     report_progress("training", len(stages), len(stages))
     return report

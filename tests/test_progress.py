@@ -47,6 +47,9 @@ def test_timed_parts_add_up_per_name_inside_a_collection_only(monkeypatch):
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
     cpu = iter([0.0, 1.0, 5.0, 9.0, 20.0, 20.5])
     monkeypatch.setattr(progress.time, "process_time", lambda: next(cpu))
+    # The process's high-water mark: fit raises it by 100, load by 0, the failed fit by 50.
+    peak = iter([1000, 1100, 1100, 1100, 1100, 1150])
+    monkeypatch.setattr(progress, "peak_rss_bytes", lambda: next(peak))
     with progress.timed_part("ignored"):  # nothing collects: no clock is read
         pass
     with progress.collect_part_seconds() as seconds:
@@ -61,6 +64,7 @@ def test_timed_parts_add_up_per_name_inside_a_collection_only(monkeypatch):
             pass
     assert seconds.wall == {"fit": 3.0, "load": 3.0}
     assert seconds.cpu == {"fit": 1.5, "load": 4.0}
+    assert seconds.peak_rise == {"fit": 150, "load": 0}
     with progress.timed_part("after"):  # the collection has ended
         pass
     assert "after" not in seconds.wall

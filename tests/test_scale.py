@@ -406,3 +406,31 @@ def test_the_retrain_benchmark_refuses_a_world_too_short_for_its_weekly_snapshot
 
     with pytest.raises(SystemExit, match="13 weekly snapshots need a world of at least 106 days"):
         scale.main(["--train", "--days", "90", "--subscribers", "1000", "--base", "1000"])
+
+
+def test_the_retrain_table_shows_seconds_and_the_rise_of_peak_memory_per_part():
+    from benchmarks.scale import TRAIN_PARTS, train_table
+
+    row = {
+        "size": 100_000,
+        "train_snapshots": 13,
+        "train_seconds": 716.4,
+        "train_cpu_seconds": 1055.8,
+        "peak_rss_gb": 11.96,
+        "own_peak_rss_gb": 12.03,
+        "wall_propensity": 530.4,
+        "cpu_propensity": 838.7,
+        "peak_rise_gb_propensity": 6.04,
+    }
+    seconds, rises = train_table([row]).split("\n\nRise of peak RSS per part (GiB):\n\n")
+    header, _, line = seconds.splitlines()
+    assert header.split(" | ")[3 + TRAIN_PARTS.index("propensity")] == "propensity"
+    cells = line.strip("| ").split(" | ")
+    assert cells[:3] == ["100,000", "13", "716 (1056)"]
+    assert cells[3 + TRAIN_PARTS.index("propensity")] == "530 (839)"
+    assert cells[3 + TRAIN_PARTS.index("als")] == "0 (0)"  # a part that did not run
+    assert cells[-1] == "12.0"
+    cells = rises.splitlines()[2].strip("| ").split(" | ")
+    assert cells[:2] == ["100,000", "12.0"]
+    assert cells[2 + TRAIN_PARTS.index("propensity")] == "+6.0"
+    assert cells[2 + TRAIN_PARTS.index("als")] == "-"  # measured before parts were recorded

@@ -180,8 +180,11 @@ def test_first_training_is_promoted_and_reports_metrics(world, first):
     # Where the time went, per model family, summed over the blend's windows.
     parts = {"snapshots", "labels", "responses", "als_tuning", "propensity", "als", "taste"}
     parts |= {"blend_inputs", "blend", "holdout_metrics", "registry"}
-    assert set(first.seconds.wall) == set(first.seconds.cpu) == parts
+    assert (
+        set(first.seconds.wall) == set(first.seconds.cpu) == set(first.seconds.peak_rise) == parts
+    )
     assert all(value >= 0 for value in first.seconds.wall.values())
+    assert all(value >= 0 for value in first.seconds.peak_rise.values())
     with tracking(settings) as client:
         logged = client.get_run(first.run_id).data.metrics
     assert logged["seconds.propensity"] == first.seconds.wall["propensity"]
