@@ -578,12 +578,15 @@ def _simulate():
     return simulate
 
 
-def _ingest(root: Path) -> Lake:
-    from mia.ingest import ingest_day
+def _ingest(root: Path, days: int | None = None) -> Lake:
+    """Ingest the first `days` delivered days (default: all) that are not ingested yet."""
+    from mia.ingest import ingest_day, ingested_dates
 
     lake = Lake(root)
-    for date in lake.dates("incoming"):
-        ingest_day(lake, date)
+    done = set(ingested_dates(lake))
+    for date in lake.dates("incoming")[:days]:
+        if date not in done:
+            ingest_day(lake, date)
     return lake
 
 
@@ -591,13 +594,16 @@ def test_point_in_time_snapshot_ignores_later_days(tmp_path):
     simulate = _simulate()
     start = dt.date(2026, 1, 1)
     snapshot_day = start + dt.timedelta(days=39)
+    root = tmp_path / "data"
+    config = simulate.SimulationConfig(subscribers=800, days=55, start=start, seed=3)
+    simulate.write_world(root, config)
     stored = []
+    # The snapshot of day 39 once 40 days have arrived, then again once all 55 have.
     for days in (40, 55):
-        root = tmp_path / f"days_{days}"
-        config = simulate.SimulationConfig(subscribers=800, days=days, start=start, seed=3)
-        simulate.write_world(root, config)
-        lake = _ingest(root)
-        build_daily_range(lake, start, lake.dates("raw", "subscribers")[-1])
+        lake = _ingest(root, days)
+        last = lake.dates("raw", "subscribers")[-1]
+        assert last == start + dt.timedelta(days=days - 1)
+        build_daily_range(lake, start, last)
         build_snapshot(lake, snapshot_day)
         stored.append(partition_files(lake.snapshot(snapshot_day))[0].read_bytes())
     assert stored[0] == stored[1]
