@@ -443,7 +443,7 @@ COMPARED = ("mia", "oracle", "behaviour_oracle", "taste_posterior")
 )
 def test_mia_beats_the_plain_baselines_on_other_kinds_of_world(preset, baselines):
     # The smallest worlds where Mia's per-category models have enough accepts to learn from
-    # (8 weeks: 70 days gave the same orderings at 2.5 times the cost).
+    # (8 weeks; 10 weeks, slower, gave the same orderings).
     config = SimulationConfig(subscribers=3000, days=56, seed=11, preset=preset)
     # The methods these assertions read; the global LightGBM (tested on the tiny world above)
     # would take most of the time: 93 of 153 s on content.
