@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from mia.settings import Settings
 from models import metrics as mx
 from models.blend import OfferBlend, offer_statistics
 from models.propensity import P_CATEGORY, CategoryPropensity, training_frame
-from models.sampling import negative_rate, sample_negatives, sample_rows
+from models.sampling import label_rates, sample_by_label, sample_rows
 from models.scoring import MODEL_NAME, ModelBundle, active_offers, blend_frame, score_offers
 from models.taste import TASTE_LOGIT, CategoryTaste
 
@@ -114,6 +114,27 @@ class SnapshotStore(Mapping[dt.date, pl.DataFrame]):
         return len(self._dates)
 
 
+class FramesOnDemand(Mapping[dt.date, pl.DataFrame]):
+    """Frames by date, each read by `read` whenever it is used and never kept: for inputs used
+    once or twice per retrain whose size grows with subscribers (an offer state of a million
+    subscribers is 1.7 GB)."""
+
+    def __init__(self, dates: Iterable[dt.date], read: Callable[[dt.date], pl.DataFrame]) -> None:
+        self._dates = sorted(set(dates))
+        self._read = read
+
+    def __getitem__(self, date: dt.date) -> pl.DataFrame:
+        if date not in self._dates:
+            raise KeyError(date)
+        return self._read(date)
+
+    def __iter__(self) -> Iterator[dt.date]:
+        return iter(self._dates)
+
+    def __len__(self) -> int:
+        return len(self._dates)
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """Everything training reads from the data root, as plain frames."""
@@ -130,18 +151,18 @@ class TrainingData:
     input_example: pl.DataFrame  # a few rows of the as_of snapshot
     interactions_tune: pl.DataFrame | None = None  # up to the validation snapshot
     interactions_tune_valid: pl.DataFrame | None = None  # (validation snapshot, T_0]
-    offer_state: pl.DataFrame | None = None  # responses per subscriber x offer up to T_0
-    # Up to each earlier snapshot the blend is fitted on (T_1, T_2, ...; see `blend_windows`):
-    # interactions and offer states.
+    # Interactions up to each earlier snapshot the blend is fitted on (T_1, T_2, ...; see
+    # `blend_windows`).
     interactions_windows: dict[dt.date, pl.DataFrame] = field(default_factory=dict)
-    offer_state_windows: dict[dt.date, pl.DataFrame] = field(default_factory=dict)
+    # Responses per subscriber x offer up to T_0 and up to each of those snapshots (a
+    # FramesOnDemand: read when used).
+    offer_states: Mapping[dt.date, pl.DataFrame] = field(default_factory=dict)
 
     def blend_window(self, window: int) -> tuple[dt.date, pl.DataFrame, pl.DataFrame | None]:
         """Snapshot date, ALS interactions and offer state of blend window T_`window` (0: T_0)."""
         date = self.snapshot_dates[-1 - window]
-        if not window:
-            return date, self.interactions_blend, self.offer_state
-        return date, self.interactions_windows[date], self.offer_state_windows[date]
+        interactions = self.interactions_windows[date] if window else self.interactions_blend
+        return date, interactions, self.offer_states.get(date)
 
 
 @dataclass
@@ -261,7 +282,7 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
                 consumption_weight=settings.consumption_weight,
             )  # fmt: skip
 
-    def offer_state(date: dt.date) -> pl.DataFrame | None:
+    def offer_state(date: dt.date) -> pl.DataFrame:
         with timed_part("responses"):
             return read_offer_state(lake, date)
 
@@ -317,9 +338,8 @@ def load_training_data(lake: Lake, as_of: dt.date, settings: Settings) -> Traini
             windows[dates[-2]] if dates[-2] in windows else interactions(dates[-2], lookback)
         ),
         interactions_tune_valid=interactions(dates[-1], (dates[-1] - dates[-2]).days),
-        offer_state=offer_state(dates[-1]),
         interactions_windows=windows,
-        offer_state_windows={date: offer_state(date) for date in windows},
+        offer_states=FramesOnDemand([dates[-1], *windows], offer_state),
     )
 
 
@@ -472,11 +492,11 @@ def _input_models(
     train_dates, valid_date, date = dates[:-2], dates[-2], dates[-1]
     rows = sum(data.category_labels[d].height for d in train_dates)
     positives = sum(int(data.category_labels[d][LABEL].sum()) for d in train_dates)
-    rate = negative_rate(rows, positives, settings.max_train_rows)
+    rates = label_rates(rows, positives, settings.max_train_rows)
     train = pl.concat(
         [
             training_frame(
-                data.snapshots[d], sample_negatives(data.category_labels[d], rate, settings.seed)
+                data.snapshots[d], sample_by_label(data.category_labels[d], rates, settings.seed)
             )
             for d in train_dates
         ],
@@ -487,13 +507,14 @@ def _input_models(
     )
     valid = training_frame(data.snapshots[valid_date], valid_labels)
     logger.info(
-        "propensity as of %s: train %s (%d rows of %d, negatives kept at rate %.3f), valid %s "
-        "(%d rows of %d)",
+        "propensity as of %s: train %s (%d rows of %d, positives kept at rate %.3f, negatives "
+        "at %.3f), valid %s (%d rows of %d)",
         date,
         [str(d) for d in train_dates],
         train.height,
         rows,
-        rate,
+        rates.positive,
+        rates.negative,
         valid_date,
         valid.height,
         data.category_labels[valid_date].height,
@@ -593,6 +614,9 @@ def holdout_evaluator(
     t0 = data.snapshot_dates[-1]
     subscribers = holdout[SUBSCRIBER_ID].unique().sort()
     snapshot = data.snapshots[t0].filter(pl.col(SUBSCRIBER_ID).is_in(subscribers.implode()))
+    offer_state = data.offer_states.get(t0)
+    if offer_state is not None:  # the holdout's part only: it is kept for the gate
+        offer_state = offer_state.filter(pl.col(SUBSCRIBER_ID).is_in(subscribers.implode()))
     labels = holdout.select(SUBSCRIBER_ID, OFFER_ID, LABEL)
 
     def evaluate(scorer: Any) -> dict[str, float]:
@@ -602,7 +626,7 @@ def holdout_evaluator(
             data.catalog,
             data.interactions_blend,
             with_reasons=False,
-            offer_state=data.offer_state,
+            offer_state=offer_state,
         )
         joined = labels.join(scores, on=[SUBSCRIBER_ID, OFFER_ID], how="inner")
         return mx.binary_metrics(joined[LABEL], joined[P_ACCEPT], "blend")

@@ -1,4 +1,4 @@
-"""Training rows at scale: every positive kept, negatives sampled and weighted, reproducibly."""
+"""Training rows at scale: sampled by label and weighted, reproducibly."""
 
 from __future__ import annotations
 
@@ -8,20 +8,28 @@ import pytest
 
 from models import metrics
 from models.propensity import CategoryPropensity, training_frame
-from models.sampling import WEIGHT, negative_rate, sample_negatives, sample_rows
+from models.sampling import WEIGHT, LabelRates, label_rates, sample_by_label, sample_rows
 from tests.test_propensity import T1, T2, _world
 
 
-def test_negative_rate_keeps_about_max_rows():
-    assert negative_rate(1_000, 100, 2_000) == 1.0  # everything fits
-    assert negative_rate(10_000, 1_000, 4_000) == pytest.approx(3_000 / 9_000)
-    assert negative_rate(10_000, 3_900, 4_000) == pytest.approx(100 / 6_100)
-    assert negative_rate(10**9, 5_000, 4_000) == 1e-3  # positives alone overflow: a floor
+def test_label_rates_keep_about_max_rows():
+    assert label_rates(1_000, 100, 2_000) == LabelRates(1.0, 1.0)  # everything fits
+    rates = label_rates(10_000, 1_000, 4_000)
+    assert rates.positive == 1.0 and rates.negative == pytest.approx(3_000 / 9_000)
+    # Positives fill half of the rows at most; negatives the rest.
+    rates = label_rates(10_000, 3_900, 4_000)
+    assert rates.positive == pytest.approx(2_000 / 3_900)
+    assert rates.negative == pytest.approx(2_000 / 6_100)
+    # A million subscribers' 11 weeks: 20.2M rows, 1.8M positives, 1M kept rows.
+    rates = label_rates(20_194_730, 1_800_000, 1_000_000)
+    assert rates.positive * 1_800_000 == pytest.approx(500_000)
+    assert rates.positive * 1_800_000 + rates.negative * 18_394_730 == pytest.approx(1_000_000)
+    assert label_rates(10**10, 0, 4_000) == LabelRates(1.0, 1e-3)  # a floor on negatives
 
 
 def test_sampled_negatives_keep_every_positive_and_weigh_the_rest_up():
     labels = _world(20_000, 3, T1).select("subscriber_id", "snapshot_date", "category", "label")
-    sampled = sample_negatives(labels, 0.25, seed=7)
+    sampled = sample_by_label(labels, LabelRates(negative=0.25), seed=7)
     positives = labels.filter(pl.col("label") == 1)
     assert sampled.filter(pl.col("label") == 1).drop(WEIGHT).equals(positives)
     negatives = sampled.filter(pl.col("label") == 0)
@@ -36,15 +44,33 @@ def test_sampled_negatives_keep_every_positive_and_weigh_the_rest_up():
         estimate = (part["label"] * part[WEIGHT]).sum() / part[WEIGHT].sum()
         assert estimate == pytest.approx(whole["label"].mean(), rel=0.05)
     # Reproducible, and a subscriber's rows do not depend on the other subscribers.
-    assert sample_negatives(labels, 0.25, seed=7).equals(sampled)
-    assert not sample_negatives(labels, 0.25, seed=8).equals(sampled)
+    assert sample_by_label(labels, LabelRates(negative=0.25), seed=7).equals(sampled)
+    assert not sample_by_label(labels, LabelRates(negative=0.25), seed=8).equals(sampled)
     half = labels.filter(pl.col("subscriber_id") % 2 == 0)
-    assert sample_negatives(half, 0.25, seed=7).equals(
+    assert sample_by_label(half, LabelRates(negative=0.25), seed=7).equals(
         sampled.filter(pl.col("subscriber_id") % 2 == 0)
     )
-    assert sample_negatives(labels, 1.0, seed=7).equals(labels)  # rate 1: as they are
-    with pytest.raises(ValueError, match="rate"):
-        sample_negatives(labels, 0.0, seed=7)
+    assert sample_by_label(labels, LabelRates(), seed=7).equals(labels)  # rates 1: as they are
+    with pytest.raises(ValueError, match="negative rate"):
+        sample_by_label(labels, LabelRates(negative=0.0), seed=7)
+    with pytest.raises(ValueError, match="positive rate"):
+        sample_by_label(labels, LabelRates(positive=1.5), seed=7)
+
+
+def test_sampled_positives_are_weighed_up_like_negatives():
+    labels = _world(20_000, 3, T1).select("subscriber_id", "snapshot_date", "category", "label")
+    sampled = sample_by_label(labels, LabelRates(positive=0.5, negative=0.1), seed=7)
+    for label, rate in ((1, 0.5), (0, 0.1)):
+        part = sampled.filter(pl.col("label") == label)
+        assert part.height / labels.filter(pl.col("label") == label).height == pytest.approx(
+            rate, rel=0.1
+        )
+        assert set(part[WEIGHT]) == {1 / rate}
+    # Weighted, the sample still estimates the category's rate of all rows.
+    for category in ("data_addon", "esim"):
+        part, whole = (f.filter(pl.col("category") == category) for f in (sampled, labels))
+        estimate = (part["label"] * part[WEIGHT]).sum() / part[WEIGHT].sum()
+        assert estimate == pytest.approx(whole["label"].mean(), rel=0.1)
 
 
 def test_uniformly_sampled_rows_keep_the_rate():
@@ -62,8 +88,10 @@ def test_a_propensity_fitted_on_sampled_negatives_ranks_and_priors_as_on_all_row
     full = CategoryPropensity(**model).fit(train, valid)
     sampled_train = training_frame(
         train.drop("label", "category"),
-        sample_negatives(
-            train.select("subscriber_id", "snapshot_date", "category", "label"), 0.3, 7
+        sample_by_label(
+            train.select("subscriber_id", "snapshot_date", "category", "label"),
+            LabelRates(negative=0.3),
+            7,
         ),
     )
     assert WEIGHT in sampled_train.columns and sampled_train.height < 0.5 * train.height

@@ -92,16 +92,16 @@ def test_blend_windows_leave_each_propensity_history_to_train_and_calibrate_on()
 
 def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, monkeypatch):
     lake, settings = world
-    # Few rows allowed per propensity fit: negatives are sampled and weighted.
+    # Few rows allowed per propensity fit: rows are sampled by label and weighted.
     settings = settings.replace(blend_windows=3, max_train_rows=1000)
     data = load_training_data(lake, AS_OF, settings)
     dates = data.snapshot_dates
     assert list(data.interactions_windows) == [dates[-2]]  # 4 snapshots: T_0 and T_1
     # T_1's rows read the responses up to T_1 only (its labels start after it).
-    assert data.offer_state_windows[dates[-2]]["last_impression_ts"].max() < dt.datetime.combine(
+    assert data.offer_states[dates[-2]]["last_impression_ts"].max() < dt.datetime.combine(
         dates[-2] + dt.timedelta(days=1), dt.time()
     )
-    propensity_dates, input_models, blend_rows = [], {}, []
+    propensity_dates, input_models, blend_rows, sampled_positives = [], {}, [], []
     fit_propensity, input_models_of, fit_blend = (
         CategoryPropensity.fit,
         training._input_models,
@@ -112,10 +112,16 @@ def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, 
         propensity_dates.append((train["snapshot_date"].max(), valid["snapshot_date"].max()))
         labels = pl.concat([data.category_labels[date] for date in train["snapshot_date"].unique()])
         assert train.height < labels.height and train.height == pytest.approx(1000, rel=0.2)
-        assert train["label"].sum() == labels["label"].sum()  # every positive kept
-        weights = train.filter(pl.col("label") == 0)["weight"].unique()
         negatives, positives = labels.height - labels["label"].sum(), labels["label"].sum()
-        assert weights.to_list() == [pytest.approx(negatives / (1000 - positives))]
+        # Positives fill half of the 1000 rows at most (T_0's 509 are sampled, the earlier weeks'
+        # fewer all kept), the negatives the rest, and each kept row weighs 1 / its rate.
+        kept = min(positives, 500)
+        assert train["label"].sum() == (positives if kept == positives else pytest.approx(500, 0.1))
+        weights = train.filter(pl.col("label") == 1)["weight"].unique()
+        assert weights.to_list() == [pytest.approx(positives / kept)]
+        weights = train.filter(pl.col("label") == 0)["weight"].unique()
+        assert weights.to_list() == [pytest.approx(negatives / (1000 - kept))]
+        sampled_positives.append(kept < positives)
         assert valid.height == pytest.approx(250, rel=0.2)
         return fit_propensity(self, train, valid)
 
@@ -133,6 +139,7 @@ def test_blend_is_fitted_on_several_windows_with_inputs_from_before_each(world, 
     fit_bundle(data, settings)
     # Each window's propensity trained and calibrated on snapshots before the window's labels.
     assert propensity_dates == [(dates[-3], dates[-2]), (dates[-4], dates[-3])]
+    assert sampled_positives == [True, False]  # both ways of the cap are seen
     # Its ALS learned from the interactions up to that window only.
     assert input_models[1].cf.user_items_.sum() == pytest.approx(
         data.interactions_windows[dates[-2]]["confidence"].sum()
@@ -208,7 +215,7 @@ def test_the_blend_learns_from_each_pair_history_as_of_the_last_snapshot(world):
     lake, settings = world
     data = load_training_data(lake, AS_OF, settings)
     t0 = data.snapshot_dates[-1]
-    state = data.offer_state
+    state = data.offer_states[t0]
     assert state["last_impression_ts"].max() < dt.datetime.combine(
         t0 + dt.timedelta(days=1), dt.time()
     )
@@ -350,3 +357,21 @@ def test_snapshots_beyond_the_memory_budget_are_read_back_from_the_lake(world, f
         assert store[date].equals(read_snapshot(lake, date))
     with pytest.raises(KeyError):
         store[AS_OF]
+
+
+def test_frames_on_demand_are_read_at_each_use_and_never_kept():
+    reads = []
+
+    def read(date: dt.date) -> pl.DataFrame:
+        reads.append(date)
+        return pl.DataFrame({"day": [date.day]})
+
+    first, second = dt.date(2026, 3, 4), dt.date(2026, 2, 25)
+    frames = training.FramesOnDemand([first, second, first], read)
+    assert list(frames) == [second, first] and len(frames) == 2 and reads == []
+    assert frames[first]["day"].to_list() == [4] and frames[first].height == 1
+    assert reads == [first, first]  # read again: nothing is held between uses
+    other = dt.date(2026, 1, 1)
+    assert frames.get(other) is None and reads == [first, first]
+    with pytest.raises(KeyError):
+        frames[other]
