@@ -446,7 +446,7 @@ def measure_training(
 def train_table(rows: list[dict]) -> str:
     """The Markdown tables of the measured retrains: wall (CPU) seconds per part, then by how much
     each part raised the training process's peak RSS (the largest rise is what set the peak)."""
-    header = ["subscribers", "weeks", "retrain", *TRAIN_PARTS, "peak RSS (GB)"]
+    header = ["subscribers", "weeks", "retrain", *TRAIN_PARTS, "peak RSS (GiB)"]
     seconds = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     header = ["subscribers", "own peak RSS (GiB)", *TRAIN_PARTS]
     rises = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
