@@ -33,6 +33,7 @@ from benchmarks.quality import (
     taste_prior,
     value_capture,
     within_subscriber_spearman,
+    world_results,
 )
 from mia.lake import end_of_day
 from mia.settings import Settings
@@ -305,6 +306,11 @@ def test_the_table_has_a_row_per_method_and_the_random_pick():
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| oracle", "| random"]
     assert lines[2].startswith("| oracle | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 0.3000 |")
     assert lines[3].endswith("| – | – | – | – | – | – | – |")
+
+
+def test_worlds_need_at_least_one_worker():
+    with pytest.raises(ValueError, match="workers == 0, must be at least 1"):
+        list(world_results([SimulationConfig(subscribers=10)], 2, 1, 0, {}))
 
 
 def test_the_taste_prior_is_the_spread_of_the_drawn_tastes():
