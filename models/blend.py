@@ -38,6 +38,7 @@ from mia.schema import (
     SUBSCRIBER_ID,
     VALUE,
 )
+from models.arrays import Column, row_major
 from models.compiled import PicklesWithoutCompiled, compiled_predict
 from models.history import HISTORY_INPUTS, ResponseHistory, no_history
 from models.params import ConstructorParams
@@ -280,28 +281,35 @@ class CandidateInputs:
         offer_columns: np.ndarray,
         features: Sequence[str] = BLEND_FEATURES,
     ) -> np.ndarray:
-        """(cells x features) float64 matrix of the given subscriber x offer positions."""
+        """(cells x features) row-major float64 matrix of the given subscriber x offer
+        positions."""
         n_offers = next(iter(self.per_offer.values())).size
         flat = subscriber_rows * n_offers + offer_columns
-        # Filled one contiguous feature at a time, returned as its (column-major) transpose.
-        result = np.empty((len(features), subscriber_rows.size), dtype=np.float64)
-        for index, name in enumerate(features):
-            if name in self.cells:
-                result[index] = self.cells[name].reshape(-1)[flat]
-            elif name in self.per_category:
-                # Gathered per cell: the dense (subscribers x offers) matrix is never built.
-                result[index] = self.per_category[name][
-                    subscriber_rows, self.offer_category[offer_columns]
-                ]
-            elif name in HISTORY_INPUTS:
-                result[index] = (
-                    self.history.cells(name, subscriber_rows, offer_columns)
-                    if self.history is not None
-                    else no_history(name)
-                )
-            else:
-                result[index] = self.per_offer[name][offer_columns]
-        return result.T
+        return row_major(
+            flat.size,
+            [self._column(name, subscriber_rows, offer_columns, flat) for name in features],
+        )
+
+    def _column(
+        self, name: str, subscriber_rows: np.ndarray, offer_columns: np.ndarray, flat: np.ndarray
+    ) -> Column:
+        """Input `name` at a slice of the cells (`row_major`'s column)."""
+        if name in self.cells:
+            values = self.cells[name].reshape(-1)
+            return lambda part: values[flat[part]]
+        if name in self.per_category:
+            # Gathered per cell: the dense (subscribers x offers) matrix is never built.
+            by_category = self.per_category[name]
+            return lambda part: by_category[
+                subscriber_rows[part], self.offer_category[offer_columns[part]]
+            ]
+        if name in HISTORY_INPUTS:
+            history = self.history
+            if history is None:
+                return lambda part: no_history(name)
+            return lambda part: history.cells(name, subscriber_rows[part], offer_columns[part])
+        per_offer = self.per_offer[name]
+        return lambda part: per_offer[offer_columns[part]]
 
 
 def _row_centered(values: np.ndarray) -> np.ndarray:
@@ -697,7 +705,7 @@ class OfferBlend(PicklesWithoutCompiled, ConstructorParams):
             )
         if not x.shape[0]:
             return np.empty(0)
-        x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)  # a no-op for `CandidateInputs.matrix`
         linear = self.linear
         predict = self.__dict__.get("compiled_")
         if predict is None:

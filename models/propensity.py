@@ -27,6 +27,7 @@ from mia.errors import InputError
 from mia.hashing import text_hash
 from mia.progress import report_progress
 from mia.schema import CATEGORY, LABEL, SNAPSHOT_DATE, SUBSCRIBER_ID
+from models.arrays import row_major
 from models.compiled import PicklesWithoutCompiled, compiled_predict
 from models.params import ConstructorParams
 from models.sampling import WEIGHT
@@ -103,7 +104,24 @@ class FeatureEncoding:
         return expressions
 
     def matrix(self, frame: pl.DataFrame | pl.LazyFrame) -> np.ndarray:
-        """The float64 feature matrix of a frame, columns in fit order."""
+        """The float64 feature matrix of a frame, columns in fit order (column-major)."""
+        selected = self._encoded(frame)
+        # Column by column, each dropped once copied: the float frame and the matrix are never
+        # both whole in memory (2M training rows x 400 features are 6 GB each).
+        matrix = np.empty(selected.shape, dtype=np.float64, order="F")
+        for index, name in enumerate(selected.columns):
+            matrix[:, index] = selected.get_column(name).to_numpy()
+            selected = selected.drop(name)
+        return matrix
+
+    def row_major_matrix(self, frame: pl.DataFrame | pl.LazyFrame) -> np.ndarray:
+        """The same matrix as `matrix`, row-major: as the trees predict from it."""
+        selected = self._encoded(frame)
+        arrays = [series.to_numpy() for series in selected.get_columns()]
+        return row_major(selected.height, [lambda part, a=array: a[part] for array in arrays])
+
+    def _encoded(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+        """The frame's features encoded as float64 columns, in fit order."""
         columns = frame.collect_schema().names()
         absent = [name for name in self.names if name not in columns]
         # A category that left the catalog and the window leaves its features out of later
@@ -121,14 +139,7 @@ class FeatureEncoding:
             frame = frame.lazy().with_columns(
                 pl.lit(None, dtype=pl.Float64).alias(n) for n in absent
             )
-        selected = frame.lazy().select(self.expressions()).collect(engine="streaming")
-        # Column by column, each dropped once copied: the float frame and the matrix are never
-        # both whole in memory (2M training rows x 400 features are 6 GB each).
-        matrix = np.empty(selected.shape, dtype=np.float64, order="F")
-        for index, name in enumerate(selected.columns):
-            matrix[:, index] = selected.get_column(name).to_numpy()
-            selected = selected.drop(name)
-        return matrix
+        return frame.lazy().select(self.expressions()).collect(engine="streaming")
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -431,7 +442,7 @@ class CategoryPropensity(PicklesWithoutCompiled, ConstructorParams):
     def feature_matrix(self, snapshot: pl.DataFrame) -> np.ndarray:
         """The snapshot's model features as one row-major float64 matrix (encoding order)."""
         self._check_fitted()
-        return np.ascontiguousarray(self.encoding_.matrix(snapshot))
+        return self.encoding_.row_major_matrix(snapshot)
 
     def predict_matrix(self, snapshot: pl.DataFrame) -> np.ndarray:
         """Calibrated P(accept | shown) per snapshot row x fitted category (fitted order)."""

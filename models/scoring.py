@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "mia-offers"
 SCORE_COLUMNS = (SUBSCRIBER_ID, OFFER_ID, CATEGORY, P_ACCEPT, REASONS, MODEL_VERSION)
 _KEY = "_category_key"
+# Cells whose blend inputs are gathered and predicted at once (about 20 MB of inputs).
+BLEND_BLOCK_CELLS = 65_536
 
 
 class ScoringInputError(InputError):
@@ -268,7 +270,13 @@ def _score_chunk(
     chunk of a sorted snapshot."""
     rows, columns = cells
     inputs = bundle_inputs(bundle, snapshot, offers, interactions, offer_state, catalog)
-    p_accept = bundle.blend.predict_matrix(inputs.matrix(rows, columns, bundle.blend.features))
+    # The blend's matrix a block of cells at a time: the whole chunk's (millions of cells x
+    # dozens of inputs) is never built, and the block's stays in memory that is reused.
+    p_accept = np.empty(rows.size, dtype=np.float64)
+    for start in range(0, rows.size, BLEND_BLOCK_CELLS):
+        block = slice(start, start + BLEND_BLOCK_CELLS)
+        x = inputs.matrix(rows[block], columns[block], bundle.blend.features)
+        p_accept[block] = bundle.blend.predict_matrix(x)
     return pl.DataFrame(
         {
             SUBSCRIBER_ID: snapshot[SUBSCRIBER_ID].gather(rows),
