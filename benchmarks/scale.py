@@ -44,12 +44,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from benchmarks.common import READY, RESULTS, SEED, START, replicated
+from features.offer_state import OFFER_STATE
 from mia.ingest import MANIFEST_DIR, ingest_day
 from mia.lake import PUBLISHED, Lake, atomic_path, remove_path, write_parquet
 from mia.schema import SHARD_KEY
@@ -137,14 +139,26 @@ def generate_world(subscribers: int, days: int) -> Path:
 
 
 def _replicate_tree(
-    source: Path, target: Path, copies: int, skip: str = "", by_shard: bool = True
+    source: Path,
+    target: Path,
+    copies: int,
+    skip: str = "",
+    by_shard: bool = True,
+    manifests_only: Collection[str] = (),
 ) -> None:
     """Every Parquet file below `source`, replicated, at the same place below `target`; stored
     by shard key like the lake's own partitions (not for the drop zone). JSON files (the ingest
-    and build manifests that say a day is complete) are copied as they are."""
+    and build manifests that say a day is complete) are copied as they are. Nothing below a
+    folder named `skip` is copied, and only the JSON files of the folders in `manifests_only`
+    (paths relative to `source`)."""
     for path in sorted([*source.rglob("*.parquet"), *source.rglob("*.json")]):
         parts = path.relative_to(source).parts
         if any(part.startswith(".") for part in parts) or (skip and skip in parts):
+            continue
+        if (
+            path.suffix == ".parquet"
+            and path.parent.relative_to(source).as_posix() in manifests_only
+        ):
             continue
         out = target / path.relative_to(source)
         if out.exists():
@@ -170,12 +184,23 @@ def aggregated_base(base: int, days: int) -> Path:
     return root
 
 
-def replicate_days(base_root: Path, root: Path, copies: int, days: int) -> None:
+def replicate_days(
+    base_root: Path, root: Path, copies: int, days: int, every_offer_state: bool = True
+) -> None:
     """The base world's stored days (REPLICATED), `copies` times with disjoint ids, under `root`;
-    the last day is left out (the measured night writes it)."""
+    the last day is left out (the measured night writes it). Without `every_offer_state` only
+    the offer state of the day before the last is copied, with every day's build manifest (a
+    night reads no older state, and the manifests say the older ones are current)."""
     skip = f"date={last_day(days).isoformat()}"
+    before = last_day(days) - dt.timedelta(days=1)
+    older = [START + dt.timedelta(days=day) for day in range((before - START).days)]
+    # Partitions of the older offer states, relative to daily/.
+    older_states = set() if every_offer_state else {
+        f"{OFFER_STATE}/date={date.isoformat()}" for date in older
+    }  # fmt: skip
     for part in REPLICATED:
-        _replicate_tree(base_root / part, root / part, copies, skip=skip)
+        manifests_only = older_states if part == "daily" else set()
+        _replicate_tree(base_root / part, root / part, copies, skip, manifests_only=manifests_only)
 
 
 def prepare_base(base: int, days: int) -> Path:
@@ -216,7 +241,7 @@ def prepare_size(subscribers: int, base: int, days: int) -> Path:
     if not marker.exists():
         started = time.perf_counter()
         if copies > 1:
-            replicate_days(base_root, root, copies, days)
+            replicate_days(base_root, root, copies, days, every_offer_state=False)
             incoming = Lake(base_root).incoming(last_day(days))
             _replicate_tree(incoming, Lake(root).incoming(last_day(days)), copies, by_shard=False)
         settings = night_settings(root, days, n_shards_for(subscribers))

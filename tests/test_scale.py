@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
-from benchmarks.scale import exponent, n_shards_for
+from benchmarks.scale import exponent, n_shards_for, replicate_days
 from features.daily import build_daily_range
 from features.snapshot import (
     SnapshotInputError,
@@ -386,6 +387,23 @@ def test_benchmark_helpers():
     assert [n_shards_for(n) for n in (1, 200_000, 200_001, 1_000_000)] == [1, 1, 2, 5]
     assert exponent([1e5, 1e6], [10.0, 100.0]) == pytest.approx(1.0)
     assert exponent([1e5, 3e5, 1e6], [5.0, 5.0 * 3**0.8, 5.0 * 10**0.8]) == pytest.approx(0.8)
+
+
+def test_a_night_world_gets_only_the_last_offer_state_and_every_manifest(aggregated_root, tmp_path):
+    from features.offer_state import OFFER_STATE, read_offer_state, update_offer_state
+
+    base = tmp_path / "base"
+    shutil.copytree(aggregated_root, base)
+    before = TINY_LAST_DAY - dt.timedelta(days=1)
+    update_offer_state(Lake(base), before)
+    days = (TINY_LAST_DAY - TINY_START).days + 1
+    replicate_days(base, tmp_path / "twice", 2, days, every_offer_state=False)
+    states = tmp_path / "twice" / "daily" / OFFER_STATE
+    assert [path.parent.name for path in states.glob("*/*.parquet")] == [f"date={before}"]
+    assert len(list(states.glob("*/*.json"))) == days - 1  # the last day is the night's
+    assert update_offer_state(Lake(tmp_path / "twice"), before) == []  # every state is current
+    replicated = read_offer_state(Lake(tmp_path / "twice"), before)
+    assert replicated.height == 2 * read_offer_state(Lake(base), before).height
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
