@@ -86,10 +86,9 @@ def _observations(
 
 def _eta(owner: np.ndarray, design: np.ndarray, offset: np.ndarray, params: np.ndarray):
     """Each cell's logit; a fixed order of products per cell, whatever the other cells."""
-    own = params[owner]
     eta = offset.copy()
     for j in range(design.shape[1]):
-        eta += design[:, j] * own[:, j]
+        eta += design[:, j] * params[:, j][owner]
     return eta
 
 
@@ -97,6 +96,15 @@ def _objective(owner, n_owners, eta, trials, successes, params, penalty) -> np.n
     """Penalised log-likelihood of each owner's cells (n_owners,)."""
     cell = successes * eta - trials * np.logaddexp(0.0, eta)
     return np.bincount(owner, cell, minlength=n_owners) - 0.5 * (penalty * params**2).sum(axis=1)
+
+
+def _design(factors: np.ndarray) -> np.ndarray:
+    """(cells x d + 1) design: each cell's factors and a column of ones for the intercept,
+    column-major (the Newton step reads it a column at a time)."""
+    design = np.empty((factors.shape[0], factors.shape[1] + 1), order="F")
+    design[:, :-1] = factors
+    design[:, -1] = 1.0
+    return design
 
 
 def _newton_step(
@@ -124,10 +132,14 @@ def _newton_step(
     weight = trials * p * (1.0 - p)
     gradient = np.empty((n_owners, dims))
     hessian = np.empty((n_owners, dims, dims))
+    # Contiguous copies of the design's columns, and weight x column once per column: the same
+    # products, multiplied in the same order, as weight * design[:, j] * design[:, k].
+    columns = [np.ascontiguousarray(design[:, j]) for j in range(dims)]
     for j in range(dims):
-        gradient[:, j] = np.bincount(owner, residual * design[:, j], minlength=n_owners)
+        gradient[:, j] = np.bincount(owner, residual * columns[j], minlength=n_owners)
+        weighted = weight * columns[j]
         for k in range(j, dims):
-            total = np.bincount(owner, weight * design[:, j] * design[:, k], minlength=n_owners)
+            total = np.bincount(owner, weighted * columns[k], minlength=n_owners)
             hessian[:, j, k] = hessian[:, k, j] = total
     gradient -= penalty * params
     hessian[:, np.arange(dims), np.arange(dims)] += penalty
@@ -136,7 +148,7 @@ def _newton_step(
     floor = before - 1e-9 * (1.0 + np.abs(before))  # a fall within rounding is no fall
     result = params.copy()
     pending = np.ones(n_owners, dtype=bool)
-    cells = np.arange(owner.size)  # the cells of owners still pending
+    cells = slice(None)  # the cells of owners still pending: all of them at first, not copied
     for _ in range(HALVINGS):
         candidate = params + step
         mine = owner[cells]
@@ -148,7 +160,7 @@ def _newton_step(
         if not pending.any():
             break
         step = 0.5 * step
-        cells = cells[pending[mine]]
+        cells = np.flatnonzero(pending[owner]) if isinstance(cells, slice) else cells[pending[mine]]
     return result
 
 
@@ -177,7 +189,7 @@ class CategoryTaste(ConstructorParams):
     def _subscriber_steps(self, rows, cols, trials, successes, params, steps: int) -> np.ndarray:
         """Subscriber parameters (rows of `params` x factors + 1) after `steps` Newton steps
         with the category side fixed (its design is built once for all the steps)."""
-        design = np.column_stack([self.category_factors_[cols], np.ones(cols.size)])
+        design = _design(self.category_factors_[cols])
         offset = self.category_bias_[cols]
         penalty = np.full(self.factors + 1, self.subscriber_penalty)
         for _ in range(steps):
@@ -210,7 +222,7 @@ class CategoryTaste(ConstructorParams):
         category_penalty = np.append(np.full(self.factors, self.category_penalty), 1e-3)
         for _ in range(self.iterations):
             params = self._subscriber_steps(rows, cols, trials, successes, params, steps=1)
-            design = np.column_stack([params[rows, : self.factors], np.ones(rows.size)])
+            design = _design(params[rows, : self.factors])
             category_params = _newton_step(
                 cols,
                 n_categories,
