@@ -132,8 +132,8 @@ def _newton_step(
     weight = trials * p * (1.0 - p)
     gradient = np.empty((n_owners, dims))
     hessian = np.empty((n_owners, dims, dims))
-    # Contiguous copies of the design's columns, and weight x column once per column: the same
-    # products, multiplied in the same order, as weight * design[:, j] * design[:, k].
+    # The design's columns, contiguous (views of a column-major `_design`), and weight x column
+    # once per column: the same products, in the same order, as weight * d[:, j] * d[:, k].
     columns = [np.ascontiguousarray(design[:, j]) for j in range(dims)]
     for j in range(dims):
         gradient[:, j] = np.bincount(owner, residual * columns[j], minlength=n_owners)
