@@ -160,7 +160,7 @@ def _newton_step(
         if not pending.any():
             break
         step = 0.5 * step
-        cells = np.flatnonzero(pending[owner]) if isinstance(cells, slice) else cells[pending[mine]]
+        cells = np.flatnonzero(pending[owner])
     return result
 
 
