@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.arrays import row_major
+from models.arrays import BLOCK_BYTES, row_major
 
 
 def test_every_block_lands_on_its_rows_and_the_matrix_is_row_major():
@@ -15,6 +15,13 @@ def test_every_block_lands_on_its_rows_and_the_matrix_is_row_major():
     assert matrix.flags.c_contiguous and matrix.dtype == np.float64
     expected = np.column_stack([first, second.astype(np.float64), np.full(7, -1.0)])
     assert np.array_equal(matrix, expected)
+
+
+def test_wide_matrices_are_filled_in_smaller_blocks_of_rows():
+    values = np.arange(2_000 * 600, dtype=np.float64).reshape(600, 2_000)
+    columns = [lambda part, row=row: row[part] for row in values]
+    assert BLOCK_BYTES // (8 * 600) < 2_000  # the default block holds fewer rows than the matrix
+    assert np.array_equal(row_major(2_000, columns), values.T)
 
 
 def test_no_rows_or_no_columns_give_an_empty_matrix():
