@@ -331,7 +331,7 @@ def score_shard(
     # Given the eligible pairs, scoring returns exactly those of the snapshot's subscribers.
     candidates = score_offers(
         bundle, snapshot_frame, inputs["catalog"], interactions, with_reasons=False,
-        eligible=eligible, offer_state=inputs["offer_state"],
+        eligible=eligible, offer_state=inputs["offer_state"], threads=settings.num_threads,
     )  # fmt: skip
     # Sorted by offer: audiences read one group of offers from every shard's file.
     path = write_parquet(candidates, shard_file(directory, shard), sorted_by="offer_id")

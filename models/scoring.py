@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,20 +295,25 @@ def score_offers(
     interactions: pl.DataFrame | None,
     with_reasons: bool = True,
     eligible: pl.DataFrame | None = None,
-    chunk_subscribers: int = 100_000,
+    chunk_subscribers: int = 25_000,
     offer_state: pl.DataFrame | None = None,
+    threads: int = 1,
 ) -> pl.DataFrame:
     """[subscriber_id, offer_id, category, p_accept, reasons, model_version] for all snapshot
     subscribers x offers active on the day after the snapshot, sorted by subscriber, offer.
 
     With `eligible` ([subscriber_id, offer_id]) only those pairs are scored and returned (the same
     values as scoring all of them). Without reasons the column is null (see `add_reasons`).
-    Subscribers are scored `chunk_subscribers` at a time, which bounds memory, not results.
+    Subscribers are scored `chunk_subscribers` at a time, which bounds memory, not results;
+    `threads` chunks at a time (each chunk's work is mostly NumPy, polars and compiled trees,
+    which release the GIL), with the same results as one.
     `offer_state` (`features.offer_state`, as of the snapshot's date) gives the blend each pair's
     response history; without it every pair is scored as never shown.
     """
     if chunk_subscribers < 1:
         raise ScoringInputError(f"chunk_subscribers == {chunk_subscribers}, must be >= 1.")
+    if threads < 1:
+        raise ScoringInputError(f"threads == {threads}, must be >= 1.")
     as_of = snapshot_date_of(snapshot)
     snapshot = _checked_snapshot(snapshot)
     offers = _model_offers(bundle, catalog, as_of)
@@ -315,21 +321,23 @@ def score_offers(
     bounds = np.searchsorted(
         rows, np.arange(0, snapshot.height + chunk_subscribers, chunk_subscribers)
     )
-    chunks = []
-    for index, start in enumerate(range(0, snapshot.height, chunk_subscribers)):
+
+    def score_chunk(index: int) -> pl.DataFrame:
+        start = index * chunk_subscribers
         cells = slice(bounds[index], bounds[index + 1])
-        chunk = snapshot.slice(start, chunk_subscribers)
-        chunks.append(
-            _score_chunk(
-                bundle,
-                chunk,
-                offers,
-                interactions,
-                (rows[cells] - start, columns[cells]),
-                offer_state,
-                catalog,
-            )
+        return _score_chunk(
+            bundle,
+            snapshot.slice(start, chunk_subscribers),
+            offers,
+            interactions,
+            (rows[cells] - start, columns[cells]),
+            offer_state,
+            catalog,
         )
+
+    n_chunks = -(-snapshot.height // chunk_subscribers)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        chunks = list(pool.map(score_chunk, range(n_chunks)))
     scored = pl.concat(chunks)  # the snapshot holds at least one row (it has a date)
     if with_reasons:
         scored = add_reasons(bundle, snapshot, scored)

@@ -124,7 +124,8 @@ def test_the_interactions_reach_the_blend_as_activity_per_category(night, monkey
     assert (without[P_ACCEPT] == 0).all()  # no interactions known: no activity anywhere
 
 
-def test_scoring_is_deterministic_and_chunking_changes_nothing(full, night):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_scoring_is_deterministic_and_chunking_changes_nothing(full, night, threads):
     again = score_offers(
         night["bundle"],
         night["snapshot"],
@@ -132,6 +133,7 @@ def test_scoring_is_deterministic_and_chunking_changes_nothing(full, night):
         night["interactions"],
         chunk_subscribers=97,
         offer_state=night["offer_state"],
+        threads=threads,
     )
     assert again.equals(full)
     assert again.write_ipc(None).getvalue() == full.write_ipc(None).getvalue()
