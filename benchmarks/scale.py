@@ -353,6 +353,7 @@ def child(root: Path, date: dt.date, n_shards: int, days: int) -> None:
                 "audience_rows": manifest["rows"]["audience_rows"],
                 **{f"step_{name}": value for name, value in manifest["durations_seconds"].items()},
                 **{f"rss_{name}": value for name, value in manifest["peak_rss_gb_after"].items()},
+                **{f"cpu_{name}": value for name, value in manifest["cpu_seconds"].items()},
             }
         )
         + "\n"
@@ -371,6 +372,7 @@ def measure(subscribers: int, base: int, days: int, repeats: int, n_shards: int 
         logger.info("%d subscribers, run %d: %s", subscribers, repeat + 1, runs[-1])
     for run in runs:
         run["steps_seconds"] = sum(run.get(f"step_{name}", 0.0) for name in STEPS)
+        run["steps_cpu_seconds"] = sum(run.get(f"cpu_{name}", 0.0) for name in STEPS)
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     return {"size": subscribers, "n_shards": shards, "repeats": repeats, **medians}
 
@@ -479,9 +481,9 @@ def train_table(rows: list[dict]) -> str:
         cells = [
             f"{row['size']:,}",
             f"{row['train_snapshots']:.0f}",
-            f"{row['train_seconds']:.0f} ({row['train_cpu_seconds']:.0f})",
+            _wall_cpu(row["train_seconds"], row["train_cpu_seconds"], "{:.0f}"),
             *[
-                f"{row.get(f'wall_{part}', 0.0):.0f} ({row.get(f'cpu_{part}', 0.0):.0f})"
+                _wall_cpu(row.get(f"wall_{part}", 0.0), row.get(f"cpu_{part}", 0.0), "{:.0f}")
                 for part in TRAIN_PARTS
             ],
             f"{row['peak_rss_gb']:.1f}",
@@ -508,7 +510,8 @@ def exponent(sizes: list[float], seconds: list[float]) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    """The Markdown table of the measured sizes."""
+    """The Markdown table of the measured sizes: wall (CPU) seconds per step, the CPU time of the
+    flow process (every thread); runs measured before CPU was recorded show wall time alone."""
     header = ["subscribers", "shards", "flow (s)", "steps (s)", *STEPS, "peak RSS (GB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for row in rows:
@@ -516,16 +519,19 @@ def table(rows: list[dict]) -> str:
             f"{row['size']:,}",
             str(row["n_shards"]),
             f"{row['flow_seconds']:.0f}",
-            f"{row['steps_seconds']:.0f}",
-            *[_seconds(row.get(f"step_{name}")) for name in STEPS],
+            _wall_cpu(row.get("steps_seconds"), row.get("steps_cpu_seconds"), "{:.0f}"),
+            *[_wall_cpu(row.get(f"step_{name}"), row.get(f"cpu_{name}")) for name in STEPS],
             f"{row['peak_rss_gb']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _wall_cpu(wall: float | None, cpu: float | None, form: str = "{:.1f}") -> str:
+    """ "wall (CPU)" seconds; the wall time alone where no CPU time was recorded."""
+    if wall is None:
+        return "-"
+    return form.format(wall) if cpu is None else f"{form.format(wall)} ({form.format(cpu)})"
 
 
 def main(argv: list[str] | None = None) -> None:

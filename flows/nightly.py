@@ -53,15 +53,18 @@ def peak_rss_gb() -> float:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], step: str, memory: dict[str, float]) -> Iterator[None]:
-    """Report the step as under way; record its wall time, and this process's peak memory so far
-    once it ends."""
+def _timed(
+    timings: dict[str, float], step: str, memory: dict[str, float], cpu: dict[str, float]
+) -> Iterator[None]:
+    """Report the step as under way; record its wall time, this process's CPU time (every
+    thread's, user + system) and its peak memory so far once it ends."""
     report_progress("nightly", NIGHTLY_STEPS.index(step), len(NIGHTLY_STEPS), step)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         timings[step] = round(time.perf_counter() - started, 3)
+        cpu[step] = round(time.process_time() - cpu_started, 3)
         memory[step] = round(peak_rss_gb(), 3)
 
 
@@ -186,41 +189,42 @@ def nightly(
         clear_stale_staging(lake)
         timings: dict[str, float] = {}
         memory: dict[str, float] = {}  # peak RSS of the flow process after each step
-        with _timed(timings, "ingest", memory):
+        cpu: dict[str, float] = {}  # CPU seconds of the flow process (not of Dask workers)
+        with _timed(timings, "ingest", memory, cpu):
             ingested = ingest_task(lake, as_of, settings)
-        with _timed(timings, "daily", memory):
+        with _timed(timings, "daily", memory, cpu):
             daily_task(lake, as_of, ingested)
-        with _timed(timings, "snapshot", memory):
+        with _timed(timings, "snapshot", memory, cpu):
             subscribers = sharded_snapshot(lake, as_of, settings)
         due, why = steps.training_due(settings, as_of)
         training: dict[str, Any] = {"trained": False, "note": why}
         if due or force_train:
             log.info("training: %s", why if due else "forced")
-            with _timed(timings, "train", memory):
+            with _timed(timings, "train", memory, cpu):
                 training = train_task(lake, as_of, settings)
-        staging = Staging(lake, as_of, steps.run_id(lake, as_of, settings), timings, memory)
+        staging = Staging(lake, as_of, steps.run_id(lake, as_of, settings), timings, memory, cpu)
         shard_numbers = list(range(settings.n_shards))
-        with _timed(timings, "score", memory):
+        with _timed(timings, "score", memory, cpu):
             shards = wait_all(
                 score_shard_task.map(
                     lake, as_of, unmapped(settings), shard_numbers, staging.work("candidates")
                 )
             )
-        with _timed(timings, "rank", memory):
+        with _timed(timings, "rank", memory, cpu):
             ranked = rank_task(lake, as_of, settings, staging, shards)
-        with _timed(timings, "reasons", memory):
+        with _timed(timings, "reasons", memory, cpu):
             wait_all(
                 explain_shard_task.map(lake, as_of, unmapped(settings), staging, shard_numbers)
             )
             steps.gather_offers(settings, staging)
-        with _timed(timings, "audiences", memory):
+        with _timed(timings, "audiences", memory, cpu):
             audience = audiences_task(lake, as_of, settings, staging, shards)
         facts = {"subscribers": subscribers, "training": training, **ranked, **audience}
         facts["ingested_tonight"] = ingested
-        with _timed(timings, "report", memory):
+        with _timed(timings, "report", memory, cpu):
             facts["mlflow_nightly_run_id"] = report_task(lake, as_of, settings, staging, facts)
         manifest = steps.manifest(lake, as_of, settings, staging, facts, ingested)
-        with _timed(timings, "publish", memory):
+        with _timed(timings, "publish", memory, cpu):
             path = publish_task(staging, manifest, settings.keep_night_versions)
         report_progress("nightly", len(NIGHTLY_STEPS), len(NIGHTLY_STEPS))
     log.info("published %s: %s", as_of, path)

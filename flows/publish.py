@@ -73,6 +73,7 @@ class Staging:
     run_id: str
     durations: dict[str, float] = field(default_factory=dict)
     peak_memory: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -145,6 +146,7 @@ def _new_version(staging: Staging, manifest: dict[str, Any]) -> Path:
             "status": "published",
             "durations_seconds": staging.durations,
             "peak_rss_gb_after": staging.peak_memory,
+            "cpu_seconds": staging.cpu_seconds,
         },
         staging.night / "offers" / MANIFEST,
     )

@@ -86,6 +86,9 @@ def test_nightly_publishes_offers_audiences_report_and_manifest(night_run):
     # Peak memory of the flow process after each timed step: known, and never going down.
     memory = manifest["peak_rss_gb_after"]
     assert set(memory) == set(manifest["durations_seconds"])
+    # CPU seconds of the flow process per step: every step timed, and the night's work takes some.
+    assert set(manifest["cpu_seconds"]) == set(manifest["durations_seconds"])
+    assert sum(manifest["cpu_seconds"].values()) > 0
     order = ["ingest", "daily", "snapshot", "train", "score", "rank", "reasons", "audiences"]
     in_order = [memory[step] for step in order]
     assert 0 < in_order[0] and in_order == sorted(in_order)

@@ -426,6 +426,23 @@ def test_the_retrain_benchmark_refuses_a_world_too_short_for_its_weekly_snapshot
         scale.main(["--train", "--days", "90", "--subscribers", "1000", "--base", "1000"])
 
 
+def test_the_night_table_shows_wall_and_cpu_seconds_per_step():
+    from benchmarks.scale import STEPS, table
+
+    row = {"size": 1_000_000, "n_shards": 5, "flow_seconds": 400.2, "peak_rss_gb": 6.94}
+    row |= {"steps_seconds": 390.4, "steps_cpu_seconds": 610.6, "step_score": 120.04}
+    header, _, line = table([row | {"cpu_score": 201.26}]).splitlines()
+    assert header.split(" | ")[4 + STEPS.index("score")] == "score"
+    cells = line.strip("| ").split(" | ")
+    assert cells[:4] == ["1,000,000", "5", "400", "390 (611)"]
+    assert cells[4 + STEPS.index("score")] == "120.0 (201.3)"
+    assert cells[4 + STEPS.index("rank")] == "-"  # not measured
+    assert cells[-1] == "6.9"
+    # A run from before CPU time was recorded: wall seconds alone.
+    cells = table([row | {"steps_cpu_seconds": None}]).splitlines()[2].strip("| ").split(" | ")
+    assert cells[3] == "390" and cells[4 + STEPS.index("score")] == "120.0"
+
+
 def test_the_retrain_table_shows_seconds_and_the_rise_of_peak_memory_per_part():
     from benchmarks.scale import TRAIN_PARTS, train_table
 
