@@ -199,9 +199,11 @@ def build_audiences(
     by_uplift = (pl.col(RANKING) == BY_UPLIFT) & (uplift is not None)
     is_treatment = (pl.col(GROUP) == TREATMENT).cast(pl.Int64)
     treatment_above = is_treatment.cum_sum().over(OFFER_ORDER) - is_treatment
+    # Lazy, so that only the columns an audience keeps are carried through the sort.
     rows = (
-        candidates.join(
-            _rankings(rankings, catalog, settings).select(OFFER_ID, RANKING),
+        candidates.lazy()
+        .join(
+            _rankings(rankings, catalog, settings).lazy().select(OFFER_ID, RANKING),
             on=OFFER_ID,
             how="left",
         )
@@ -211,7 +213,7 @@ def build_audiences(
             .otherwise(pl.lit(BY_EXPECTED_VALUE))
             .alias(RANKING)
         )
-        .join(predicted, on=[SUBSCRIBER_ID, OFFER_ID], how="left")
+        .join(predicted.lazy(), on=[SUBSCRIBER_ID, OFFER_ID], how="left")
         .with_columns(pl.when(pl.col(RANKING) == BY_UPLIFT).then(pl.col(UPLIFT)).alias(UPLIFT))
         .filter((pl.col(RANKING) != BY_UPLIFT) | (pl.col(UPLIFT) > 0))
         .with_columns(
@@ -228,6 +230,7 @@ def build_audiences(
             pl.lit(generated_at, dtype=pl.String).alias(GENERATED_AT),
         )
         .select(AUDIENCE_COLUMNS)
+        .collect(engine="in-memory")
     )
     parts = rows.partition_by(OFFER_ID, as_dict=True, maintain_order=True)
     offer_ids = sorted(lazy(scores).select(OFFER_ID).unique().collect()[OFFER_ID].to_list())

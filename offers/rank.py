@@ -118,22 +118,19 @@ def _check_scores(scores: Frame) -> pl.LazyFrame:
         | pl.col(P_ACCEPT).is_nan()
         | ~pl.col(P_ACCEPT).is_between(0.0, 1.0)
     )
-    # One integer per pair is far cheaper to count than a struct of an id and a string; it is
-    # exact while ids are in [0, 2^43) and there are fewer than 2^20 offers, else the struct is.
-    offer_code = pl.col(OFFER_ID).cast(pl.Categorical).to_physical().cast(pl.Int64)
-    exact = (pl.col(SUBSCRIBER_ID).min() >= 0) & (pl.col(SUBSCRIBER_ID).max() < 1 << 43)
     counts = frame.select(
         not_probability.sum().alias("bad"),
         pl.len().alias("rows"),
-        (exact & (offer_code.max() < 1 << 20)).alias("exact"),
-        (pl.col(SUBSCRIBER_ID).cast(pl.Int64) * (1 << 20) + offer_code).n_unique().alias("pairs"),
+        # Rows in strictly ascending order of (offer, subscriber) or (subscriber, offer), as the
+        # scorer writes them, cannot repeat a pair: no need to count the distinct pairs.
+        (
+            _strictly_ascending(OFFER_ID, SUBSCRIBER_ID)
+            | _strictly_ascending(SUBSCRIBER_ID, OFFER_ID)
+        ).alias("ordered"),
     ).collect()
-    if not counts["exact"].item():
-        counts = counts.with_columns(
-            frame.select(pl.struct(SUBSCRIBER_ID, OFFER_ID).n_unique().alias("pairs"))
-            .collect()
-            .to_series()
-        )
+    counts = counts.with_columns(
+        pl.col("rows").alias("pairs") if counts["ordered"].item() else _distinct_pairs(frame)
+    )
     if counts["bad"].item():
         bad = frame.filter(not_probability).head(5).collect()
         raise OffersInputError(
@@ -153,6 +150,31 @@ def _check_scores(scores: Frame) -> pl.LazyFrame:
             f"{duplicated.height} pair(s) repeat, e.g. {_examples(duplicated)}."
         )
     return frame
+
+
+def _strictly_ascending(first: str, second: str) -> pl.Expr:
+    """Whether every row comes strictly after the one before it by (first, second); true for
+    fewer than two rows, false where either holds a null."""
+    step = (pl.col(first) > pl.col(first).shift()) | (
+        (pl.col(first) == pl.col(first).shift()) & (pl.col(second) > pl.col(second).shift())
+    )
+    return step.slice(1).fill_null(False).all()
+
+
+def _distinct_pairs(frame: pl.LazyFrame) -> pl.Series:
+    """The number of distinct (subscriber_id, offer_id) pairs of `frame`, as a one-row series."""
+    # One integer per pair is far cheaper to count than a struct of an id and a string; it is
+    # exact while ids are in [0, 2^43) and there are fewer than 2^20 offers, else the struct is.
+    offer_code = pl.col(OFFER_ID).cast(pl.Categorical).to_physical().cast(pl.Int64)
+    exact = (pl.col(SUBSCRIBER_ID).min() >= 0) & (pl.col(SUBSCRIBER_ID).max() < 1 << 43)
+    counted = frame.select(
+        (exact & (offer_code.max() < 1 << 20)).alias("exact"),
+        (pl.col(SUBSCRIBER_ID).cast(pl.Int64) * (1 << 20) + offer_code).n_unique().alias("pairs"),
+    ).collect()
+    if not counted["exact"].item():
+        counted = frame.select(pl.struct(SUBSCRIBER_ID, OFFER_ID).n_unique().alias("pairs"))
+        counted = counted.collect()
+    return counted["pairs"]
 
 
 def scored_candidates(
@@ -292,8 +314,9 @@ def _select(candidates: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     selected = select_offers(
         candidates, settings.top_k, settings.max_per_category, settings.diversity_positions
     )
+    narrow = candidates.select(SUBSCRIBER_ID, _CATEGORY_CODE, CAPACITY)  # all that is counted
     return selected.join(
-        _open_categories(candidates, selected)
+        _open_categories(narrow, selected)
         .group_by(SUBSCRIBER_ID)
         .agg(pl.col(_CATEGORY_CODE).n_unique().cast(pl.Int64).alias(_EXPLORE_OPTIONS)),
         on=SUBSCRIBER_ID,
@@ -308,7 +331,11 @@ def _open_categories(candidates: pl.DataFrame, selected: pl.DataFrame) -> pl.Dat
     return (
         candidates.filter(pl.col(CAPACITY).is_null())
         .join(selected.select(SUBSCRIBER_ID).unique(), on=SUBSCRIBER_ID, how="semi")
-        .join(selected.select(SUBSCRIBER_ID, CATEGORY), on=[SUBSCRIBER_ID, CATEGORY], how="anti")
+        .join(  # by the category's code: the same as by its name, and cheaper to match
+            selected.select(SUBSCRIBER_ID, _CATEGORY_CODE),
+            on=[SUBSCRIBER_ID, _CATEGORY_CODE],
+            how="anti",
+        )
     )
 
 

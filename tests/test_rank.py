@@ -297,13 +297,19 @@ def test_bad_scores_are_refused():
         rank(scores.with_columns(pl.lit(1.5).alias("p_accept")), catalog)
     with pytest.raises(OffersInputError, match="one score per pair"):
         rank(pl.concat([scores, scores]), catalog)
-    # Pairs are counted by an integer key while ids allow it, else as (id, offer) structs.
+    # Pairs are counted by an integer key while ids allow it, else as (id, offer) structs; rows
+    # in strictly ascending (offer, subscriber) or (subscriber, offer) order need no count.
     two = make_catalog({"x": ("roaming", 1.0, None), "y": ("roaming", 1.0, None)})
     for ids in ([1, 1 << 20], [-1, 1 << 50]):
-        distinct = make_scores([(ids[0], "x", 0.5), (ids[1], "x", 0.5), (ids[0], "y", 0.5)], two)
-        assert rank(distinct, two, groups=treatment_groups(ids)).height == 3
-        with pytest.raises(OffersInputError, match="1 pair"):
-            rank(pl.concat([distinct, distinct.head(1)]), two, groups=treatment_groups(ids))
+        # In neither order, so counted.
+        distinct = make_scores([(ids[0], "y", 0.5), (ids[1], "x", 0.5), (ids[0], "x", 0.5)], two)
+        for order in ([], ["offer_id", "subscriber_id"], ["subscriber_id", "offer_id"]):
+            rows = distinct.sort(order) if order else distinct
+            assert rank(rows, two, groups=treatment_groups(ids)).height == 3
+            with pytest.raises(OffersInputError, match="1 pair"):
+                rank(pl.concat([rows, rows.head(1)]), two, groups=treatment_groups(ids))
+            with pytest.raises(OffersInputError, match="1 pair"):  # a repeat next to its pair
+                rank(pl.concat([rows.head(1), rows]), two, groups=treatment_groups(ids))
     with pytest.raises(OffersInputError, match=r"not, e.g. \['ghost'\]"):
         rank(scores.with_columns(pl.lit("ghost").alias("offer_id")), catalog)
     with pytest.raises(OffersInputError, match="has a group"):
