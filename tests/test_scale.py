@@ -35,6 +35,7 @@ from mia.lake import (
     partition_files,
     read_partition,
     scan_partitions,
+    stably_sorted,
     write_partition,
 )
 from mia.schema import SHARD_KEY
@@ -141,6 +142,22 @@ def test_merging_sorted_files_in_parts_equals_sorting_their_union(tmp_path):
         assert [p.name for p in path.parent.iterdir()] == ["offers.parquet"]  # parts removed
         outputs.append(path.read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_stable_sort_by_ranks_is_polars_stable_sort():
+    """Candidates are written sorted by offer: by ranks of the few distinct strings, with the
+    same rows in the same order as polars' stable sort, whatever the values."""
+    rng = np.random.default_rng(5)
+    names = np.array(["b", "a", "ä", "a b", "B", "", "z" * 40, "10", "9"])
+    frame = pl.DataFrame({"key": names[rng.integers(0, names.size, 5000)], "row": np.arange(5000)})
+    for column, rows in [("key", frame), ("row", frame), ("key", frame.head(0))]:
+        assert_frame_equal(stably_sorted(rows, column), rows.sort(column, maintain_order=True))
+    # Nulls, and more distinct strings than the ranks hold, take polars' own sort.
+    with_nulls = frame.with_columns(pl.when(pl.col("row") % 7 == 0).then(None).otherwise("key"))
+    expected = with_nulls.sort("key", maintain_order=True)
+    assert_frame_equal(stably_sorted(with_nulls, "key"), expected)
+    many = pl.DataFrame({"key": [str(n) for n in range(70_000, 0, -1)]})
+    assert_frame_equal(stably_sorted(many, "key"), many.sort("key", maintain_order=True))
 
 
 def test_merge_parts_hold_about_part_rows(tmp_path):
