@@ -335,9 +335,12 @@ def score_offers(
             catalog,
         )
 
-    n_chunks = -(-snapshot.height // chunk_subscribers)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        chunks = list(pool.map(score_chunk, range(n_chunks)))
+    chunk_indices = range(-(-snapshot.height // chunk_subscribers))
+    if threads == 1:  # in this thread: simpler to profile and debug
+        chunks = [score_chunk(index) for index in chunk_indices]
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            chunks = list(pool.map(score_chunk, chunk_indices))
     scored = pl.concat(chunks)  # the snapshot holds at least one row (it has a date)
     if with_reasons:
         scored = add_reasons(bundle, snapshot, scored)
