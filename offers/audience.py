@@ -184,7 +184,8 @@ def build_audiences(
     if not isinstance(generated_at, str) or not generated_at:
         raise OffersInputError(f"generated_at == {generated_at!r}, must be a non-empty string.")
     # The impact arms are contacted by their own plain policies: never by a champion audience.
-    candidates = scored_candidates(scores, eligible, catalog, groups, settings).filter(
+    # Audiences order ties by subscriber id: no tie-break hash.
+    candidates = scored_candidates(scores, eligible, catalog, groups, settings, None).filter(
         pl.col(COVERED), pl.col(GROUP).is_in([TREATMENT, CONTROL])
     )
     if uplift is None:

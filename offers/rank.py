@@ -183,13 +183,14 @@ def scored_candidates(
     catalog: Frame,
     groups: Frame,
     settings: Settings,
-    tie_salt: str = "",
+    tie_salt: str | None = "",
 ) -> pl.DataFrame:
     """Eligible scored pairs with catalog value, capacity, group, coverage and expected value.
 
     `eligible` None means every scored pair is eligible (scores computed for eligible pairs
     only). Pairs with p_accept below settings.min_probability are dropped; both groups are kept.
-    `tie_break` is a stable hash of (subscriber, offer, `tie_salt`) that orders equal values.
+    `tie_break` is a stable hash of (subscriber, offer, `tie_salt`) that orders equal values;
+    with `tie_salt` None there is no such column (for callers that order ties otherwise).
     """
     frame = _check_scores(scores)
     if eligible is not None:
@@ -204,9 +205,11 @@ def scored_candidates(
         )
         .collect()
     )
-    offers = offers.with_columns(
-        pl.Series(_OFFER_HASH, text_hash(offers[OFFER_ID], tie_salt), dtype=pl.UInt64)
-    ).lazy()
+    if tie_salt is not None:
+        offers = offers.with_columns(
+            pl.Series(_OFFER_HASH, text_hash(offers[OFFER_ID], tie_salt), dtype=pl.UInt64)
+        )
+    offers = offers.lazy()
     unknown = frame.join(offers, on=OFFER_ID, how="anti").select(OFFER_ID).unique().collect()
     if unknown.height:
         raise OffersInputError(
@@ -227,13 +230,14 @@ def scored_candidates(
         )
         .collect(engine="streaming")
     )
-    candidates = candidates.with_columns(
-        pl.Series(
-            TIE_BREAK,
-            pair_hash(candidates[SUBSCRIBER_ID], candidates[_OFFER_HASH], tie_salt),
-            dtype=pl.UInt64,
-        )
-    ).drop(_OFFER_HASH)
+    if tie_salt is not None:
+        candidates = candidates.with_columns(
+            pl.Series(
+                TIE_BREAK,
+                pair_hash(candidates[SUBSCRIBER_ID], candidates[_OFFER_HASH], tie_salt),
+                dtype=pl.UInt64,
+            )
+        ).drop(_OFFER_HASH)
     ungrouped = candidates.filter(pl.col(GROUP).is_null())
     if ungrouped.height:
         raise OffersInputError(

@@ -537,3 +537,16 @@ def test_impact_arms_get_their_own_policies_with_exact_propensities():
     assert set(random_rows["offer_id"]) == {"big", "likely", "mid"}
     assert random_rows["propensity"].unique().to_list() == [pytest.approx(1 / 3)]
     _frequencies_match(runs)
+
+
+def test_candidates_without_a_tie_salt_have_no_tie_break_and_are_otherwise_the_same():
+    from offers.rank import TIE_BREAK, scored_candidates
+
+    catalog = make_catalog({"x": ("roaming", 2.0, None), "y": ("games", 1.0, 5)})
+    scores = make_scores([(1, "x", 0.5), (2, "x", 0.25), (1, "y", 0.75)], catalog)
+    arguments = (scores, None, catalog, treatment_groups([1, 2]), SETTINGS)
+    salted = scored_candidates(*arguments, "ties")
+    plain = scored_candidates(*arguments, None)
+    assert TIE_BREAK in salted.columns and TIE_BREAK not in plain.columns
+    order = ["subscriber_id", "offer_id"]  # rows come in no particular order
+    assert plain.sort(order).equals(salted.drop(TIE_BREAK).sort(order))
