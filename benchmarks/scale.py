@@ -528,7 +528,7 @@ def table(rows: list[dict]) -> str:
 
 
 def _wall_cpu(wall: float | None, cpu: float | None, form: str = "{:.1f}") -> str:
-    """ "wall (CPU)" seconds; the wall time alone where no CPU time was recorded."""
+    """Seconds as "wall (CPU)"; the wall time alone where no CPU time was recorded."""
     if wall is None:
         return "-"
     return form.format(wall) if cpu is None else f"{form.format(wall)} ({form.format(cpu)})"
