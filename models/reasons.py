@@ -14,7 +14,9 @@ pairs (e.g. the published offers); each pair's reasons are the same either way.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -22,6 +24,7 @@ import polars as pl
 from mia.errors import InputError
 from mia.schema import CATEGORY, SUBSCRIBER_ID
 from models.propensity import CategoryPropensity
+from models.tree_shap import shap_contributions
 
 logger = logging.getLogger(__name__)
 
@@ -159,19 +162,17 @@ def explain(
     x = model.feature_matrix(rows)
     table = _phrase_table(model, describe)
     phrases = pl.Series(REASONS, table.ravel(), dtype=pl.String)
-    frames = []
     groups = wanted.partition_by(CATEGORY, as_dict=True)
-    for category in categories:
-        group = groups.get((category,))
-        if group is None:
-            continue
+    present = [category for category in categories if (category,) in groups]
+
+    def reasons_of(category: str) -> pl.DataFrame:
+        group = groups[(category,)]
         booster = model.boosters_.get(category)
         if booster is None:
             reasons = pl.repeat(PRIOR_REASON, group.height, dtype=pl.String, eager=True)
         else:
             cells = x[group[_ROW].to_numpy()]
-            contributions = booster.predict(cells, pred_contrib=True, num_threads=model.num_threads)
-            contributions = np.asarray(contributions)[:, :-1]  # last column: expected value
+            contributions = shap_contributions(booster, cells, model.num_threads)
             count = min(top_n, contributions.shape[1])
             top = top_features(contributions, count)
             values = np.take_along_axis(cells, top, axis=1)
@@ -182,7 +183,12 @@ def explain(
                     separator=REASON_SEPARATOR,
                 )
             ).to_series()
-        frames.append(group.select(SUBSCRIBER_ID, CATEGORY).with_columns(reasons.alias(REASONS)))
+        return group.select(SUBSCRIBER_ID, CATEGORY).with_columns(reasons.alias(REASONS))
+
+    # categories in threads: their NumPy work releases the GIL; results keep category order
+    workers = model.num_threads if model.num_threads > 0 else os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=min(workers, max(len(present), 1))) as pool:
+        frames = list(pool.map(reasons_of, present))
     if not frames:
         return pl.DataFrame(
             schema={
