@@ -314,7 +314,8 @@ def score_shard(
 
     inputs = night_inputs(lake, as_of, settings, shard=shard)
     snapshot_frame = read_snapshot_shard(lake, as_of, shard, settings.n_shards)
-    eligible = night_eligible_pairs(inputs, as_of, settings)
+    # unordered: scoring sorts the pairs it is given
+    eligible = night_eligible_pairs(inputs, as_of, settings, ordered=False)
     bundle = load_bundle(settings)
     interactions = (
         build_interactions(
@@ -739,9 +740,10 @@ def eligible_for_night(lake: Lake, as_of: dt.date, settings: Settings) -> pl.Dat
 
 
 def night_eligible_pairs(
-    inputs: dict[str, Any], as_of: dt.date, settings: Settings
+    inputs: dict[str, Any], as_of: dt.date, settings: Settings, ordered: bool = True
 ) -> pl.DataFrame:
-    """Eligible pairs from `night_inputs`, the contact rules included."""
+    """Eligible pairs from `night_inputs`, the contact rules included (sorted unless not
+    `ordered`)."""
     from offers.eligibility import eligible_pairs
 
     return eligible_pairs(
@@ -752,6 +754,7 @@ def night_eligible_pairs(
         as_of,
         recent_events=inputs["contact_events"],
         settings=settings,
+        ordered=ordered,
     )
 
 

@@ -332,31 +332,30 @@ def eligible_pairs(
     as_of: dt.date,
     recent_events: Frame | None = None,
     settings: Settings | None = None,
+    ordered: bool = True,
 ) -> pl.DataFrame:
     """(subscriber_id, offer_id) pairs passing every rule in RULES for the night after as_of.
 
     `recent_events` (raw offer events of the last `offers.fatigue.lookback_days` days up to
     as_of) feed the fatigue and weekly-cap rules, with the limits of `settings` (default
-    settings when None); without them both rules pass.
+    settings when None); without them both rules pass. The pairs are sorted by subscriber and
+    offer unless `ordered` is False (then in no set order: for callers that order them anyway).
     """
     offer_rules = [_passes(rule) for rule in RULES if rule.offer_level]
     pair_rules = [_passes(rule) for rule in RULES if not rule.offer_level]
-    pairs = (
-        _candidates(
-            subscribers,
-            catalog,
-            holdings,
-            history,
-            as_of,
-            offer_filter=pl.all_horizontal(offer_rules),
-            recent_events=recent_events,
-            settings=settings,
-        )
-        .filter(pl.all_horizontal(pair_rules))
-        .sort(SUBSCRIBER_ID, _OFFER_INDEX)
-        .select(SUBSCRIBER_ID, OFFER_ID)
-        .collect(engine="streaming")
-    )
+    pairs = _candidates(
+        subscribers,
+        catalog,
+        holdings,
+        history,
+        as_of,
+        offer_filter=pl.all_horizontal(offer_rules),
+        recent_events=recent_events,
+        settings=settings,
+    ).filter(pl.all_horizontal(pair_rules))
+    if ordered:
+        pairs = pairs.sort(SUBSCRIBER_ID, _OFFER_INDEX)
+    pairs = pairs.select(SUBSCRIBER_ID, OFFER_ID).collect(engine="streaming")
     logger.info("eligibility as of %s: %d subscriber x offer pairs", as_of, pairs.height)
     return pairs
 

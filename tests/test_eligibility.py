@@ -147,6 +147,10 @@ def test_exact_eligible_set():
     assert pairs.columns == ["subscriber_id", "offer_id"]
     assert _as_sets(pairs) == EXPECTED
     assert pairs.equals(pairs.sort("subscriber_id", "offer_id"))
+    unordered = eligible_pairs(
+        subscribers(), catalog(), holdings(), offer_events(), AS_OF, ordered=False
+    )
+    assert unordered.sort("subscriber_id", "offer_id").equals(pairs)
 
 
 def test_lazy_inputs_give_the_same_pairs():
