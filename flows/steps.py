@@ -500,6 +500,8 @@ def audiences(
                 generated_at=as_of.isoformat(),
                 uplift=uplift,
                 rankings=rankings,
+                # ranking checked that each shard's pairs are distinct; shards share none
+                pairs_checked=True,
             )
 
     summary = write_audiences_in_parts(parts(), catalog, staging.product("audiences"), rankings)

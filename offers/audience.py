@@ -42,7 +42,7 @@ from mia.schema import (
 from mia.settings import Settings
 from offers.eligibility import Frame, OffersInputError, lazy, require_columns
 from offers.groups import CONTROL, TREATMENT
-from offers.rank import CAPACITY, OFFER_ORDER, category_weight_expr, scored_candidates
+from offers.rank import CAPACITY, category_weight_expr, scored_candidates
 from offers.uplift import (
     BY_EXPECTED_VALUE,
     BY_UPLIFT,
@@ -171,6 +171,7 @@ def build_audiences(
     generated_at: str,
     uplift: Frame | None = None,
     rankings: Frame | None = None,
+    pairs_checked: bool = False,
 ) -> dict[str, pl.DataFrame]:
     """Per scored offer (sorted by offer_id), its ranked audience with the control rows flagged.
 
@@ -179,28 +180,15 @@ def build_audiences(
     `uplift` ([subscriber_id, offer_id, uplift], from offers.uplift.AudienceUplift.predict) and
     `rankings` ([offer_id, ranking, ranking_reason], from AudienceUplift.rankings) rank the
     offers whose ranking is "uplift" by expected incremental value; the others, and every offer
-    without them, by expected value.
+    without them, by expected value. `pairs_checked`: see `offers.rank.scored_candidates`.
     """
     if not isinstance(generated_at, str) or not generated_at:
         raise OffersInputError(f"generated_at == {generated_at!r}, must be a non-empty string.")
     # The impact arms are contacted by their own plain policies: never by a champion audience.
     # Audiences order ties by subscriber id: no tie-break hash.
-    candidates = scored_candidates(scores, eligible, catalog, groups, settings, None).filter(
-        pl.col(COVERED), pl.col(GROUP).is_in([TREATMENT, CONTROL])
-    )
-    if uplift is None:
-        predicted = pl.DataFrame(
-            schema={SUBSCRIBER_ID: pl.Int64, OFFER_ID: pl.String, UPLIFT: pl.Float64}
-        )
-    else:
-        require_columns(uplift, "uplift", (SUBSCRIBER_ID, OFFER_ID, UPLIFT))
-        predicted = (
-            lazy(uplift).select(SUBSCRIBER_ID, OFFER_ID, pl.col(UPLIFT).cast(pl.Float64)).collect()
-        )
-    by_uplift = (pl.col(RANKING) == BY_UPLIFT) & (uplift is not None)
-    is_treatment = (pl.col(GROUP) == TREATMENT).cast(pl.Int64)
-    treatment_above = is_treatment.cum_sum().over(OFFER_ORDER) - is_treatment
-    # Lazy, so that only the columns an audience keeps are carried through the sort.
+    candidates = scored_candidates(
+        scores, eligible, catalog, groups, settings, None, pairs_checked
+    ).filter(pl.col(COVERED), pl.col(GROUP).is_in([TREATMENT, CONTROL]))
     rows = (
         candidates.lazy()
         .join(
@@ -209,43 +197,80 @@ def build_audiences(
             how="left",
         )
         .with_columns(
-            pl.when(by_uplift)
+            pl.when((pl.col(RANKING) == BY_UPLIFT) & (uplift is not None))
             .then(pl.lit(BY_UPLIFT))
             .otherwise(pl.lit(BY_EXPECTED_VALUE))
             .alias(RANKING)
         )
-        .join(predicted.lazy(), on=[SUBSCRIBER_ID, OFFER_ID], how="left")
-        .with_columns(pl.when(pl.col(RANKING) == BY_UPLIFT).then(pl.col(UPLIFT)).alias(UPLIFT))
-        .filter((pl.col(RANKING) != BY_UPLIFT) | (pl.col(UPLIFT) > 0))
+    )
+    if uplift is None:
+        rows = rows.with_columns(pl.lit(None, dtype=pl.Float64).alias(UPLIFT))
+    else:
+        require_columns(uplift, "uplift", (SUBSCRIBER_ID, OFFER_ID, UPLIFT))
+        predicted = lazy(uplift).select(SUBSCRIBER_ID, OFFER_ID, pl.col(UPLIFT).cast(pl.Float64))
+        rows = rows.join(predicted, on=[SUBSCRIBER_ID, OFFER_ID], how="left").with_columns(
+            pl.when(pl.col(RANKING) == BY_UPLIFT).then(pl.col(UPLIFT)).alias(UPLIFT)
+        )
+    # Lazy, so that only the columns an audience keeps are carried to the per-offer sorts.
+    rows = (
+        rows.filter((pl.col(RANKING) != BY_UPLIFT) | (pl.col(UPLIFT) > 0))
         .with_columns(
             pl.when(pl.col(RANKING) == BY_UPLIFT)
             .then(pl.col(UPLIFT) * pl.col(VALUE) * category_weight_expr(settings))
             .otherwise(pl.col(EXPECTED_VALUE))
             .alias(_SCORE)
         )
-        .sort([OFFER_ORDER, _SCORE, SUBSCRIBER_ID], descending=[False, True, False])
-        .filter(pl.col(CAPACITY).is_null() | (treatment_above < pl.col(CAPACITY)))
-        .with_columns(
-            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(OFFER_ORDER).alias(RANK),
-            pl.col(P_ACCEPT, EXPECTED_VALUE, UPLIFT).cast(pl.Float64).round(DECIMALS),
-            pl.lit(generated_at, dtype=pl.String).alias(GENERATED_AT),
+        .select(
+            SUBSCRIBER_ID,
+            OFFER_ID,
+            P_ACCEPT,
+            EXPECTED_VALUE,
+            GROUP,
+            UPLIFT,
+            RANKING,
+            CAPACITY,
+            _SCORE,
         )
-        .select(AUDIENCE_COLUMNS)
         .collect(engine="in-memory")
     )
-    parts = rows.partition_by(OFFER_ID, as_dict=True, maintain_order=True)
+    parts = rows.partition_by(OFFER_ID, as_dict=True)
     offer_ids = sorted(lazy(scores).select(OFFER_ID).unique().collect()[OFFER_ID].to_list())
     audiences = {
-        offer_id: parts.get((offer_id,), pl.DataFrame(schema=_AUDIENCE_SCHEMA))
+        offer_id: (
+            _ranked_audience(parts[(offer_id,)], generated_at)
+            if (offer_id,) in parts
+            else pl.DataFrame(schema=_AUDIENCE_SCHEMA)
+        )
         for offer_id in offer_ids
     }
     logger.info(
         "audiences: %d offers, %d rows (%d rows ranked by uplift)",
         len(audiences),
-        rows.height,
+        sum(audience.height for audience in audiences.values()),
         int((rows[RANKING] == BY_UPLIFT).sum()),
     )
     return audiences
+
+
+def _ranked_audience(rows: pl.DataFrame, generated_at: str) -> pl.DataFrame:
+    """One offer's rows by descending score, ties by subscriber id, cut after its capacity of
+    treatment rows, with their rank.
+
+    Two one-key sorts (the second stable) give the order of one sort by (score, subscriber) at
+    half its cost on millions of rows.
+    """
+    ordered = rows.sort(SUBSCRIBER_ID).sort(_SCORE, descending=True, maintain_order=True)
+    is_treatment = (pl.col(GROUP) == TREATMENT).cast(pl.Int64)
+    treatment_above = is_treatment.cum_sum() - is_treatment
+    return (
+        ordered.filter(pl.col(CAPACITY).is_null() | (treatment_above < pl.col(CAPACITY)))
+        .with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(RANK),
+            pl.col(P_ACCEPT, EXPECTED_VALUE, UPLIFT).cast(pl.Float64).round(DECIMALS),
+            pl.lit(generated_at, dtype=pl.String).alias(GENERATED_AT),
+        )
+        .select(AUDIENCE_COLUMNS)
+    )
 
 
 def audience_summary(

@@ -105,7 +105,7 @@ def category_weight_expr(settings: Settings) -> pl.Expr:
     )
 
 
-def _check_scores(scores: Frame) -> pl.LazyFrame:
+def _check_scores(scores: Frame, pairs_checked: bool = False) -> pl.LazyFrame:
     require_columns(scores, "scores", (SUBSCRIBER_ID, OFFER_ID, P_ACCEPT))
     frame = lazy(scores)
     names = frame.collect_schema().names()
@@ -129,7 +129,9 @@ def _check_scores(scores: Frame) -> pl.LazyFrame:
         ).alias("ordered"),
     ).collect()
     counts = counts.with_columns(
-        pl.col("rows").alias("pairs") if counts["ordered"].item() else _distinct_pairs(frame)
+        pl.col("rows").alias("pairs")
+        if pairs_checked or counts["ordered"].item()
+        else _distinct_pairs(frame)
     )
     if counts["bad"].item():
         bad = frame.filter(not_probability).head(5).collect()
@@ -184,6 +186,7 @@ def scored_candidates(
     groups: Frame,
     settings: Settings,
     tie_salt: str | None = "",
+    pairs_checked: bool = False,
 ) -> pl.DataFrame:
     """Eligible scored pairs with catalog value, capacity, group, coverage and expected value.
 
@@ -191,8 +194,10 @@ def scored_candidates(
     only). Pairs with p_accept below settings.min_probability are dropped; both groups are kept.
     `tie_break` is a stable hash of (subscriber, offer, `tie_salt`) that orders equal values;
     with `tie_salt` None there is no such column (for callers that order ties otherwise).
+    `pairs_checked`: the caller has already checked that no (subscriber, offer) pair repeats in
+    `scores`, so they are not counted again (p_accept is still checked).
     """
-    frame = _check_scores(scores)
+    frame = _check_scores(scores, pairs_checked)
     if eligible is not None:
         require_columns(eligible, "eligible", (SUBSCRIBER_ID, OFFER_ID))
     require_columns(catalog, "catalog", (OFFER_ID, CATEGORY, VALUE, CAPACITY))

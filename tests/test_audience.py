@@ -127,6 +127,25 @@ def test_audience_rows_capacity_and_control():
     assert plain["p_accept"].to_list() == [0.12, 0.1, 0.06]
 
 
+def test_ties_order_by_subscriber_whatever_the_input_order_and_checked_pairs_change_nothing():
+    expected = build()
+    for seed in range(3):
+        shuffled = build_audiences(
+            scores().sample(fraction=1.0, shuffle=True, seed=seed),
+            eligible(),
+            catalog(),
+            groups(),
+            SETTINGS,
+            GENERATED_AT,
+            pairs_checked=bool(seed % 2),
+        )
+        assert list(shuffled) == list(expected)
+        for offer_id, frame in expected.items():
+            assert shuffled[offer_id].equals(frame), offer_id
+    # equal expected values (p 0.2 for subscribers 1 and 5): the lower id first
+    assert expected[UNSAFE_IDS[0]]["subscriber_id"].to_list() == [1, 5]
+
+
 def test_impact_arm_subscribers_are_never_in_an_audience():
     arms = groups().with_columns(
         pl.when(pl.col("subscriber_id") == 1)
