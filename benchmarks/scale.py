@@ -37,7 +37,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import math
 import os
 import shutil
 import statistics
@@ -60,7 +59,8 @@ from mia.simulate import SimulationConfig, generate_days
 
 logger = logging.getLogger(__name__)
 
-SUBSCRIBERS_PER_SHARD = 200_000
+# Ranking's per-row cost grows above about 6M candidates a shard (200k subscribers: 11M).
+SUBSCRIBERS_PER_SHARD = 100_000
 TRAIN_SNAPSHOTS = 4
 STEPS = ("ingest", "daily", "snapshot", "score", "rank", "reasons", "audiences", "report")
 SAMPLE_SECONDS = 0.2
@@ -253,7 +253,7 @@ def prepare_size(subscribers: int, base: int, days: int) -> Path:
 
 def n_shards_for(subscribers: int) -> int:
     """Default shard count: about SUBSCRIBERS_PER_SHARD subscribers per shard."""
-    return max(1, math.ceil(subscribers / SUBSCRIBERS_PER_SHARD))
+    return max(1, round(subscribers / SUBSCRIBERS_PER_SHARD))
 
 
 def clear_night(root: Path, date: dt.date) -> None:
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=int, default=100_000, help="simulated subscribers")
     parser.add_argument("--days", type=int, default=None, help="default: 90, 120 with --train")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--n-shards", type=int, default=None, help="default: 1 per 200k")
+    parser.add_argument("--n-shards", type=int, default=None, help="default: about 1 per 100k")
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--train", action="store_true", help="measure the weekly retrain")
     parser.add_argument("--train-snapshots", type=int, default=Settings().train_snapshots)

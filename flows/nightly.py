@@ -168,8 +168,27 @@ def publish_task(staging: Staging, manifest: dict[str, Any], keep_versions: int)
     return str(publish(staging, manifest, keep_versions))
 
 
-# Shards run one after another in a local run: each already uses every core (polars, LightGBM),
-# and one shard at a time is what keeps peak memory at the size of a shard.
+def score_shards(
+    lake: Lake, as_of: dt.date, settings: Settings, shards: list[int], directory: Path
+) -> list[steps.ShardResult]:
+    """One mapped scoring task per shard: `score_workers` at a time in a local run, on the
+    flow's own task runner (e.g. Dask) otherwise."""
+    parameters = {
+        "lake": lake,
+        "as_of": as_of,
+        "settings": unmapped(settings),
+        "shard": shards,
+        "directory": directory,
+    }
+    if settings.dask_address or settings.score_workers == 1:
+        return wait_all(score_shard_task.map(**parameters))
+    with ThreadPoolTaskRunner(max_workers=settings.score_workers) as runner:
+        return wait_all(runner.map(score_shard_task, parameters))
+
+
+# Shards run one after another in a local run (scoring excepted, see `score_workers`): each
+# already uses every core (polars, LightGBM), and one shard at a time is what keeps peak memory
+# at the size of a shard.
 @flow(name="mia-nightly", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def nightly(
     date: str | None = None,
@@ -205,11 +224,7 @@ def nightly(
         staging = Staging(lake, as_of, steps.run_id(lake, as_of, settings), timings, memory, cpu)
         shard_numbers = list(range(settings.n_shards))
         with _timed(timings, "score", memory, cpu):
-            shards = wait_all(
-                score_shard_task.map(
-                    lake, as_of, unmapped(settings), shard_numbers, staging.work("candidates")
-                )
-            )
+            shards = score_shards(lake, as_of, settings, shard_numbers, staging.work("candidates"))
         with _timed(timings, "rank", memory, cpu):
             ranked = rank_task(lake, as_of, settings, staging, shards)
         with _timed(timings, "reasons", memory, cpu):

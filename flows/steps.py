@@ -251,6 +251,7 @@ RUN_ID_IGNORES = frozenset(
         "experiment",
         "num_threads",
         "n_shards",
+        "score_workers",
         "dask_address",
         "dask_train_rows",
         "keep_night_versions",

@@ -171,6 +171,9 @@ class Settings(BaseModel):
     uplift_min_control_accepts: AtLeastOne = 10  # control accepts of the category, likewise
     # Scale
     n_shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = 1
+    # Shards scored at a time in a local run (threads): a shard's single-threaded parts leave a
+    # core idle that another shard fills, at the memory of one more shard. Dask runs ignore it.
+    score_workers: Annotated[int, Field(ge=1, le=MAX_THREADS)] = 2
     dask_address: str | None = None
     # With dask_address: categories with at least this many training rows train on the cluster.
     dask_train_rows: AtLeastOne = 1_000_000

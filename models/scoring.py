@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +399,8 @@ def add_reasons(
 # The last champion loaded in this process, by store, version, MLflow run and compiled-code
 # folder: a night asks for it once per shard in several steps.
 _LOADED: dict[tuple[str, ...], ModelBundle] = {}
+# Shards scored in threads (`score_workers`) ask at once: one loads (and compiles), the other waits.
+_LOADING = threading.Lock()
 
 
 def load_bundle(settings: Settings, name: str = MODEL_NAME) -> ModelBundle:
@@ -406,19 +409,20 @@ def load_bundle(settings: Settings, name: str = MODEL_NAME) -> ModelBundle:
     champion (treat it as read-only)."""
     from models.registry import champion_info, load_champion
 
-    info = champion_info(name, settings)
-    if info is None:
-        return load_champion(name, settings)  # raises: there is no champion
-    cache_dir = compiled_cache_dir(settings)
-    key = (settings.mlflow_uri, name, str(info["version"]), str(info["run_id"]), str(cache_dir))
-    bundle = _LOADED.get(key)
-    if bundle is None:
-        bundle = load_champion(name, settings)
-        bundle.version = str(info["version"])
-        bundle.use_compiled(cache_dir)
-        _LOADED.clear()
-        _LOADED[key] = bundle
-    return bundle
+    with _LOADING:
+        info = champion_info(name, settings)
+        if info is None:
+            return load_champion(name, settings)  # raises: there is no champion
+        cache_dir = compiled_cache_dir(settings)
+        key = (settings.mlflow_uri, name, str(info["version"]), str(info["run_id"]), str(cache_dir))
+        bundle = _LOADED.get(key)
+        if bundle is None:
+            bundle = load_champion(name, settings)
+            bundle.version = str(info["version"])
+            bundle.use_compiled(cache_dir)
+            _LOADED.clear()
+            _LOADED[key] = bundle
+        return bundle
 
 
 def compiled_cache_dir(settings: Settings) -> Path | None:

@@ -316,6 +316,24 @@ def test_report_is_tracked_in_mlflow(night_run):
     assert "report/report.md" in files
 
 
+def test_shards_scored_in_threads_give_the_one_shard_outputs(night_run, tmp_path):
+    from flows.nightly import nightly
+
+    root = _copy_run(night_run, tmp_path)
+    data = root / "data"
+    local = _published(night_run.data_dir, TINY_LAST_DAY)
+    manifest = nightly(
+        date=TINY_LAST_DAY.isoformat(),
+        data_dir=str(data),
+        overrides={**night_overrides(root), "n_shards": 3, "score_workers": 3},
+    )
+    assert manifest["settings"]["n_shards"] == 3
+    threaded = _published(data, TINY_LAST_DAY)
+    offers = "offers/offers.parquet"
+    assert pl.read_parquet(threaded.pop(offers)).equals(pl.read_parquet(local.pop(offers)))
+    assert threaded == local
+
+
 def test_sharded_run_on_a_dask_cluster_gives_the_local_outputs(night_run, tmp_path):
     from distributed import LocalCluster
     from prefect.settings import PREFECT_API_URL

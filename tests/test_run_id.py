@@ -42,7 +42,7 @@ def test_same_inputs_give_the_same_run_id(lake, champion):
     ingest_day(lake, DAY)  # the same delivery again
     assert run_id(lake, DAY, SETTINGS) == first
     # How the work is split or where it runs is not what it publishes.
-    assert run_id(lake, DAY, SETTINGS.replace(n_shards=4, num_threads=8)) == first
+    assert run_id(lake, DAY, SETTINGS.replace(n_shards=4, num_threads=8, score_workers=3)) == first
 
 
 def test_another_catalog_with_as_many_rows_gives_another_run_id(lake, champion):

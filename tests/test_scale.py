@@ -401,7 +401,7 @@ def test_sharded_night_publishes_the_unsharded_outputs(night_run, tmp_path):
 
 
 def test_benchmark_helpers():
-    assert [n_shards_for(n) for n in (1, 200_000, 200_001, 1_000_000)] == [1, 1, 2, 5]
+    assert [n_shards_for(n) for n in (1, 149_999, 150_001, 1_035_950)] == [1, 1, 2, 10]
     assert exponent([1e5, 1e6], [10.0, 100.0]) == pytest.approx(1.0)
     assert exponent([1e5, 3e5, 1e6], [5.0, 5.0 * 3**0.8, 5.0 * 10**0.8]) == pytest.approx(0.8)
 
