@@ -1,7 +1,7 @@
 """Reason codes: the features that pushed a subscriber's category propensity up, in plain words.
 
-For every subscriber x category, LightGBM's own SHAP contributions (`pred_contrib=True`) of that
-category's booster are ranked and the top features are described with
+For every subscriber x category, the SHAP contributions of that category's booster (LightGBM's
+`pred_contrib`, from per-tree tables where the trees are small: `models.tree_shap`) are ranked and the top features are described with
 `features.catalog.describe_feature`, followed by the subscriber's level of that feature relative to
 the training rows: "data used in the last 7 days (high)". Categorical features show their value:
 "device operating system (ios)"; 0/1 flags show "yes" or "no". A note in brackets at the end of a
