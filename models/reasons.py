@@ -1,11 +1,12 @@
 """Reason codes: the features that pushed a subscriber's category propensity up, in plain words.
 
 For every subscriber x category, the SHAP contributions of that category's booster (LightGBM's
-`pred_contrib`, from per-tree tables where the trees are small: `models.tree_shap`) are ranked and the top features are described with
-`features.catalog.describe_feature`, followed by the subscriber's level of that feature relative to
-the training rows: "data used in the last 7 days (high)". Categorical features show their value:
-"device operating system (ios)"; 0/1 flags show "yes" or "no". A note in brackets at the end of a
-description is left out. A category scored by its prior has one fixed reason.
+`pred_contrib`, from per-tree tables where the trees are small: `models.tree_shap`) are ranked
+and the top features are described with `features.catalog.describe_feature`, followed by the
+subscriber's level of that feature relative to the training rows: "data used in the last 7 days
+(high)". Categorical features show their value: "device operating system (ios)"; 0/1 flags show
+"yes" or "no". A note in brackets at the end of a description is left out. A category scored by
+its prior has one fixed reason.
 
 SHAP is the costly part of scoring, so `explain` can be limited to given subscriber x category
 pairs (e.g. the published offers); each pair's reasons are the same either way.
