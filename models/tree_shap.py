@@ -32,7 +32,7 @@ import lightgbm as lgb
 import numpy as np
 from scipy import sparse
 
-MAX_SPLITS = 8  # 2**8 direction patterns per tree: tables stay small, packed in one byte
+MAX_SPLITS = 8  # 2**8 direction patterns per tree: the tables stay small
 _ROWS_PER_BLOCK = 1024  # rows per pass: a block's split values (64 bytes a tree) stay in cache
 _MAX_CODE = 1 << 16  # largest category code tabled (a bit per code and categorical split)
 _ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float) for missing_type Zero
@@ -132,7 +132,7 @@ class ContributionTables:
     def __init__(self, trees: list[_Tree], n_features: int) -> None:
         self.n_features = n_features
         trees = [tree for tree in trees if tree.features]  # one leaf: no contributions
-        shape = (len(trees), 8)  # splits padded to one byte per tree
+        shape = (len(trees), MAX_SPLITS)  # every tree's splits padded to MAX_SPLITS
         self._split_feature = np.zeros(shape, dtype=np.int64)
         # padding splits compare with NaN, which is never true: their bit stays 0
         self._threshold = np.full(shape, np.nan)
@@ -228,7 +228,7 @@ class ContributionTables:
             left[trees, splits] = self._category_left[np.arange(len(trees))[:, None], code]
         bits = left.view(np.uint8)
         patterns = bits[:, 0].astype(np.int32)
-        for s in range(1, 8):
+        for s in range(1, MAX_SPLITS):
             patterns |= bits[:, s].astype(np.int32) << s
         return patterns
 
